@@ -1,0 +1,1020 @@
+//! Message types of every flow (REQUIREMENTS §2) and their CBOR form.
+//!
+//! A frame body is one CBOR map: the common header keys (`v`, `id`, `type`,
+//! `sent_at`, `from`) and the keys of its type, side by side. Decoding goes
+//! through a generic CBOR tree first so that the personal-data screen
+//! ([`crate::screen`]) sees every key, then into the typed struct of the
+//! `type`. Keys a type does not define are dropped, never relayed: the box
+//! re-encodes every frame it forwards from the typed value.
+
+use ciborium::Value;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::reason::Reason;
+use crate::screen::{self, Finding};
+use crate::types::*;
+
+/// Protocol version spoken by this implementation.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Longest accepted message id, in bytes.
+pub const MAX_MESSAGE_ID: usize = 64;
+
+/// Longest refusal text, in bytes; longer texts are cut.
+pub const MAX_TEXT: usize = 512;
+
+/// Longest route address (`host:port`), in bytes.
+pub const MAX_ADDRESS: usize = 255;
+
+/// Identifier of a frame, unique per sender: the key for hop
+/// acknowledgements and duplicate suppression.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// # Errors
+    /// When `s` is empty, longer than [`MAX_MESSAGE_ID`], or holds anything
+    /// but ASCII letters, digits and `-_.:`.
+    pub fn new(s: impl Into<String>) -> Result<Self, CodeError> {
+        let s = s.into();
+        if s.is_empty() {
+            return Err(CodeError::Empty { kind: "message id" });
+        }
+        if s.len() > MAX_MESSAGE_ID {
+            return Err(CodeError::TooLong {
+                kind: "message id",
+                len: s.len(),
+                max: MAX_MESSAGE_ID,
+            });
+        }
+        if let Some(found) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+        {
+            return Err(CodeError::BadCharacter {
+                kind: "message id",
+                found,
+            });
+        }
+        Ok(MessageId(s))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MessageId {
+    type Error = CodeError;
+    fn try_from(s: String) -> Result<Self, CodeError> {
+        MessageId::new(s)
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> String {
+        id.0
+    }
+}
+
+impl core::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The header every frame carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Unique per sender.
+    pub id: MessageId,
+    /// When the sender sent it (sender's clock).
+    pub sent_at: Millis,
+    /// Who claims to send it; must match the TLS certificate.
+    pub from: Party,
+}
+
+/// One frame: header and typed body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub header: Header,
+    pub body: Body,
+}
+
+// ---------------------------------------------------------------- bodies
+
+/// What a processing serial is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialPurpose {
+    Query,
+    CodeIssue,
+}
+
+/// IMS → IS: issue a processing serial (R-SER-1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialRequest {
+    pub purpose: SerialPurpose,
+}
+
+/// IS → IMS, reply: the serial issued (R-SER-2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialIssued {
+    pub in_reply_to: MessageId,
+    pub serial: Serial,
+}
+
+/// IMS → IS: check a prefix and bind it to the serial (R-PFX-1/2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixCheck {
+    pub serial: Serial,
+    pub prefix: Prefix,
+}
+
+/// IS → IMS, reply: OK, or NG with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixResult {
+    pub in_reply_to: MessageId,
+    pub serial: Serial,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+}
+
+/// IMS → IS → core: ask for a permit (R-PRM-1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermitRequest {
+    pub serial: Serial,
+    pub prefix: Prefix,
+}
+
+/// Where a provision must go: the requester's interface system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub agency: AgencyCode,
+    /// `host:port` of the requester box's core-side listener. Not called
+    /// `address`: that key is refused as a basic-four field.
+    pub endpoint: String,
+}
+
+/// The fields a permit asserts; signed by the core (R-PRM-2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermitFields {
+    pub permit_id: PermitId,
+    /// Who issued it: always the core.
+    pub issuer: Party,
+    pub serial: Serial,
+    pub prefix: Prefix,
+    pub route: Route,
+    pub issued_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// A permit as it travels: the CBOR encoding of [`PermitFields`] and the
+/// core's Ed25519 signature over `PERMIT_SIGNING_CONTEXT || signed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedPermit {
+    #[serde(with = "serde_bytes")]
+    pub signed: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+/// Domain separation for permit signatures.
+pub const PERMIT_SIGNING_CONTEXT: &[u8] = b"ifrelay-permit-v1\0";
+
+/// Longest accepted encoded permit, in bytes.
+pub const MAX_PERMIT_BYTES: usize = 4096;
+
+impl SignedPermit {
+    /// Encodes and wraps `fields`; the caller signs [`Self::signing_input`].
+    pub fn unsigned(fields: &PermitFields) -> Self {
+        let mut signed = Vec::new();
+        // Writing into a Vec cannot fail for these plain types.
+        if ciborium::into_writer(fields, &mut signed).is_err() {
+            signed.clear();
+        }
+        SignedPermit {
+            signed,
+            sig: Vec::new(),
+        }
+    }
+
+    /// The bytes the core signs and the boxes verify.
+    pub fn signing_input(&self) -> Vec<u8> {
+        let mut input = Vec::with_capacity(PERMIT_SIGNING_CONTEXT.len() + self.signed.len());
+        input.extend_from_slice(PERMIT_SIGNING_CONTEXT);
+        input.extend_from_slice(&self.signed);
+        input
+    }
+
+    /// Decodes the signed fields (the signature is checked elsewhere).
+    ///
+    /// # Errors
+    /// [`DecodeError`] with [`Reason::PermitInvalid`] when the bytes are too
+    /// long or not a permit, or [`Reason::MyNumber`]/[`Reason::BasicFour`]
+    /// when they carry personal data.
+    pub fn fields(&self) -> Result<PermitFields, DecodeError> {
+        let invalid = |text: String| DecodeError {
+            reason: Reason::PermitInvalid,
+            text,
+            message_id: None,
+        };
+        if self.signed.len() > MAX_PERMIT_BYTES {
+            return Err(invalid(format!(
+                "permit is {} bytes; at most {MAX_PERMIT_BYTES}",
+                self.signed.len()
+            )));
+        }
+        let value: Value = ciborium::de::from_reader_with_recursion_limit(&self.signed[..], 16)
+            .map_err(|e| invalid(format!("permit is not CBOR: {e}")))?;
+        if let Some(finding) = screen::screen(&value) {
+            return Err(DecodeError::from_finding(finding, None));
+        }
+        value
+            .deserialized()
+            .map_err(|e| invalid(format!("permit fields: {e}")))
+    }
+}
+
+/// Core → IS → IMS: the permit (R-PRM-2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermitIssued {
+    pub serial: Serial,
+    pub permit: SignedPermit,
+}
+
+/// Core → IS → IMS: the core refused the permit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermitRefused {
+    pub serial: Serial,
+    pub reason: Reason,
+    pub text: String,
+}
+
+/// IMS_R → IS_R → core → IS_P → IMS_P: the query (R-QRY-1..6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    pub serial: Serial,
+    pub prefix: Prefix,
+    pub permit: SignedPermit,
+    /// The requester's X25519 public key; the provider encrypts to it.
+    #[serde(with = "serde_bytes")]
+    pub public_key: Vec<u8>,
+    /// The pseudonymous code (符号) of the person on the sender's side;
+    /// the core converts it to the provider's code.
+    pub code: PersonCode,
+}
+
+/// Serial-only messages: query accepted, query complete, provision
+/// received, provision complete. Which one it is comes from `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialNotice {
+    pub serial: Serial,
+}
+
+/// IMS_P → IS_P → IS_R → IMS_R: the provision; `body` is encrypted to
+/// the requester's key and never parsed or logged (R-PRV-1..5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provision {
+    pub serial: Serial,
+    pub prefix: Prefix,
+    pub permit: SignedPermit,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// Master tables distributed with the prefix list (§8.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Masters {
+    pub agencies: Vec<MasterRow<AgencyCode>>,
+    pub businesses: Vec<MasterRow<BusinessCode>>,
+    pub info_names: Vec<MasterRow<InfoNameCode>>,
+    pub items: Vec<ItemRow>,
+}
+
+/// One (code, label) row of a master table. The key is `label`, not
+/// `name`, so that the basic-four screen can refuse any `name` key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterRow<C> {
+    pub code: C,
+    pub label: String,
+}
+
+/// One row of the item master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRow {
+    pub info_name: InfoNameCode,
+    pub item: ItemCode,
+    pub label: String,
+    pub business: BusinessCode,
+}
+
+/// Core → IS → IMS: a new prefix list and masters (R-DST-1..3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Distribution {
+    /// Increases with every distribution; an older version is ignored.
+    pub version: u64,
+    pub prefixes: Vec<PrefixEntry>,
+    pub masters: Masters,
+    /// The core's Ed25519 public key for permit signatures (32 bytes).
+    #[serde(with = "serde_bytes")]
+    pub core_key: Vec<u8>,
+}
+
+/// Lifecycle events announced to the core and the IMS (R-COM-3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusEvent {
+    Started,
+    Stopping,
+}
+
+/// IS → core, IS → IMS: the box started or is stopping (R-COM-3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoxStatus {
+    pub event: StatusEvent,
+}
+
+/// Reply: the frame and its effects are durable; the receiver now owns
+/// delivering it onward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub in_reply_to: MessageId,
+}
+
+/// Reply: the frame was refused; nothing of it was kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// Absent only when the refused frame's id could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<MessageId>,
+    pub reason: Reason,
+    pub text: String,
+}
+
+/// Asynchronous notice that a process ended abnormally or a relayed
+/// message was refused further on (R-COM-1, R-COM-2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessError {
+    pub serial: Serial,
+    pub reason: Reason,
+    pub text: String,
+}
+
+/// Every message type, tagged by the header's `type`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Body {
+    SerialRequest(SerialRequest),
+    SerialIssued(SerialIssued),
+    PrefixCheck(PrefixCheck),
+    PrefixResult(PrefixResult),
+    PermitRequest(PermitRequest),
+    Permit(PermitIssued),
+    PermitRefused(PermitRefused),
+    Query(Query),
+    QueryAccepted(SerialNotice),
+    QueryComplete(SerialNotice),
+    Provision(Provision),
+    ProvisionReceived(SerialNotice),
+    ProvisionComplete(SerialNotice),
+    Distribution(Distribution),
+    BoxStatus(BoxStatus),
+    ProcessError(ProcessError),
+    Accepted(Accepted),
+    Refused(Refused),
+}
+
+/// Every `type` value, for documentation and tests.
+pub const MESSAGE_TYPES: &[&str] = &[
+    "serial_request",
+    "serial_issued",
+    "prefix_check",
+    "prefix_result",
+    "permit_request",
+    "permit",
+    "permit_refused",
+    "query",
+    "query_accepted",
+    "query_complete",
+    "provision",
+    "provision_received",
+    "provision_complete",
+    "distribution",
+    "box_status",
+    "process_error",
+    "accepted",
+    "refused",
+];
+
+impl Body {
+    /// The `type` value on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Body::SerialRequest(_) => "serial_request",
+            Body::SerialIssued(_) => "serial_issued",
+            Body::PrefixCheck(_) => "prefix_check",
+            Body::PrefixResult(_) => "prefix_result",
+            Body::PermitRequest(_) => "permit_request",
+            Body::Permit(_) => "permit",
+            Body::PermitRefused(_) => "permit_refused",
+            Body::Query(_) => "query",
+            Body::QueryAccepted(_) => "query_accepted",
+            Body::QueryComplete(_) => "query_complete",
+            Body::Provision(_) => "provision",
+            Body::ProvisionReceived(_) => "provision_received",
+            Body::ProvisionComplete(_) => "provision_complete",
+            Body::Distribution(_) => "distribution",
+            Body::BoxStatus(_) => "box_status",
+            Body::ProcessError(_) => "process_error",
+            Body::Accepted(_) => "accepted",
+            Body::Refused(_) => "refused",
+        }
+    }
+
+    /// The serial the message belongs to, if any.
+    pub fn serial(&self) -> Option<&Serial> {
+        match self {
+            Body::SerialIssued(m) => Some(&m.serial),
+            Body::PrefixCheck(m) => Some(&m.serial),
+            Body::PrefixResult(m) => Some(&m.serial),
+            Body::PermitRequest(m) => Some(&m.serial),
+            Body::Permit(m) => Some(&m.serial),
+            Body::PermitRefused(m) => Some(&m.serial),
+            Body::Query(m) => Some(&m.serial),
+            Body::QueryAccepted(m)
+            | Body::QueryComplete(m)
+            | Body::ProvisionReceived(m)
+            | Body::ProvisionComplete(m) => Some(&m.serial),
+            Body::Provision(m) => Some(&m.serial),
+            Body::ProcessError(m) => Some(&m.serial),
+            Body::SerialRequest(_)
+            | Body::Distribution(_)
+            | Body::BoxStatus(_)
+            | Body::Accepted(_)
+            | Body::Refused(_) => None,
+        }
+    }
+
+    /// The prefix the message carries, if any.
+    pub fn prefix(&self) -> Option<&Prefix> {
+        match self {
+            Body::PrefixCheck(m) => Some(&m.prefix),
+            Body::PermitRequest(m) => Some(&m.prefix),
+            Body::Query(m) => Some(&m.prefix),
+            Body::Provision(m) => Some(&m.prefix),
+            _ => None,
+        }
+    }
+
+    /// True for hop-level replies (answers on the same connection).
+    pub fn is_reply(&self) -> bool {
+        matches!(
+            self,
+            Body::Accepted(_) | Body::Refused(_) | Body::SerialIssued(_) | Body::PrefixResult(_)
+        )
+    }
+
+    /// The id of the frame this reply answers, for replies.
+    pub fn in_reply_to(&self) -> Option<&MessageId> {
+        match self {
+            Body::Accepted(m) => Some(&m.in_reply_to),
+            Body::Refused(m) => m.in_reply_to.as_ref(),
+            Body::SerialIssued(m) => Some(&m.in_reply_to),
+            Body::PrefixResult(m) => Some(&m.in_reply_to),
+            _ => None,
+        }
+    }
+
+    fn to_value(&self) -> Result<Value, ciborium::value::Error> {
+        match self {
+            Body::SerialRequest(m) => Value::serialized(m),
+            Body::SerialIssued(m) => Value::serialized(m),
+            Body::PrefixCheck(m) => Value::serialized(m),
+            Body::PrefixResult(m) => Value::serialized(m),
+            Body::PermitRequest(m) => Value::serialized(m),
+            Body::Permit(m) => Value::serialized(m),
+            Body::PermitRefused(m) => Value::serialized(m),
+            Body::Query(m) => Value::serialized(m),
+            Body::QueryAccepted(m)
+            | Body::QueryComplete(m)
+            | Body::ProvisionReceived(m)
+            | Body::ProvisionComplete(m) => Value::serialized(m),
+            Body::Provision(m) => Value::serialized(m),
+            Body::Distribution(m) => Value::serialized(m),
+            Body::BoxStatus(m) => Value::serialized(m),
+            Body::ProcessError(m) => Value::serialized(m),
+            Body::Accepted(m) => Value::serialized(m),
+            Body::Refused(m) => Value::serialized(m),
+        }
+    }
+
+    fn from_value(type_name: &str, value: Value) -> Result<Body, DecodeError> {
+        fn typed<T: DeserializeOwned>(type_name: &str, value: Value) -> Result<T, DecodeError> {
+            value.deserialized::<T>().map_err(|e| {
+                let ciborium::value::Error::Custom(message) = e;
+                DecodeError::from_serde(type_name, &message)
+            })
+        }
+        Ok(match type_name {
+            "serial_request" => Body::SerialRequest(typed(type_name, value)?),
+            "serial_issued" => Body::SerialIssued(typed(type_name, value)?),
+            "prefix_check" => Body::PrefixCheck(typed(type_name, value)?),
+            "prefix_result" => Body::PrefixResult(typed(type_name, value)?),
+            "permit_request" => Body::PermitRequest(typed(type_name, value)?),
+            "permit" => Body::Permit(typed(type_name, value)?),
+            "permit_refused" => Body::PermitRefused(typed(type_name, value)?),
+            "query" => Body::Query(typed(type_name, value)?),
+            "query_accepted" => Body::QueryAccepted(typed(type_name, value)?),
+            "query_complete" => Body::QueryComplete(typed(type_name, value)?),
+            "provision" => Body::Provision(typed(type_name, value)?),
+            "provision_received" => Body::ProvisionReceived(typed(type_name, value)?),
+            "provision_complete" => Body::ProvisionComplete(typed(type_name, value)?),
+            "distribution" => Body::Distribution(typed(type_name, value)?),
+            "box_status" => Body::BoxStatus(typed(type_name, value)?),
+            "process_error" => Body::ProcessError(typed(type_name, value)?),
+            "accepted" => Body::Accepted(typed(type_name, value)?),
+            "refused" => Body::Refused(typed(type_name, value)?),
+            other => {
+                return Err(DecodeError::new(
+                    Reason::UnknownType,
+                    format!("unknown message type {:?}", truncate(other, 64)),
+                ))
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+/// Why a frame body could not be accepted, with the reason code to answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {text}")]
+pub struct DecodeError {
+    pub reason: Reason,
+    pub text: String,
+    /// The frame's id when it could be read, so the refusal can name it.
+    pub message_id: Option<MessageId>,
+}
+
+impl DecodeError {
+    pub fn new(reason: Reason, text: impl Into<String>) -> Self {
+        DecodeError {
+            reason,
+            text: truncate(&text.into(), MAX_TEXT).to_owned(),
+            message_id: None,
+        }
+    }
+
+    fn from_finding(finding: Finding, message_id: Option<MessageId>) -> Self {
+        let (reason, text) = match finding {
+            Finding::MyNumber { path } => (
+                Reason::MyNumber,
+                format!("field {path} holds a My Number; it must never pass an interface system"),
+            ),
+            Finding::BasicFourKey { path } => (
+                Reason::BasicFour,
+                format!(
+                    "field {path} is a basic-four field; it must never pass an interface system"
+                ),
+            ),
+        };
+        DecodeError {
+            reason,
+            text,
+            message_id,
+        }
+    }
+
+    /// Maps serde's messages to reason codes; `missing field` becomes
+    /// [`Reason::MissingField`], with the R-QRY-6 specialisations.
+    fn from_serde(type_name: &str, message: &str) -> Self {
+        if let Some(rest) = message.strip_prefix("missing field `") {
+            let field = rest.split('`').next().unwrap_or_default();
+            let reason = match (type_name, field) {
+                ("query", "permit") => Reason::NoPermit,
+                ("query", "public_key") => Reason::NoPublicKey,
+                _ => Reason::MissingField,
+            };
+            return DecodeError::new(reason, format!("{type_name}: missing field {field}"));
+        }
+        DecodeError::new(Reason::InvalidField, format!("{type_name}: {message}"))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+// ---------------------------------------------------------------- codec
+
+const HEADER_KEYS: &[&str] = &["v", "id", "type", "sent_at", "from"];
+
+/// CBOR nesting deeper than this is refused as malformed.
+const RECURSION_LIMIT: usize = 32;
+
+impl Frame {
+    pub fn new(id: MessageId, from: Party, sent_at: Millis, body: Body) -> Self {
+        Frame {
+            header: Header { id, sent_at, from },
+            body,
+        }
+    }
+
+    /// Encodes the body map (without the length prefix).
+    pub fn encode_body(&self) -> Vec<u8> {
+        let mut entries: Vec<(Value, Value)> = vec![
+            (
+                Value::Text("v".into()),
+                Value::Integer(PROTOCOL_VERSION.into()),
+            ),
+            (
+                Value::Text("id".into()),
+                Value::Text(self.header.id.as_str().to_owned()),
+            ),
+            (
+                Value::Text("type".into()),
+                Value::Text(self.body.type_name().into()),
+            ),
+            (
+                Value::Text("sent_at".into()),
+                Value::Integer(self.header.sent_at.into()),
+            ),
+        ];
+        if let Ok(from) = Value::serialized(&self.header.from) {
+            entries.push((Value::Text("from".into()), from));
+        }
+        // Bodies are plain structs, so they always serialise to a map.
+        if let Ok(Value::Map(fields)) = self.body.to_value() {
+            entries.extend(fields);
+        }
+        let mut out = Vec::with_capacity(128);
+        // Writing a Value into a Vec cannot fail.
+        let _ = ciborium::into_writer(&Value::Map(entries), &mut out);
+        out
+    }
+
+    /// Encodes the whole frame: 4-byte big-endian length, then the body.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = self.encode_body();
+        let mut out = Vec::with_capacity(4 + body.len());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes a frame body (the bytes after the length prefix).
+    ///
+    /// Order of checks: CBOR well-formed and a map; header readable; the
+    /// personal-data screen over the whole tree; the typed body.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] with the reason code to answer and, where it could
+    /// be read, the frame's message id.
+    pub fn decode_body(bytes: &[u8]) -> Result<Frame, DecodeError> {
+        let value: Value =
+            ciborium::de::from_reader_with_recursion_limit(bytes, RECURSION_LIMIT)
+                .map_err(|e| DecodeError::new(Reason::Malformed, format!("not CBOR: {e}")))?;
+        let Value::Map(entries) = value else {
+            return Err(DecodeError::new(
+                Reason::Malformed,
+                "the frame is not a CBOR map",
+            ));
+        };
+
+        let get = |key: &str| {
+            entries
+                .iter()
+                .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
+                .map(|(_, v)| v)
+        };
+        let message_id = match get("id") {
+            Some(Value::Text(t)) => MessageId::new(t.clone()).ok(),
+            _ => None,
+        };
+        let with_id = |mut e: DecodeError| {
+            e.message_id.clone_from(&message_id);
+            e
+        };
+        let Some(id) = message_id.clone() else {
+            return Err(DecodeError::new(
+                Reason::Malformed,
+                "header field id is missing or not a valid message id",
+            ));
+        };
+        match get("v") {
+            Some(Value::Integer(v)) if i128::from(*v) == i128::from(PROTOCOL_VERSION) => {}
+            Some(Value::Integer(v)) => {
+                return Err(with_id(DecodeError::new(
+                    Reason::UnsupportedVersion,
+                    format!(
+                        "protocol version {} is not supported; this box speaks {PROTOCOL_VERSION}",
+                        i128::from(*v)
+                    ),
+                )))
+            }
+            _ => {
+                return Err(with_id(DecodeError::new(
+                    Reason::Malformed,
+                    "header field v is missing or not an integer",
+                )))
+            }
+        }
+        let type_name = match get("type") {
+            Some(Value::Text(t)) => t.clone(),
+            _ => {
+                return Err(with_id(DecodeError::new(
+                    Reason::Malformed,
+                    "header field type is missing or not text",
+                )))
+            }
+        };
+        let sent_at = match get("sent_at") {
+            Some(Value::Integer(i)) => i64::try_from(i128::from(*i)).map_err(|_| {
+                with_id(DecodeError::new(Reason::Malformed, "sent_at out of range"))
+            })?,
+            _ => {
+                return Err(with_id(DecodeError::new(
+                    Reason::Malformed,
+                    "header field sent_at is missing or not an integer",
+                )))
+            }
+        };
+        let from: Party = match get("from") {
+            Some(v) => v.deserialized().map_err(|e| {
+                with_id(DecodeError::new(
+                    Reason::Malformed,
+                    format!("header field from: {e}"),
+                ))
+            })?,
+            None => {
+                return Err(with_id(DecodeError::new(
+                    Reason::Malformed,
+                    "header field from is missing",
+                )))
+            }
+        };
+
+        let tree = Value::Map(entries);
+        if let Some(finding) = screen::screen(&tree) {
+            return Err(DecodeError::from_finding(finding, message_id));
+        }
+        let Value::Map(entries) = tree else {
+            return Err(with_id(DecodeError::new(Reason::Internal, "map expected")));
+        };
+        let fields: Vec<(Value, Value)> = entries
+            .into_iter()
+            .filter(|(k, _)| !matches!(k, Value::Text(t) if HEADER_KEYS.contains(&t.as_str())))
+            .collect();
+        let body = Body::from_value(&type_name, Value::Map(fields)).map_err(with_id)?;
+        Ok(Frame {
+            header: Header { id, sent_at, from },
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code<T: core::str::FromStr>(s: &str) -> T
+    where
+        T::Err: core::fmt::Debug,
+    {
+        s.parse().expect("valid code")
+    }
+
+    pub(crate) fn sample_prefix() -> Prefix {
+        let mut items = heapless::Vec::new();
+        items.push(code("I001")).expect("capacity");
+        Prefix {
+            requester: code("131016"),
+            business: code("B010"),
+            provider: code("271004"),
+            info_name: code("N020"),
+            items,
+        }
+    }
+
+    fn ims_party() -> Party {
+        Party::ims(code("131016"))
+    }
+
+    fn frame(body: Body) -> Frame {
+        Frame::new(
+            MessageId::new("m-1").expect("id"),
+            ims_party(),
+            1_700_000_000_000,
+            body,
+        )
+    }
+
+    #[test]
+    fn every_body_round_trips() {
+        let serial: Serial = code("131016-20261122-1795300000-1");
+        let permit = SignedPermit {
+            signed: vec![1, 2, 3],
+            sig: vec![4; 64],
+        };
+        let bodies = vec![
+            Body::SerialRequest(SerialRequest {
+                purpose: SerialPurpose::Query,
+            }),
+            Body::SerialIssued(SerialIssued {
+                in_reply_to: MessageId::new("x").expect("id"),
+                serial: serial.clone(),
+            }),
+            Body::PrefixCheck(PrefixCheck {
+                serial: serial.clone(),
+                prefix: sample_prefix(),
+            }),
+            Body::PrefixResult(PrefixResult {
+                in_reply_to: MessageId::new("x").expect("id"),
+                serial: serial.clone(),
+                ok: false,
+                reason: Some(Reason::PrefixNotListed),
+            }),
+            Body::Query(Query {
+                serial: serial.clone(),
+                prefix: sample_prefix(),
+                permit: permit.clone(),
+                public_key: vec![9; 32],
+                code: code("ABCDEFGH"),
+            }),
+            Body::Provision(Provision {
+                serial: serial.clone(),
+                prefix: sample_prefix(),
+                permit,
+                body: b"123456789018 opaque".to_vec(),
+            }),
+            Body::QueryComplete(SerialNotice {
+                serial: serial.clone(),
+            }),
+            Body::Refused(Refused {
+                in_reply_to: None,
+                reason: Reason::Busy,
+                text: "busy".into(),
+            }),
+        ];
+        assert_eq!(
+            MESSAGE_TYPES.len(),
+            18,
+            "MESSAGE_TYPES lists every Body variant"
+        );
+        for body in bodies {
+            let f = frame(body);
+            let bytes = f.encode();
+            let len = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+            assert_eq!(len, bytes.len() - 4);
+            let back = Frame::decode_body(&bytes[4..]).expect("decodes");
+            assert_eq!(back, f);
+        }
+    }
+
+    fn map(entries: Vec<(&str, Value)>) -> Vec<u8> {
+        let v = Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Value::Text(k.into()), v))
+                .collect(),
+        );
+        let mut out = Vec::new();
+        ciborium::into_writer(&v, &mut out).expect("encode");
+        out
+    }
+
+    fn header(type_name: &str) -> Vec<(&'static str, Value)> {
+        vec![
+            ("v", Value::Integer(1.into())),
+            ("id", Value::Text("m-9".into())),
+            ("type", Value::Text(type_name.into())),
+            ("sent_at", Value::Integer(5.into())),
+            (
+                "from",
+                Value::serialized(&ims_party()).expect("party serialises"),
+            ),
+        ]
+    }
+
+    fn reason_of(bytes: &[u8]) -> Reason {
+        Frame::decode_body(bytes).expect_err("refused").reason
+    }
+
+    #[test]
+    fn bad_frames_get_their_reason_codes() {
+        assert_eq!(reason_of(b"\xff\x00garbage"), Reason::Malformed);
+        assert_eq!(
+            reason_of(&map(vec![("v", Value::Integer(1.into()))])),
+            Reason::Malformed
+        );
+        let mut h = header("query");
+        h[0].1 = Value::Integer(7.into());
+        assert_eq!(reason_of(&map(h)), Reason::UnsupportedVersion);
+        assert_eq!(reason_of(&map(header("teleport"))), Reason::UnknownType);
+        let mut h = header("prefix_check");
+        h.push(("serial", Value::Text("S-1".into())));
+        assert_eq!(reason_of(&map(h)), Reason::MissingField);
+        let mut h = header("serial_request");
+        h.push(("purpose", Value::Text("lunch".into())));
+        assert_eq!(reason_of(&map(h)), Reason::InvalidField);
+    }
+
+    #[test]
+    fn query_without_permit_or_key_gets_the_r_qry_6_reasons() {
+        let full = Query {
+            serial: code("S-1"),
+            prefix: sample_prefix(),
+            permit: SignedPermit {
+                signed: vec![1],
+                sig: vec![2],
+            },
+            public_key: vec![3; 32],
+            code: code("ABCD"),
+        };
+        let Value::Map(fields) = Value::serialized(&full).expect("serialises") else {
+            panic!("map expected");
+        };
+        for (drop, want) in [
+            ("permit", Reason::NoPermit),
+            ("public_key", Reason::NoPublicKey),
+            ("code", Reason::MissingField),
+        ] {
+            let mut h = header("query");
+            for (k, v) in &fields {
+                let Value::Text(k) = k else { continue };
+                if k != drop {
+                    let key: &'static str = Box::leak(k.clone().into_boxed_str());
+                    h.push((key, v.clone()));
+                }
+            }
+            assert_eq!(reason_of(&map(h)), want, "dropping {drop}");
+        }
+    }
+
+    #[test]
+    fn personal_data_in_headers_is_refused_but_bodies_are_opaque() {
+        let mut h = header("serial_request");
+        h.push(("purpose", Value::Text("query".into())));
+        h.push(("note", Value::Text("123456789018".into())));
+        let err = Frame::decode_body(&map(h)).expect_err("refused");
+        assert_eq!(err.reason, Reason::MyNumber);
+        assert_eq!(err.message_id, MessageId::new("m-9").ok());
+
+        let mut h = header("serial_request");
+        h.push(("purpose", Value::Text("query".into())));
+        h.push(("birth_date", Value::Text("1970-01-01".into())));
+        assert_eq!(reason_of(&map(h)), Reason::BasicFour);
+    }
+
+    #[test]
+    fn unknown_keys_are_dropped_not_relayed() {
+        let mut h = header("serial_request");
+        h.push(("purpose", Value::Text("query".into())));
+        h.push(("x_extra", Value::Text("kept?".into())));
+        let f = Frame::decode_body(&map(h)).expect("decodes");
+        let re = f.encode_body();
+        let v: Value = ciborium::from_reader(re.as_slice()).expect("cbor");
+        let Value::Map(entries) = v else {
+            panic!("map")
+        };
+        assert!(!entries
+            .iter()
+            .any(|(k, _)| matches!(k, Value::Text(t) if t == "x_extra")));
+    }
+
+    #[test]
+    fn permit_fields_round_trip_and_screen() {
+        let fields = PermitFields {
+            permit_id: code("P-1"),
+            issuer: Party::core(),
+            serial: code("S-1"),
+            prefix: sample_prefix(),
+            route: Route {
+                agency: code("131016"),
+                endpoint: "127.0.0.1:7443".into(),
+            },
+            issued_at: 1,
+            expires_at: 2,
+        };
+        let p = SignedPermit::unsigned(&fields);
+        assert_eq!(p.fields().expect("decodes"), fields);
+        let bad = SignedPermit {
+            signed: vec![0xff; 10],
+            sig: vec![],
+        };
+        assert_eq!(
+            bad.fields().expect_err("refused").reason,
+            Reason::PermitInvalid
+        );
+    }
+}

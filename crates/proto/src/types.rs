@@ -1,0 +1,284 @@
+//! Domain values that cross the wire and land in the store: agency and
+//! master codes, pseudonymous codes, processing serials, prefixes, parties.
+//!
+//! Every code is a bounded, validated string ([`heapless::String`]), so an
+//! oversized or oddly-charactered code is refused while the frame is decoded
+//! and never reaches the relay or the records.
+
+use core::fmt;
+use core::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Milliseconds since the Unix epoch, UTC. Every time on the wire and in
+/// the store uses it.
+pub type Millis = i64;
+
+/// Why a code string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodeError {
+    #[error("{kind} is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} is {len} characters long; at most {max} are allowed")]
+    TooLong {
+        kind: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{kind} holds {found:?}; only ASCII letters, digits, '-' and '_' are allowed")]
+    BadCharacter { kind: &'static str, found: char },
+}
+
+fn check_code(kind: &'static str, s: &str, max: usize) -> Result<(), CodeError> {
+    if s.is_empty() {
+        return Err(CodeError::Empty { kind });
+    }
+    if s.len() > max {
+        return Err(CodeError::TooLong {
+            kind,
+            len: s.len(),
+            max,
+        });
+    }
+    if let Some(found) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(CodeError::BadCharacter { kind, found });
+    }
+    Ok(())
+}
+
+/// Declares a bounded code newtype: validated on construction and on
+/// deserialisation, serialised as a plain CBOR text string.
+macro_rules! bounded_code {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(heapless::String<$max>);
+
+        impl $name {
+            /// Longest accepted value, in bytes.
+            pub const MAX_LEN: usize = $max;
+
+            /// Validates and wraps `s`.
+            ///
+            /// # Errors
+            /// [`CodeError`] when `s` is empty, longer than [`Self::MAX_LEN`]
+            /// or holds anything but ASCII letters, digits, `-` and `_`.
+            pub fn new(s: &str) -> Result<Self, CodeError> {
+                check_code($kind, s, $max)?;
+                let mut inner = heapless::String::new();
+                inner
+                    .push_str(s)
+                    .map_err(|()| CodeError::TooLong { kind: $kind, len: s.len(), max: $max })?;
+                Ok(Self(inner))
+            }
+
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = CodeError;
+            fn from_str(s: &str) -> Result<Self, CodeError> {
+                Self::new(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                // Bounded before allocation: a huge string is refused by the
+                // frame-size limit first, then by the length check here.
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::new(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+bounded_code!(
+    /// Code of a public agency (municipality, prefecture, ministry): the
+    /// six-digit local-government code for municipalities.
+    AgencyCode,
+    "agency code",
+    16
+);
+bounded_code!(
+    /// Code of a business (事務) from the business master.
+    BusinessCode,
+    "business code",
+    16
+);
+bounded_code!(
+    /// Code of an information name (特定個人情報名) from the info-name master.
+    InfoNameCode,
+    "info name code",
+    16
+);
+bounded_code!(
+    /// Code of an item (項目) of an information name, from the item master.
+    ItemCode,
+    "item code",
+    16
+);
+bounded_code!(
+    /// Per-agency pseudonymous code (符号) of a person. Never a My Number.
+    PersonCode,
+    "person code",
+    64
+);
+bounded_code!(
+    /// Processing serial (処理通番) issued by the requester's interface
+    /// system: `<agency>-<yyyymmdd>-<epoch>-<counter>`, unique forever.
+    Serial,
+    "processing serial",
+    48
+);
+bounded_code!(
+    /// Identifier of a permit, chosen by the core.
+    PermitId,
+    "permit id",
+    48
+);
+
+/// Most items one prefix may name.
+pub const MAX_ITEMS: usize = 32;
+
+/// The allow-list key of a query: who asks whom for what, under which
+/// business. A prefix-check request is OK when every item is in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Prefix {
+    pub requester: AgencyCode,
+    pub business: BusinessCode,
+    pub provider: AgencyCode,
+    pub info_name: InfoNameCode,
+    pub items: heapless::Vec<ItemCode, MAX_ITEMS>,
+}
+
+/// One row of the prefix list (プレフィックス情報): every column is key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PrefixEntry {
+    pub requester: AgencyCode,
+    pub provider: AgencyCode,
+    pub business: BusinessCode,
+    pub info_name: InfoNameCode,
+    pub item: ItemCode,
+}
+
+/// The kind of system a party is. Certificates name it, frames claim it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The national core system.
+    Core,
+    /// An interface system (this product, or a peer agency's box).
+    Is,
+    /// An agency's intermediate server.
+    Ims,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Core => "core",
+            Role::Is => "is",
+            Role::Ims => "ims",
+        })
+    }
+}
+
+/// A participant of the network: a role and, except for the core, the
+/// agency it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Party {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<AgencyCode>,
+}
+
+impl Party {
+    pub fn core() -> Self {
+        Party {
+            role: Role::Core,
+            agency: None,
+        }
+    }
+    pub fn is(agency: AgencyCode) -> Self {
+        Party {
+            role: Role::Is,
+            agency: Some(agency),
+        }
+    }
+    pub fn ims(agency: AgencyCode) -> Self {
+        Party {
+            role: Role::Ims,
+            agency: Some(agency),
+        }
+    }
+}
+
+impl fmt::Display for Party {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.agency {
+            Some(a) => write!(f, "{}/{}", self.role, a),
+            None => write!(f, "{}", self.role),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_refuse_empty_long_and_odd_characters() {
+        assert!(AgencyCode::new("131016").is_ok());
+        assert!(matches!(AgencyCode::new(""), Err(CodeError::Empty { .. })));
+        assert!(matches!(
+            AgencyCode::new("12345678901234567"),
+            Err(CodeError::TooLong { len: 17, .. })
+        ));
+        assert!(matches!(
+            ItemCode::new("a b"),
+            Err(CodeError::BadCharacter { found: ' ', .. })
+        ));
+        assert!(matches!(
+            ItemCode::new("名前"),
+            Err(CodeError::BadCharacter { .. })
+        ));
+    }
+
+    #[test]
+    fn codes_round_trip_through_cbor_and_refuse_bad_values() {
+        let code = BusinessCode::new("JM0123").expect("valid");
+        let mut buf = Vec::new();
+        ciborium::into_writer(&code, &mut buf).expect("encode");
+        let back: BusinessCode = ciborium::from_reader(buf.as_slice()).expect("decode");
+        assert_eq!(back, code);
+
+        let mut bad = Vec::new();
+        ciborium::into_writer(&"x".repeat(40), &mut bad).expect("encode");
+        assert!(ciborium::from_reader::<BusinessCode, _>(bad.as_slice()).is_err());
+    }
+}
