@@ -1,0 +1,361 @@
+//! [`Batch`]: one write transaction of the single writer, holding the typed
+//! operations of the relay engine (group commit).
+//!
+//! Invariants:
+//! - Appends link to the batch's own copy of the chain heads; the store's
+//!   heads take that copy only after redb committed, so a failed commit or
+//!   a dropped batch leaves them (and the file) unchanged.
+//! - The chain marks and the outbox counter are written inside the same
+//!   transaction as the rows they describe.
+//! - Every commit uses `Durability::Immediate`: when `commit` returns `Ok`,
+//!   the batch survives a power cut (R-AV-2).
+
+use ifrelay_proto::{Millis, Serial};
+use redb::{ReadableTable, WriteTransaction};
+
+use crate::chain::{chain_hash, ChainName};
+use crate::error::{db, from_cbor, to_cbor, StoreError};
+use crate::model::{AccessEntry, Record, RecordBody, RecordBodyRef};
+use crate::store::{Store, WriterState};
+use crate::tables;
+
+/// One group commit: many operations, one transaction, one fsync.
+/// Dropping it without [`Batch::commit`] aborts everything in it.
+#[must_use = "a batch is aborted unless committed"]
+pub struct Batch<'a> {
+    store: &'a mut Store,
+    txn: WriteTransaction,
+    state: WriterState,
+}
+
+impl core::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Batch")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Batch<'a> {
+    pub(crate) fn new(store: &'a mut Store, txn: WriteTransaction, state: WriterState) -> Self {
+        Batch { store, txn, state }
+    }
+
+    /// Stores the engine's state of the process `serial`, replacing any.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn put_process(&mut self, serial: &Serial, state: &[u8]) -> Result<(), StoreError> {
+        let mut table = self
+            .txn
+            .open_table(tables::PROCESSES)
+            .map_err(db("open table processes"))?;
+        table
+            .insert(serial.as_str(), state)
+            .map_err(db("write process"))?;
+        Ok(())
+    }
+
+    /// Removes the process `serial`; returns whether it existed.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn remove_process(&mut self, serial: &Serial) -> Result<bool, StoreError> {
+        let mut table = self
+            .txn
+            .open_table(tables::PROCESSES)
+            .map_err(db("open table processes"))?;
+        let existed = table
+            .remove(serial.as_str())
+            .map_err(db("remove process"))?
+            .is_some();
+        Ok(existed)
+    }
+
+    /// Stores prefix list `version` (list and masters as opaque CBOR) and
+    /// makes it current, atomically with the rest of the batch. Every
+    /// version is kept. Storing the current version again with the same
+    /// bytes is a no-op.
+    ///
+    /// # Errors
+    /// [`StoreError::PrefixVersionStale`] for a version older than the
+    /// current one; [`StoreError::PrefixVersionConflict`] for a stored
+    /// version with different bytes; [`StoreError::Db`] from redb.
+    pub fn put_prefix(&mut self, version: u64, snapshot: &[u8]) -> Result<(), StoreError> {
+        let mut meta = self
+            .txn
+            .open_table(tables::META)
+            .map_err(db("open table meta"))?;
+        let current = meta
+            .get(tables::PREFIX_CURRENT_KEY)
+            .map_err(db("read prefix version"))?
+            .map(|g| g.value());
+        if let Some(current) = current {
+            if version < current {
+                return Err(StoreError::PrefixVersionStale { version, current });
+            }
+        }
+        let mut prefix = self
+            .txn
+            .open_table(tables::PREFIX)
+            .map_err(db("open table prefix"))?;
+        let same = match prefix.get(version).map_err(db("read prefix"))? {
+            Some(existing) if existing.value() == snapshot => true,
+            Some(_) => return Err(StoreError::PrefixVersionConflict { version }),
+            None => false,
+        };
+        if !same {
+            prefix
+                .insert(version, snapshot)
+                .map_err(db("write prefix"))?;
+        }
+        meta.insert(tables::PREFIX_CURRENT_KEY, version)
+            .map_err(db("write prefix version"))?;
+        Ok(())
+    }
+
+    /// Appends a query or provision record (R-REC-1) to the records
+    /// chain; returns its seq.
+    ///
+    /// # Errors
+    /// [`StoreError::Encode`], [`StoreError::Exhausted`], or
+    /// [`StoreError::Db`] from redb.
+    pub fn append_record(&mut self, at: Millis, record: Record) -> Result<u64, StoreError> {
+        let body = to_cbor(
+            "record",
+            &RecordBodyRef {
+                at,
+                record: &record,
+            },
+        )?;
+        let seq = self.append(ChainName::Records, &body)?;
+        let mut index = self
+            .txn
+            .open_multimap_table(tables::RECORDS_BY_SERIAL)
+            .map_err(db("open table records_by_serial"))?;
+        index
+            .insert(record.serial.as_str(), seq)
+            .map_err(db("write record index"))?;
+        Ok(seq)
+    }
+
+    /// Appends an access-log entry (R-REC-5); returns its seq.
+    ///
+    /// # Errors
+    /// [`StoreError::Encode`], [`StoreError::Exhausted`], or
+    /// [`StoreError::Db`] from redb.
+    pub fn append_access(&mut self, entry: AccessEntry) -> Result<u64, StoreError> {
+        let body = to_cbor("access-log entry", &entry)?;
+        self.append(ChainName::AccessLog, &body)
+    }
+
+    /// Links `body` to the batch's head of `chain` and stores the row.
+    fn append(&mut self, chain: ChainName, body: &[u8]) -> Result<u64, StoreError> {
+        let mark = self.state.mark(chain);
+        let seq = mark.head_seq.checked_add(1).ok_or(StoreError::Exhausted {
+            what: "chain sequence",
+        })?;
+        let prev = mark.head_hash;
+        let hash = chain_hash(chain, &prev, seq, body);
+        let mut table = self
+            .txn
+            .open_table(chain_table(chain))
+            .map_err(db("open chain table"))?;
+        table
+            .insert(seq, (prev, hash, body))
+            .map_err(db("append chain entry"))?;
+        let mark = self.state.mark_mut(chain);
+        mark.head_seq = seq;
+        mark.head_hash = hash;
+        Ok(seq)
+    }
+
+    /// Queues `frame` for `destination`; returns its seq, which is never
+    /// reused, also across restarts and removals.
+    ///
+    /// # Errors
+    /// [`StoreError::Exhausted`] or [`StoreError::Db`] from redb.
+    pub fn push_outbox(&mut self, destination: &str, frame: &[u8]) -> Result<u64, StoreError> {
+        let seq = self.state.outbox_next;
+        let next = seq.checked_add(1).ok_or(StoreError::Exhausted {
+            what: "outbox sequence",
+        })?;
+        let mut table = self
+            .txn
+            .open_table(tables::OUTBOX)
+            .map_err(db("open table outbox"))?;
+        table
+            .insert(seq, (destination, frame))
+            .map_err(db("write outbox"))?;
+        self.state.outbox_next = next;
+        Ok(seq)
+    }
+
+    /// Removes outbox entry `seq` (delivered or given up); returns whether
+    /// it existed.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn remove_outbox(&mut self, seq: u64) -> Result<bool, StoreError> {
+        let mut table = self
+            .txn
+            .open_table(tables::OUTBOX)
+            .map_err(db("open table outbox"))?;
+        let existed = table
+            .remove(seq)
+            .map_err(db("remove outbox entry"))?
+            .is_some();
+        Ok(existed)
+    }
+
+    /// Policy deletion of records (R-REC-4): removes every record up to and
+    /// including `seq` and makes the hash of entry `seq` the new anchor, so
+    /// verification still passes. Returns how many entries were removed.
+    /// Retention rules (minimum period, operator confirmation) are the
+    /// caller's; this only keeps the chain sound.
+    ///
+    /// # Errors
+    /// [`StoreError::DeleteBeyondHead`] for a `seq` after the last record;
+    /// [`StoreError::ChainRowMissing`] when entry `seq` is absent (tampered
+    /// chain); [`StoreError::Db`] from redb.
+    pub fn delete_records_through(&mut self, seq: u64) -> Result<u64, StoreError> {
+        self.delete_through(ChainName::Records, seq)
+    }
+
+    /// Policy deletion of access-log entries (R-REC-6), as
+    /// [`Batch::delete_records_through`].
+    ///
+    /// # Errors
+    /// As [`Batch::delete_records_through`].
+    pub fn delete_access_through(&mut self, seq: u64) -> Result<u64, StoreError> {
+        self.delete_through(ChainName::AccessLog, seq)
+    }
+
+    fn delete_through(&mut self, chain: ChainName, seq: u64) -> Result<u64, StoreError> {
+        let mark = self.state.mark(chain);
+        if seq <= mark.anchor_seq {
+            return Ok(0);
+        }
+        if seq > mark.head_seq {
+            return Err(StoreError::DeleteBeyondHead {
+                chain,
+                seq,
+                head: mark.head_seq,
+            });
+        }
+        let mut table = self
+            .txn
+            .open_table(chain_table(chain))
+            .map_err(db("open chain table"))?;
+        let new_anchor = table
+            .get(seq)
+            .map_err(db("read chain entry"))?
+            .ok_or(StoreError::ChainRowMissing { chain, seq })?
+            .value()
+            .1;
+
+        let mut removed = 0u64;
+        let mut serials: Vec<(String, u64)> = Vec::new();
+        {
+            let extracted = table
+                .extract_from_if(..=seq, |_, _| true)
+                .map_err(db("delete chain entries"))?;
+            for row in extracted {
+                let (k, v) = row.map_err(db("delete chain entries"))?;
+                removed += 1;
+                if chain == ChainName::Records {
+                    let key = k.value();
+                    // An undecodable row has no index entry to find; the
+                    // index tolerates dangling seqs.
+                    if let Ok(body) =
+                        from_cbor::<RecordBody>("record", || key.to_string(), v.value().2)
+                    {
+                        serials.push((body.record.serial.as_str().to_owned(), key));
+                    }
+                }
+            }
+        }
+        if !serials.is_empty() {
+            let mut index = self
+                .txn
+                .open_multimap_table(tables::RECORDS_BY_SERIAL)
+                .map_err(db("open table records_by_serial"))?;
+            for (serial, key) in &serials {
+                index
+                    .remove(serial.as_str(), key)
+                    .map_err(db("delete record index"))?;
+            }
+        }
+        let mark = self.state.mark_mut(chain);
+        mark.anchor_seq = seq;
+        mark.anchor_hash = new_anchor;
+        tracing::info!(%chain, through = seq, removed, "store: policy deletion");
+        Ok(removed)
+    }
+
+    /// Commits the batch with one fsync. On success the store's chain heads
+    /// advance; on failure nothing of the batch is visible, the heads are
+    /// unchanged and the store reopens the file for the next batch.
+    ///
+    /// If the failure happened in the final fsync the outcome on disk is
+    /// unknown (the kernel may still write the pages); after the reopen the
+    /// store's heads follow what the file holds.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb; see [`StoreError::is_storage_full`].
+    pub fn commit(self) -> Result<(), StoreError> {
+        let Batch { store, txn, state } = self;
+        let result = write_marks(&txn, &store.state, &state)
+            .and_then(|()| txn.commit().map_err(db("commit batch")));
+        match result {
+            Ok(()) => {
+                store.state = state;
+                Ok(())
+            }
+            Err(e) => {
+                let e = store.shared().track(Err(e));
+                if store.shared().needs_reopen_now() {
+                    if let Err(reopen) = store.reopen() {
+                        tracing::warn!(error = %reopen, "store: reopen after failed commit failed; the next batch retries");
+                    }
+                }
+                e
+            }
+        }
+    }
+}
+
+/// Writes the chain marks and counters that changed in the batch.
+fn write_marks(
+    txn: &WriteTransaction,
+    before: &WriterState,
+    after: &WriterState,
+) -> Result<(), StoreError> {
+    if before.records != after.records || before.access != after.access {
+        let mut marks = txn
+            .open_table(tables::CHAIN_MARKS)
+            .map_err(db("open table chain_marks"))?;
+        for chain in [ChainName::Records, ChainName::AccessLog] {
+            if before.mark(chain) != after.mark(chain) {
+                marks
+                    .insert(chain.key(), after.mark(chain).to_row())
+                    .map_err(db("write chain marks"))?;
+            }
+        }
+    }
+    if before.outbox_next != after.outbox_next {
+        let mut meta = txn
+            .open_table(tables::META)
+            .map_err(db("open table meta"))?;
+        meta.insert(tables::OUTBOX_NEXT_KEY, after.outbox_next)
+            .map_err(db("write outbox counter"))?;
+    }
+    Ok(())
+}
+
+pub(crate) const fn chain_table(chain: ChainName) -> tables::ChainTable {
+    match chain {
+        ChainName::Records => tables::RECORDS,
+        ChainName::AccessLog => tables::ACCESS_LOG,
+    }
+}

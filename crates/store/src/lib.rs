@@ -1,0 +1,49 @@
+//! `ifrelay-store`: the redb store of the Interface System box.
+//!
+//! Owns everything that must survive a power cut (R-AV-2): the serial epoch
+//! (R-SER-1), the versioned prefix list and masters, the per-serial process
+//! states, the outbox of frames not yet acknowledged, and the two
+//! append-only, hash-chained logs — provision records (R-REC-1..4) and the
+//! access log (R-REC-5/6) — whose chains make a later edit, removal or
+//! insertion detectable (R-SEC-6).
+//!
+//! Shape:
+//! - [`Store`] is owned by the relay engine's single writer thread. It opens
+//!   the file, bumps the epoch at [`Store::boot`] and hands out one
+//!   [`Batch`] at a time: one redb write transaction, committed with
+//!   `Durability::Immediate` (one fsync for many messages: group commit).
+//! - [`StoreReader`] is a cheap, `Send + Sync` clone for readers on other
+//!   threads (search, export, verification, monitoring); it only ever uses
+//!   read transactions, so it never blocks the writer.
+//! - [`tables`] holds every `TableDefinition`, public for forensic tools and
+//!   tamper tests.
+//!
+//! Invariants kept here:
+//! - Sequence numbers of records, access log and outbox only grow, across
+//!   restarts and policy deletions; they are never reused.
+//! - The in-memory chain heads change only when a batch commits; a failed or
+//!   dropped batch leaves them (and the file) as they were.
+//! - After an I/O error redb refuses every further operation on that handle;
+//!   the store then reopens the file before the next batch, so the box
+//!   recovers by itself once space returns.
+
+mod batch;
+mod chain;
+mod error;
+mod model;
+mod reader;
+mod store;
+pub mod tables;
+
+pub use batch::Batch;
+pub use chain::{
+    chain_hash, ChainDefect, ChainMark, ChainName, ChainReport, ChainSummary, DefectKind,
+    MAX_REPORTED_DEFECTS,
+};
+pub use error::StoreError;
+pub use model::{
+    AccessEntry, BootState, ChainedAccess, ChainedRecord, Direction, OutboxEntry, Record,
+    RecordFilter, RecordKind, Side,
+};
+pub use reader::StoreReader;
+pub use store::Store;

@@ -1,0 +1,214 @@
+//! The values the store keeps for the rest of the firmware: records,
+//! access-log entries, their chained forms, search filters, boot state.
+//!
+//! [`Record`] and [`AccessEntry`] are stored as CBOR inside hash-chained
+//! rows; their field names are part of the file format (renaming one breaks
+//! decoding of old rows, so a change needs a schema version bump).
+
+use ifrelay_proto::{
+    AgencyCode, BusinessCode, InfoNameCode, ItemCode, Millis, PermitId, PersonCode, Prefix, Serial,
+};
+use serde::{Deserialize, Serialize};
+
+/// Which record of a query's life (R-REC-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A query was relayed (情報照会).
+    Query,
+    /// A provision (the answer) was relayed (情報提供).
+    Provision,
+}
+
+/// Which side of the exchange this box is on for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// This box serves the requesting agency.
+    Requester,
+    /// This box serves the providing agency.
+    Provider,
+}
+
+/// A query or provision record (R-REC-1, Article 23 of the Act).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub kind: RecordKind,
+    pub side: Side,
+    /// Processing serial of the exchange.
+    pub serial: Serial,
+    /// Requester, business, provider, info name and items.
+    pub prefix: Prefix,
+    /// This side's pseudonymous code (符号) of the person, when known.
+    pub code: Option<PersonCode>,
+    /// The core's permit, once one was issued.
+    pub permit_id: Option<PermitId>,
+    /// The other agency of the exchange.
+    pub counterpart: Option<AgencyCode>,
+    /// When the query was requested.
+    pub query_requested_at: Millis,
+    /// When the provision was made, for provision records.
+    pub provision_at: Option<Millis>,
+    /// Whether the box clock was NTP-synchronised when the record was made,
+    /// so a reader knows how far to trust the times.
+    pub clock_synced: bool,
+}
+
+/// A record as stored: its place in the chain and the time it was appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainedRecord {
+    pub seq: u64,
+    /// Box time when the record was appended.
+    pub at: Millis,
+    #[serde(with = "serde_bytes")]
+    pub prev_hash: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub hash: [u8; 32],
+    pub record: Record,
+}
+
+/// What an access-log entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// A message received.
+    In,
+    /// A message sent.
+    Out,
+    /// An operation at the local console.
+    Console,
+    /// A connection opened, refused or closed.
+    Connection,
+}
+
+/// One access-log entry (R-REC-5): one per message sent or received and
+/// per console operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessEntry {
+    pub at: Millis,
+    /// Peer socket address, or `console:ttyS0`.
+    pub terminal: String,
+    /// `core`, `is/131016`, `ims/131016`, `unauthenticated`.
+    pub party: String,
+    pub agency: Option<AgencyCode>,
+    /// Console user id.
+    pub staff: Option<String>,
+    pub direction: Direction,
+    /// Message type (`query`, `permit`, ...) or console command.
+    pub operation: String,
+    pub message_id: Option<String>,
+    pub serial: Option<Serial>,
+    pub business: Option<BusinessCode>,
+    pub info_name: Option<InfoNameCode>,
+    pub items: Vec<ItemCode>,
+    /// `accepted`, `delivered`, or a reason code such as `E_NO_BINDING`.
+    pub outcome: String,
+}
+
+/// An access-log entry as stored, with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainedAccess {
+    pub seq: u64,
+    #[serde(with = "serde_bytes")]
+    pub prev_hash: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub hash: [u8; 32],
+    pub entry: AccessEntry,
+}
+
+/// The body of a record row, which the chain hash covers (borrowed form
+/// for writing).
+#[derive(Serialize)]
+pub(crate) struct RecordBodyRef<'a> {
+    pub at: Millis,
+    pub record: &'a Record,
+}
+
+/// The body of a record row (owned form for reading).
+#[derive(Deserialize)]
+pub(crate) struct RecordBody {
+    pub at: Millis,
+    pub record: Record,
+}
+
+/// Search criteria for records (R-REC-2). Every set field must match; an
+/// empty filter matches everything. Build with struct-update syntax:
+/// `RecordFilter { serial: Some(s), ..RecordFilter::default() }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordFilter {
+    /// Only records with seq at or above this (paging: last seq + 1).
+    pub from_seq: u64,
+    pub serial: Option<Serial>,
+    /// Appended at or after this time.
+    pub since: Option<Millis>,
+    /// Appended strictly before this time.
+    pub until: Option<Millis>,
+    pub requester: Option<AgencyCode>,
+    pub provider: Option<AgencyCode>,
+    pub business: Option<BusinessCode>,
+    pub info_name: Option<InfoNameCode>,
+    /// The record's prefix names this item.
+    pub item: Option<ItemCode>,
+    /// This side's pseudonymous code.
+    pub code: Option<PersonCode>,
+    pub kind: Option<RecordKind>,
+    pub side: Option<Side>,
+}
+
+impl RecordFilter {
+    /// Whether `r` (appended at `at`) matches every set criterion.
+    pub fn matches(&self, seq: u64, at: Millis, r: &Record) -> bool {
+        seq >= self.from_seq
+            && self.serial.as_ref().is_none_or(|s| *s == r.serial)
+            && self.since.is_none_or(|t| at >= t)
+            && self.until.is_none_or(|t| at < t)
+            && self
+                .requester
+                .as_ref()
+                .is_none_or(|a| *a == r.prefix.requester)
+            && self
+                .provider
+                .as_ref()
+                .is_none_or(|a| *a == r.prefix.provider)
+            && self
+                .business
+                .as_ref()
+                .is_none_or(|b| *b == r.prefix.business)
+            && self
+                .info_name
+                .as_ref()
+                .is_none_or(|i| *i == r.prefix.info_name)
+            && self
+                .item
+                .as_ref()
+                .is_none_or(|i| r.prefix.items.contains(i))
+            && self
+                .code
+                .as_ref()
+                .is_none_or(|c| r.code.as_ref() == Some(c))
+            && self.kind.is_none_or(|k| k == r.kind)
+            && self.side.is_none_or(|s| s == r.side)
+    }
+}
+
+/// A frame waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Monotonic forever, also across restarts and removals.
+    pub seq: u64,
+    pub destination: String,
+    pub frame: Vec<u8>,
+}
+
+/// What the engine reloads at start ([`crate::Store::boot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootState {
+    /// The serial epoch of this boot, already durable.
+    pub epoch: u64,
+    /// The current prefix snapshot: `(version, opaque CBOR)`.
+    pub prefix: Option<(u64, Vec<u8>)>,
+    /// Every stored process state, by serial, in serial order.
+    pub processes: Vec<(Serial, Vec<u8>)>,
+    /// Every outbox entry, in seq order.
+    pub outbox: Vec<OutboxEntry>,
+}
