@@ -1,0 +1,1634 @@
+//! The box's configuration: one TOML file, read, checked and typed before
+//! anything is bound (a bad file means one message naming the field, and
+//! exit code [`EXIT_CONFIG`]).
+//!
+//! Three steps, so each can be used alone:
+//! 1. [`ConfigFile::parse`] — TOML syntax and shape; unknown keys refused.
+//! 2. [`ConfigFile::resolve`] — every value checked and typed (agency code,
+//!    socket addresses, CIDRs, ranges), relative paths resolved against the
+//!    configuration file's directory. No filesystem access.
+//! 3. [`Config::validate_files`] — the CA, certificate and key exist, are
+//!    readable, load, match, and name this box under the CA; the store's
+//!    directory exists (or can be created) and is writable.
+//!
+//! [`Config::load`] and [`Config::from_toml_str`] run all three;
+//! [`Config::parse`] runs the first two. [`ConfigFile`] is both what is read
+//! and what is written ([`Config::to_toml_string`]), so simulators and test
+//! harnesses write configurations the box reads. `docs/config.md` is the
+//! reference of every key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ifrelay_proto::{AgencyCode, Party};
+use ifrelay_tls::{TlsError, TlsMaterial};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Exit status of the binary when the configuration is refused
+/// (`EX_CONFIG` of sysexits.h).
+pub const EXIT_CONFIG: i32 = 78;
+
+/// Default largest frame body: the protocol's default.
+pub const DEFAULT_MAX_FRAME_BYTES: u64 = ifrelay_proto::frame::DEFAULT_MAX_FRAME as u64;
+/// Smallest accepted `limits.max_frame_bytes` (1 KiB).
+pub const MIN_FRAME_BYTES: u64 = 1024;
+/// Largest accepted `limits.max_frame_bytes` (64 MiB).
+pub const MAX_FRAME_BYTES: u64 = 64 * 1024 * 1024;
+/// Default `limits.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 256;
+/// Largest accepted `limits.max_connections`.
+pub const MAX_CONNECTIONS: u64 = 65_536;
+/// Default `limits.io_timeout_ms`.
+pub const DEFAULT_IO_TIMEOUT_MS: u64 = 10_000;
+/// Default `timeouts.connect_ms`.
+pub const DEFAULT_CONNECT_MS: u64 = 3_000;
+/// Default `timeouts.reply_ms`.
+pub const DEFAULT_REPLY_MS: u64 = 10_000;
+/// Default `timeouts.retry_count`.
+pub const DEFAULT_RETRY_COUNT: u64 = 5;
+/// Largest accepted `timeouts.retry_count`.
+pub const MAX_RETRY_COUNT: u64 = 100;
+/// Default `timeouts.retry_backoff_ms`.
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 500;
+/// Default `store.cache_mib`.
+pub const DEFAULT_CACHE_MIB: u64 = 32;
+/// Largest accepted `store.cache_mib`.
+pub const MAX_CACHE_MIB: u64 = 4096;
+/// Longest accepted `box.name`, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+const TEN_MINUTES_MS: u64 = 10 * 60 * 1000;
+const ONE_HOUR_MS: u64 = 60 * 60 * 1000;
+
+/// Why the configuration was refused. Every message says what is wrong and
+/// what to do; [`ConfigError::field`] names the key (dotted path).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file itself cannot be read.
+    #[error("cannot read configuration file {}: {source}; check the path given and its permissions", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Not TOML, or not the shape of an ifrelay configuration (unknown
+    /// key, missing key, wrong type).
+    #[error(
+        "{}configuration{} is refused:\n{message}\nfix it as shown; docs/config.md lists every key",
+        field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default(),
+        origin.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default()
+    )]
+    Syntax {
+        /// The file, when the text came from one.
+        origin: Option<PathBuf>,
+        /// The key concerned, when it can be told from the error.
+        field: Option<String>,
+        message: String,
+    },
+    /// A value is refused.
+    #[error("{field}: {problem}; {fix}")]
+    Invalid {
+        field: String,
+        problem: String,
+        fix: String,
+    },
+    /// The configuration could not be written back as TOML.
+    #[error("cannot write the configuration as TOML: {0}")]
+    Serialize(#[from] toml::ser::Error),
+}
+
+impl ConfigError {
+    /// Exit status for a refused configuration: [`EXIT_CONFIG`].
+    pub const EXIT_CODE: i32 = EXIT_CONFIG;
+
+    /// The dotted key the error is about (`tls.cert`, `core.allow[1]`), if
+    /// known.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => Some(field),
+            ConfigError::Syntax { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn invalid(
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file as written: plain values, checked by `resolve`.
+// ---------------------------------------------------------------------------
+
+/// The configuration file as read and written: strings and integers,
+/// checked and typed by [`ConfigFile::resolve`]. Sections with defaults may
+/// be omitted from the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[box]`: who this box is.
+    #[serde(rename = "box")]
+    pub appliance: BoxSection,
+    /// `[listen]`: the two TLS listeners.
+    pub listen: ListenSection,
+    /// `[tls]`: the box's PEM files.
+    pub tls: TlsSection,
+    /// `[store]`: the redb store.
+    pub store: StoreSection,
+    /// `[core]`: the core system.
+    pub core: EndpointSection,
+    /// `[ims]`: the agency's own intermediate server.
+    pub ims: EndpointSection,
+    /// `[peers]`: other agencies' interface systems.
+    #[serde(default)]
+    pub peers: PeersSection,
+    /// `[limits]`: bounds on connections and frames.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// `[timeouts]`: relay timers.
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+}
+
+/// `[box]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoxSection {
+    /// This box's agency code; its certificate must be `is-<agency>`.
+    pub agency: String,
+    /// Display name for the console and status, optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// `IP:port` of the listener on the core-side NIC.
+    pub core_side: String,
+    /// `IP:port` of the listener on the agency-side NIC.
+    pub agency_side: String,
+}
+
+/// `[tls]`: PEM files, relative to the configuration file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The network CA certificate(s).
+    pub ca: PathBuf,
+    /// This box's certificate chain, end-entity first.
+    pub cert: PathBuf,
+    /// This box's private key.
+    pub key: PathBuf,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// The redb file, relative to the configuration file's directory.
+    pub path: PathBuf,
+    /// Page cache size in MiB.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u64,
+}
+
+fn default_cache_mib() -> u64 {
+    DEFAULT_CACHE_MIB
+}
+
+/// `[core]` and `[ims]`: a party the box dials and accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    /// `IP:port` the box dials.
+    pub address: String,
+    /// CIDRs the party may connect from.
+    pub allow: Vec<String>,
+}
+
+/// `[peers]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeersSection {
+    /// CIDRs peer interface systems may connect from and be dialled at.
+    pub allow: Vec<String>,
+    /// Agencies refused even with a valid certificate.
+    pub deny_agencies: Vec<String>,
+    /// `[peers.addresses]`: agency code → `IP:port` of its interface system.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub addresses: BTreeMap<String, String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_frame_bytes: u64,
+    pub max_connections: u64,
+    pub io_timeout_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            io_timeout_ms: DEFAULT_IO_TIMEOUT_MS,
+        }
+    }
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsSection {
+    pub connect_ms: u64,
+    pub reply_ms: u64,
+    pub retry_count: u64,
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        Self {
+            connect_ms: DEFAULT_CONNECT_MS,
+            reply_ms: DEFAULT_REPLY_MS,
+            retry_count: DEFAULT_RETRY_COUNT,
+            retry_backoff_ms: DEFAULT_RETRY_BACKOFF_MS,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The checked, typed configuration.
+// ---------------------------------------------------------------------------
+
+/// The checked configuration of the box. Every path is absolute (or
+/// resolved against the directory given), every value in range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This box's agency code (`box.agency`).
+    pub agency: AgencyCode,
+    /// Display name (`box.name`).
+    pub name: Option<String>,
+    pub listen: Listen,
+    pub tls: TlsFiles,
+    pub store: StoreSettings,
+    pub core: Endpoint,
+    pub ims: Endpoint,
+    pub peers: Peers,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+}
+
+/// The two listeners, one per NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    /// Core system and peer interface systems connect here.
+    pub core_side: SocketAddr,
+    /// The agency's intermediate server connects here.
+    pub agency_side: SocketAddr,
+}
+
+/// The box's PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where and how the store is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub path: PathBuf,
+    pub cache_mib: u32,
+}
+
+impl StoreSettings {
+    /// The page cache size in bytes, for `ifrelay_store::Store::open`.
+    pub fn cache_bytes(&self) -> usize {
+        (self.cache_mib as usize).saturating_mul(1024 * 1024)
+    }
+}
+
+/// A party the box both dials and accepts (the core, the own IMS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where the box dials it.
+    pub address: SocketAddr,
+    /// Source networks it may connect from (never empty).
+    pub allow: Vec<IpNet>,
+}
+
+impl Endpoint {
+    /// Whether a connection from `ip` is allowed.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        allows(&self.allow, ip)
+    }
+}
+
+/// Other agencies' interface systems.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peers {
+    /// Source networks peers may connect from and be dialled at (may be
+    /// empty: no peer at all).
+    pub allow: Vec<IpNet>,
+    /// Agencies refused even with a valid certificate.
+    pub deny_agencies: Vec<AgencyCode>,
+    /// Where to dial the interface system of an agency; every address is
+    /// inside `allow`.
+    pub addresses: BTreeMap<AgencyCode, SocketAddr>,
+}
+
+impl Peers {
+    /// Whether a connection from `ip` is allowed.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        allows(&self.allow, ip)
+    }
+
+    /// Whether `agency` is refused outright.
+    pub fn is_denied(&self, agency: &AgencyCode) -> bool {
+        self.deny_agencies.contains(agency)
+    }
+}
+
+fn allows(nets: &[IpNet], ip: IpAddr) -> bool {
+    // An IPv4 peer may show up as an IPv4-mapped IPv6 address on a
+    // dual-stack socket.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|net| net.contains(&ip))
+}
+
+/// Bounds on connections and frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame body accepted, checked before the body is read.
+    pub max_frame_bytes: usize,
+    /// Most simultaneous connections over both listeners.
+    pub max_connections: usize,
+    /// Longest wait for one read or write on a connection.
+    pub io_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: ifrelay_proto::frame::DEFAULT_MAX_FRAME,
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            io_timeout: Duration::from_millis(DEFAULT_IO_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Relay timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Longest wait for a TCP + TLS connection to be established.
+    pub connect: Duration,
+    /// Longest wait for the answer to a forwarded frame.
+    pub reply: Duration,
+    /// Resends after the first attempt before the process is closed.
+    pub retry_count: u32,
+    /// Wait before the first resend (doubled at each one).
+    pub retry_backoff: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_millis(DEFAULT_CONNECT_MS),
+            reply: Duration::from_millis(DEFAULT_REPLY_MS),
+            retry_count: DEFAULT_RETRY_COUNT as u32,
+            retry_backoff: Duration::from_millis(DEFAULT_RETRY_BACKOFF_MS),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Step 1: parse.
+// ---------------------------------------------------------------------------
+
+impl ConfigFile {
+    /// Parses TOML text; unknown keys, missing keys and wrong types are
+    /// refused.
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`], naming the key when it can be told.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        Self::parse_from(text, None)
+    }
+
+    fn parse_from(text: &str, origin: Option<&Path>) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.map(Path::to_owned),
+            field: key_of_error(text, &e),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// The file as TOML text.
+    ///
+    /// # Errors
+    /// [`ConfigError::Serialize`] (an integer beyond `i64`).
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
+    }
+}
+
+/// Best-effort dotted key of a TOML/serde error, from its span: the
+/// enclosing `[section]` and the key on the line, or the field named by a
+/// "missing field"/"unknown field" message.
+fn key_of_error(text: &str, err: &toml::de::Error) -> Option<String> {
+    let named = |prefix: &str| {
+        err.message()
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    let span = err.span()?;
+    let before = text.get(..span.start)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[span.start..]
+        .find('\n')
+        .map_or(text.len(), |i| span.start + i);
+    let line = text.get(line_start..line_end)?.trim();
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let join = |section: Option<String>, key: String| match section {
+        Some(s) if !s.is_empty() => format!("{s}.{key}"),
+        _ => key,
+    };
+    if line.starts_with('[') {
+        let header = line
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_owned();
+        if let Some(missing) = named("missing field `") {
+            return Some(join(Some(header), missing));
+        }
+        return Some(header);
+    }
+    if let Some(missing) = named("missing field `") {
+        return Some(join(section, missing));
+    }
+    let key = line.split('=').next()?.trim().trim_matches('"').to_owned();
+    if key.is_empty() {
+        return None;
+    }
+    Some(join(section, key))
+}
+
+// ---------------------------------------------------------------------------
+// Step 2: resolve.
+// ---------------------------------------------------------------------------
+
+impl ConfigFile {
+    /// Checks and types every value; relative paths are resolved against
+    /// `base_dir` (the configuration file's directory). Touches no file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first refused key.
+    pub fn resolve(&self, base_dir: &Path) -> Result<Config, ConfigError> {
+        let agency = agency_code("box.agency", &self.appliance.agency)?;
+        let name = match &self.appliance.name {
+            None => None,
+            Some(name) => Some(display_name(name)?),
+        };
+
+        let listen = Listen {
+            core_side: socket_addr("listen.core_side", &self.listen.core_side, true)?,
+            agency_side: socket_addr("listen.agency_side", &self.listen.agency_side, true)?,
+        };
+        if overlaps(listen.core_side, listen.agency_side) {
+            return Err(ConfigError::invalid(
+                "listen.agency_side",
+                format!(
+                    "{} collides with listen.core_side {}",
+                    listen.agency_side, listen.core_side
+                ),
+                "each NIC needs its own listener: use the agency-side interface's address or another port",
+            ));
+        }
+
+        let tls = TlsFiles {
+            ca: path(
+                "tls.ca",
+                &self.tls.ca,
+                base_dir,
+                "the network CA certificate PEM",
+            )?,
+            cert: path(
+                "tls.cert",
+                &self.tls.cert,
+                base_dir,
+                "the box certificate PEM",
+            )?,
+            key: path(
+                "tls.key",
+                &self.tls.key,
+                base_dir,
+                "the box private key PEM",
+            )?,
+        };
+
+        let store = StoreSettings {
+            path: path(
+                "store.path",
+                &self.store.path,
+                base_dir,
+                "the redb store file",
+            )?,
+            cache_mib: in_range(
+                "store.cache_mib",
+                self.store.cache_mib,
+                1,
+                MAX_CACHE_MIB,
+                "MiB",
+            )?
+            .try_into()
+            .map_err(|_| ConfigError::invalid("store.cache_mib", "is too large", "lower it"))?,
+        };
+
+        let core = endpoint("core", &self.core, "the core system")?;
+        let ims = endpoint("ims", &self.ims, "the intermediate server")?;
+        let peers = self.peers(&agency)?;
+        let limits = self.limits()?;
+        let timeouts = self.timeouts()?;
+
+        Ok(Config {
+            agency,
+            name,
+            listen,
+            tls,
+            store,
+            core,
+            ims,
+            peers,
+            limits,
+            timeouts,
+        })
+    }
+
+    fn peers(&self, own: &AgencyCode) -> Result<Peers, ConfigError> {
+        let allow = cidrs("peers.allow", &self.peers.allow)?;
+        let deny_agencies = self
+            .peers
+            .deny_agencies
+            .iter()
+            .enumerate()
+            .map(|(i, code)| agency_code(&format!("peers.deny_agencies[{i}]"), code))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut addresses = BTreeMap::new();
+        for (code, addr) in &self.peers.addresses {
+            let field = format!("peers.addresses.{}", toml_key(code));
+            let agency = agency_code(&field, code)?;
+            if &agency == own {
+                return Err(ConfigError::invalid(
+                    field,
+                    "is this box's own agency",
+                    "remove it; the box never dials itself",
+                ));
+            }
+            let addr = socket_addr(&field, addr, false)?;
+            if !allows(&allow, addr.ip()) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{} is outside peers.allow", addr.ip()),
+                    "add its network to peers.allow or correct the address",
+                ));
+            }
+            addresses.insert(agency, addr);
+        }
+        Ok(Peers {
+            allow,
+            deny_agencies,
+            addresses,
+        })
+    }
+
+    fn limits(&self) -> Result<Limits, ConfigError> {
+        let l = &self.limits;
+        let frame = in_range(
+            "limits.max_frame_bytes",
+            l.max_frame_bytes,
+            MIN_FRAME_BYTES,
+            MAX_FRAME_BYTES,
+            "bytes",
+        )?;
+        let conns = in_range(
+            "limits.max_connections",
+            l.max_connections,
+            1,
+            MAX_CONNECTIONS,
+            "connections",
+        )?;
+        Ok(Limits {
+            max_frame_bytes: to_usize("limits.max_frame_bytes", frame)?,
+            max_connections: to_usize("limits.max_connections", conns)?,
+            io_timeout: millis("limits.io_timeout_ms", l.io_timeout_ms, TEN_MINUTES_MS)?,
+        })
+    }
+
+    fn timeouts(&self) -> Result<Timeouts, ConfigError> {
+        let t = &self.timeouts;
+        let retries = in_range(
+            "timeouts.retry_count",
+            t.retry_count,
+            0,
+            MAX_RETRY_COUNT,
+            "retries",
+        )?;
+        Ok(Timeouts {
+            connect: millis("timeouts.connect_ms", t.connect_ms, TEN_MINUTES_MS)?,
+            reply: millis("timeouts.reply_ms", t.reply_ms, ONE_HOUR_MS)?,
+            retry_count: u32::try_from(retries).map_err(|_| {
+                ConfigError::invalid("timeouts.retry_count", "is too large", "lower it")
+            })?,
+            retry_backoff: millis(
+                "timeouts.retry_backoff_ms",
+                t.retry_backoff_ms,
+                TEN_MINUTES_MS,
+            )?,
+        })
+    }
+}
+
+/// A key as written in a dotted path: bare when it can be, quoted otherwise.
+fn toml_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+fn agency_code(field: &str, value: &str) -> Result<AgencyCode, ConfigError> {
+    AgencyCode::new(value).map_err(|e| {
+        ConfigError::invalid(
+            field,
+            format!("{value:?} is not an agency code ({e})"),
+            "write the agency's code, e.g. the six-digit local-government code \"131016\"",
+        )
+    })
+}
+
+fn display_name(name: &str) -> Result<String, ConfigError> {
+    if name.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "box.name",
+            "is empty",
+            "give the box a display name or remove the key",
+        ));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(ConfigError::invalid(
+            "box.name",
+            format!("is longer than {MAX_NAME_CHARS} characters"),
+            "shorten it",
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ConfigError::invalid(
+            "box.name",
+            "holds control characters",
+            "use printable characters only",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// `IP:port`; port 0 (any free port) only where `listen` is true.
+fn socket_addr(field: &str, value: &str, listen: bool) -> Result<SocketAddr, ConfigError> {
+    let addr = SocketAddr::from_str(value.trim()).map_err(|_| {
+        ConfigError::invalid(
+            field,
+            format!("{value:?} is not an IP:port address (host names are not resolved)"),
+            "write it like 192.0.2.10:7443 or [2001:db8::10]:7443",
+        )
+    })?;
+    if addr.port() == 0 && !listen {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value:?} has port 0"),
+            "give the port the party listens on",
+        ));
+    }
+    Ok(addr)
+}
+
+/// Two listeners collide when they share a port and an address, or one of
+/// them listens on every address of that family.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+fn cidrs(field: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| cidr(&format!("{field}[{i}]"), value))
+        .collect()
+}
+
+fn cidr(field: &str, value: &str) -> Result<IpNet, ConfigError> {
+    let value = value.trim();
+    let net = IpNet::from_str(value).map_err(|_| {
+        let fix = match IpAddr::from_str(value) {
+            Ok(IpAddr::V4(_)) => format!("for one host write {value}/32"),
+            Ok(IpAddr::V6(_)) => format!("for one host write {value}/128"),
+            Err(_) => "write a network like 192.0.2.0/24 or 2001:db8::/64".to_owned(),
+        };
+        ConfigError::invalid(field, format!("{value:?} is not a CIDR network"), fix)
+    })?;
+    if net != net.trunc() {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value} has host bits set"),
+            format!(
+                "write the network {} or the host {}/{}",
+                net.trunc(),
+                net.addr(),
+                net.max_prefix_len()
+            ),
+        ));
+    }
+    Ok(net)
+}
+
+fn endpoint(section: &str, e: &EndpointSection, who: &str) -> Result<Endpoint, ConfigError> {
+    let address = socket_addr(&format!("{section}.address"), &e.address, false)?;
+    let allow = cidrs(&format!("{section}.allow"), &e.allow)?;
+    if allow.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{section}.allow"),
+            format!("is empty, so {who} could never connect"),
+            format!("list the networks {who} connects from, e.g. [\"192.0.2.1/32\"]"),
+        ));
+    }
+    Ok(Endpoint { address, allow })
+}
+
+fn path(field: &str, value: &Path, base_dir: &Path, what: &str) -> Result<PathBuf, ConfigError> {
+    if value.as_os_str().is_empty() {
+        return Err(ConfigError::invalid(
+            field,
+            "is empty",
+            format!("point it at {what}"),
+        ));
+    }
+    Ok(base_dir.join(value))
+}
+
+fn in_range(field: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value} is out of range"),
+            format!("use {min} to {max} {unit}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn to_usize(field: &str, value: u64) -> Result<usize, ConfigError> {
+    usize::try_from(value)
+        .map_err(|_| ConfigError::invalid(field, "is too large for this machine", "lower it"))
+}
+
+fn millis(field: &str, value: u64, max: u64) -> Result<Duration, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(
+            field,
+            "is 0, which would fail every attempt at once",
+            format!("use 1 to {max} milliseconds"),
+        ));
+    }
+    in_range(field, value, 1, max, "milliseconds").map(Duration::from_millis)
+}
+
+// ---------------------------------------------------------------------------
+// Step 3: files; and the whole.
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Reads, checks and types the configuration file at `path`, including
+    /// [`Config::validate_files`]. Relative paths in it are resolved
+    /// against the file's directory.
+    ///
+    /// # Errors
+    /// Any [`ConfigError`]; the binary exits with [`EXIT_CONFIG`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
+        let config = ConfigFile::parse_from(&text, Some(path))?.resolve(base_dir)?;
+        config.validate_files()?;
+        Ok(config)
+    }
+
+    /// [`Config::parse`] then [`Config::validate_files`].
+    ///
+    /// # Errors
+    /// Any [`ConfigError`] but `Read`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let config = Self::parse(text, base_dir)?;
+        config.validate_files()?;
+        Ok(config)
+    }
+
+    /// Parses and checks every value without touching the filesystem.
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`] or [`ConfigError::Invalid`].
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        ConfigFile::parse(text)?.resolve(base_dir)
+    }
+
+    /// The party this box is: the interface system of its agency.
+    pub fn party(&self) -> Party {
+        Party::is(self.agency.clone())
+    }
+
+    /// Checks the files the configuration names: the TLS material loads
+    /// and names this box under the CA ([`Config::tls_material`]), and the
+    /// store's directory exists or can be created, and is writable.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `tls.ca`, `tls.cert`, `tls.key` or
+    /// `store.path`.
+    pub fn validate_files(&self) -> Result<(), ConfigError> {
+        self.tls_material()?;
+        check_store_path(&self.store.path)
+    }
+
+    /// Loads the TLS material, checking that the key matches the
+    /// certificate and that the certificate chains to the CA, is valid now
+    /// and names this box (`is-<box.agency>.link.invalid`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `tls.ca`, `tls.cert` or `tls.key`.
+    pub fn tls_material(&self) -> Result<TlsMaterial, ConfigError> {
+        let files = [
+            ("tls.ca", &self.tls.ca, "the network CA certificate PEM"),
+            ("tls.cert", &self.tls.cert, "the box certificate PEM"),
+            ("tls.key", &self.tls.key, "the box private key PEM"),
+        ];
+        for (field, path, what) in files {
+            check_readable_file(field, path, what)?;
+        }
+        let material = TlsMaterial::from_files(&self.tls.ca, &self.tls.cert, &self.tls.key)
+            .map_err(tls_error)?;
+        material
+            .verify_own_identity(&self.party())
+            .map_err(tls_error)?;
+        Ok(material)
+    }
+
+    /// The configuration as a [`ConfigFile`] (paths as absolute as they are
+    /// here).
+    pub fn to_file(&self) -> ConfigFile {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let nets = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect();
+        ConfigFile {
+            appliance: BoxSection {
+                agency: self.agency.to_string(),
+                name: self.name.clone(),
+            },
+            listen: ListenSection {
+                core_side: self.listen.core_side.to_string(),
+                agency_side: self.listen.agency_side.to_string(),
+            },
+            tls: TlsSection {
+                ca: self.tls.ca.clone(),
+                cert: self.tls.cert.clone(),
+                key: self.tls.key.clone(),
+            },
+            store: StoreSection {
+                path: self.store.path.clone(),
+                cache_mib: self.store.cache_mib.into(),
+            },
+            core: EndpointSection {
+                address: self.core.address.to_string(),
+                allow: nets(&self.core.allow),
+            },
+            ims: EndpointSection {
+                address: self.ims.address.to_string(),
+                allow: nets(&self.ims.allow),
+            },
+            peers: PeersSection {
+                allow: nets(&self.peers.allow),
+                deny_agencies: self
+                    .peers
+                    .deny_agencies
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                addresses: self
+                    .peers
+                    .addresses
+                    .iter()
+                    .map(|(a, s)| (a.to_string(), s.to_string()))
+                    .collect(),
+            },
+            limits: LimitsSection {
+                max_frame_bytes: self.limits.max_frame_bytes as u64,
+                max_connections: self.limits.max_connections as u64,
+                io_timeout_ms: ms(self.limits.io_timeout),
+            },
+            timeouts: TimeoutsSection {
+                connect_ms: ms(self.timeouts.connect),
+                reply_ms: ms(self.timeouts.reply),
+                retry_count: self.timeouts.retry_count.into(),
+                retry_backoff_ms: ms(self.timeouts.retry_backoff),
+            },
+        }
+    }
+
+    /// The configuration as TOML the box reads back unchanged.
+    ///
+    /// # Errors
+    /// [`ConfigError::Serialize`].
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        self.to_file().to_toml_string()
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "box {} (agency {}), listening on {} (core side) and {} (agency side)",
+            self.name.as_deref().unwrap_or("-"),
+            self.agency,
+            self.listen.core_side,
+            self.listen.agency_side
+        )
+    }
+}
+
+fn check_readable_file(field: &str, path: &Path, what: &str) -> Result<(), ConfigError> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ConfigError::invalid(
+            field,
+            format!("file {shown} does not exist"),
+            format!("point it at {what}"),
+        )),
+        Err(e) => Err(ConfigError::invalid(
+            field,
+            format!("file {shown} cannot be examined: {e}"),
+            "check the permissions of its directories",
+        )),
+        Ok(meta) if !meta.is_file() => Err(ConfigError::invalid(
+            field,
+            format!("{shown} is not a regular file"),
+            format!("point it at {what}"),
+        )),
+        Ok(_) => std::fs::File::open(path).map(drop).map_err(|e| {
+            ConfigError::invalid(
+                field,
+                format!("file {shown} cannot be read: {e}"),
+                "make it readable by the user ifrelay runs as",
+            )
+        }),
+    }
+}
+
+fn tls_error(err: TlsError) -> ConfigError {
+    let field = match &err {
+        TlsError::Missing { what, .. }
+        | TlsError::Unreadable { what, .. }
+        | TlsError::BadPem { what, .. }
+        | TlsError::NoCertificate { what, .. } => match *what {
+            "CA certificate" => "tls.ca",
+            "key" => "tls.key",
+            _ => "tls.cert",
+        },
+        TlsError::NoKey { .. } | TlsError::KeyMismatch { .. } | TlsError::UnusableKey { .. } => {
+            "tls.key"
+        }
+        TlsError::BadCaCertificate { .. } => "tls.ca",
+        _ => "tls.cert",
+    };
+    // The TLS error already says what is wrong and what to do.
+    ConfigError::invalid(field, err.to_string(), "see docs/config.md, [tls]")
+}
+
+fn check_store_path(path: &Path) -> Result<(), ConfigError> {
+    let field = "store.path";
+    if path.is_dir() {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{} is a directory", path.display()),
+            "point it at the redb file inside it, e.g. var/ifrelay.redb",
+        ));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // The nearest existing ancestor decides: the store creates the rest.
+    let mut existing = parent;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(up) if !up.as_os_str().is_empty() => existing = up,
+            _ => {
+                existing = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        return Err(ConfigError::invalid(
+            field,
+            format!(
+                "{} is not a directory, so {} cannot be created",
+                existing.display(),
+                parent.display()
+            ),
+            "point store.path into a directory on the mirrored disks",
+        ));
+    }
+    // An anonymous temporary file proves the directory is writable and
+    // leaves nothing behind.
+    tempfile::tempfile_in(existing).map(drop).map_err(|e| {
+        ConfigError::invalid(
+            field,
+            format!("directory {} is not writable: {e}", existing.display()),
+            "make it writable by the user ifrelay runs as",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ifrelay_tls::DevPki;
+
+    const BASE: &str = "/etc/ifrelay";
+
+    /// A complete, valid configuration with every section.
+    const VALID: &str = r#"
+[box]
+agency = "131016"
+name = "Chiyoda-ku"
+
+[listen]
+core_side = "127.0.0.1:7443"
+agency_side = "127.0.0.1:7444"
+
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/is-131016.pem"
+key = "pki/is-131016.key"
+
+[store]
+path = "var/ifrelay.redb"
+cache_mib = 32
+
+[core]
+address = "127.0.0.1:7000"
+allow = ["127.0.0.1/32"]
+
+[ims]
+address = "127.0.0.1:7100"
+allow = ["127.0.0.1/32"]
+
+[peers]
+allow = ["127.0.0.0/8"]
+deny_agencies = ["999999"]
+
+[peers.addresses]
+272124 = "127.0.0.2:7443"
+
+[limits]
+max_frame_bytes = 4194304
+max_connections = 256
+io_timeout_ms = 10000
+
+[timeouts]
+connect_ms = 3000
+reply_ms = 10000
+retry_count = 5
+retry_backoff_ms = 500
+"#;
+
+    /// The minimal file: only required keys.
+    const MINIMAL: &str = r#"
+[box]
+agency = "131016"
+[listen]
+core_side = "0.0.0.0:7443"
+agency_side = "10.1.0.1:7444"
+[tls]
+ca = "/pki/ca.pem"
+cert = "is.pem"
+key = "is.key"
+[store]
+path = "ifrelay.redb"
+[core]
+address = "192.0.2.1:7000"
+allow = ["192.0.2.0/24"]
+[ims]
+address = "10.1.0.2:7100"
+allow = ["10.1.0.2/32"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new(BASE))
+    }
+
+    /// VALID with `key` of `[section]` set to `value` (TOML syntax).
+    #[track_caller]
+    fn with(section: &str, key: &str, value: &str) -> String {
+        let out = with_in(VALID, section, key, value);
+        assert_ne!(out, VALID, "no {section}.{key} in VALID");
+        out
+    }
+
+    #[track_caller]
+    fn refused(text: &str, field: &str) -> ConfigError {
+        let err = parse(text).expect_err("configuration must be refused");
+        assert_eq!(err.field(), Some(field), "{err}");
+        assert!(err.to_string().contains(field), "{err}");
+        err
+    }
+
+    #[test]
+    fn exit_code_is_ex_config() {
+        assert_eq!(EXIT_CONFIG, 78);
+        assert_eq!(ConfigError::EXIT_CODE, 78);
+    }
+
+    #[test]
+    fn valid_file_is_typed() {
+        let c = parse(VALID).expect("valid");
+        assert_eq!(c.agency.as_str(), "131016");
+        assert_eq!(
+            c.party(),
+            Party::is(AgencyCode::new("131016").expect("code"))
+        );
+        assert_eq!(c.name.as_deref(), Some("Chiyoda-ku"));
+        assert_eq!(c.listen.core_side, "127.0.0.1:7443".parse().expect("addr"));
+        assert_eq!(c.tls.cert, Path::new("/etc/ifrelay/pki/is-131016.pem"));
+        assert_eq!(c.store.path, Path::new("/etc/ifrelay/var/ifrelay.redb"));
+        assert_eq!(c.store.cache_bytes(), 32 * 1024 * 1024);
+        assert!(c.core.allows("127.0.0.1".parse().expect("ip")));
+        assert!(!c.core.allows("127.0.0.2".parse().expect("ip")));
+        assert!(c.peers.allows("127.9.9.9".parse().expect("ip")));
+        assert!(c.peers.allows("::ffff:127.0.0.5".parse().expect("ip")));
+        assert!(c.peers.is_denied(&AgencyCode::new("999999").expect("code")));
+        assert_eq!(
+            c.peers
+                .addresses
+                .get(&AgencyCode::new("272124").expect("code")),
+            Some(&"127.0.0.2:7443".parse().expect("addr"))
+        );
+        assert_eq!(c.limits.max_frame_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.timeouts.reply, Duration::from_secs(10));
+        assert_eq!(c.timeouts.retry_count, 5);
+    }
+
+    #[test]
+    fn omitted_sections_take_defaults_and_absolute_paths_stay() {
+        let c = parse(MINIMAL).expect("minimal");
+        assert_eq!(c.name, None);
+        assert_eq!(c.tls.ca, Path::new("/pki/ca.pem"));
+        assert_eq!(c.tls.cert, Path::new("/etc/ifrelay/is.pem"));
+        assert_eq!(c.store.cache_mib, 32);
+        assert_eq!(c.peers, Peers::default());
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn written_configuration_reads_back_unchanged() {
+        for text in [VALID, MINIMAL] {
+            let c = parse(text).expect("valid");
+            let written = c.to_toml_string().expect("toml");
+            let back = Config::parse(&written, Path::new("/elsewhere")).expect(&written);
+            assert_eq!(back, c, "{written}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = VALID.replace("cache_mib = 32", "cache_mib = 32\ncache_gib = 1");
+        let err = refused(&text, "store.cache_gib");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        refused(&format!("{VALID}\n[extra]\nx = 1\n"), "extra");
+        refused(
+            &VALID.replace("[limits]", "[limits]\nmax_frames = 3"),
+            "limits.max_frames",
+        );
+    }
+
+    #[test]
+    fn missing_keys_are_named() {
+        let text = VALID.replace("cert = \"pki/is-131016.pem\"\n", "");
+        refused(&text, "tls.cert");
+        let text = VALID.replace("agency = \"131016\"\n", "");
+        refused(&text, "box.agency");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        refused(
+            &with("limits", "max_connections", "\"many\""),
+            "limits.max_connections",
+        );
+        refused(
+            &with("timeouts", "retry_count", "-1"),
+            "timeouts.retry_count",
+        );
+        refused(&with("core", "allow", "\"127.0.0.1/32\""), "core.allow");
+    }
+
+    #[test]
+    fn syntax_error_is_refused() {
+        let err = parse("[box\nagency = 1").expect_err("not TOML");
+        assert!(matches!(err, ConfigError::Syntax { .. }));
+    }
+
+    #[test]
+    fn agency_code_is_checked() {
+        refused(&with("box", "agency", "\"\""), "box.agency");
+        refused(&with("box", "agency", "\"13 1016\""), "box.agency");
+        refused(
+            &with("box", "agency", "\"12345678901234567\""),
+            "box.agency",
+        );
+    }
+
+    #[test]
+    fn display_name_is_checked() {
+        refused(&with("box", "name", "\"  \""), "box.name");
+        refused(
+            &with("box", "name", &format!("\"{}\"", "x".repeat(65))),
+            "box.name",
+        );
+        refused(&with("box", "name", "\"a\\tb\""), "box.name");
+        let c = parse(&with("box", "name", "\"千代田区\"")).expect("unicode name");
+        assert_eq!(c.name.as_deref(), Some("千代田区"));
+    }
+
+    #[test]
+    fn listen_addresses_are_checked() {
+        let err = refused(
+            &with("listen", "core_side", "\"localhost:7443\""),
+            "listen.core_side",
+        );
+        assert!(err.to_string().contains("IP:port"), "{err}");
+        refused(
+            &with("listen", "agency_side", "\"127.0.0.1\""),
+            "listen.agency_side",
+        );
+        refused(
+            &with("listen", "agency_side", "\"127.0.0.1:7443\""),
+            "listen.agency_side",
+        );
+        refused(
+            &with("listen", "core_side", "\"0.0.0.0:7444\""),
+            "listen.agency_side",
+        );
+        // Port 0 (any free port) is allowed for listeners, for tests.
+        let c = parse(&with("listen", "core_side", "\"127.0.0.1:0\"")).expect("port 0");
+        assert_eq!(c.listen.core_side.port(), 0);
+        // Same port on different addresses is fine: two NICs.
+        parse(&with("listen", "agency_side", "\"10.1.0.1:7443\"")).expect("two NICs");
+    }
+
+    #[test]
+    fn dial_addresses_are_checked() {
+        refused(
+            &with("core", "address", "\"core.example:7000\""),
+            "core.address",
+        );
+        refused(&with("ims", "address", "\"127.0.0.1:0\""), "ims.address");
+        refused(
+            &with("ims", "address", "\"127.0.0.1:70000\""),
+            "ims.address",
+        );
+    }
+
+    #[test]
+    fn allow_lists_are_checked() {
+        let err = refused(&with("core", "allow", "[]"), "core.allow");
+        assert!(err.to_string().contains("could never connect"), "{err}");
+        refused(&with("ims", "allow", "[]"), "ims.allow");
+        let err = refused(
+            &with("core", "allow", "[\"127.0.0.1/32\", \"10.0.0.5\"]"),
+            "core.allow[1]",
+        );
+        assert!(err.to_string().contains("10.0.0.5/32"), "{err}");
+        let err = refused(&with("ims", "allow", "[\"10.1.2.3/8\"]"), "ims.allow[0]");
+        assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
+        refused(&with("peers", "allow", "[\"nonsense\"]"), "peers.allow[0]");
+        let c = parse(&with(
+            "peers",
+            "allow",
+            "[\"127.0.0.0/8\", \"2001:db8::/32\"]",
+        ))
+        .expect("IPv6");
+        assert_eq!(c.peers.allow.len(), 2);
+    }
+
+    #[test]
+    fn peer_entries_are_checked() {
+        refused(
+            &with("peers", "deny_agencies", "[\"131024\", \"x y\"]"),
+            "peers.deny_agencies[1]",
+        );
+        refused(
+            &VALID.replace("272124 = ", "\"27 2124\" = "),
+            "peers.addresses.\"27 2124\"",
+        );
+        let err = refused(
+            &VALID.replace("\"127.0.0.2:7443\"", "\"192.0.2.9:7443\""),
+            "peers.addresses.272124",
+        );
+        assert!(err.to_string().contains("outside peers.allow"), "{err}");
+        refused(
+            &VALID.replace("272124 = ", "131016 = "),
+            "peers.addresses.131016",
+        );
+        refused(
+            &VALID.replace("\"127.0.0.2:7443\"", "\"127.0.0.2\""),
+            "peers.addresses.272124",
+        );
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        refused(
+            &with("limits", "max_frame_bytes", "1023"),
+            "limits.max_frame_bytes",
+        );
+        refused(
+            &with("limits", "max_frame_bytes", "67108865"),
+            "limits.max_frame_bytes",
+        );
+        parse(&with("limits", "max_frame_bytes", "1024")).expect("1 KiB");
+        parse(&with("limits", "max_frame_bytes", "67108864")).expect("64 MiB");
+        refused(
+            &with("limits", "max_connections", "0"),
+            "limits.max_connections",
+        );
+        refused(
+            &with("limits", "max_connections", "65537"),
+            "limits.max_connections",
+        );
+        refused(
+            &with("limits", "io_timeout_ms", "0"),
+            "limits.io_timeout_ms",
+        );
+        refused(
+            &with("limits", "io_timeout_ms", "600001"),
+            "limits.io_timeout_ms",
+        );
+    }
+
+    #[test]
+    fn timeouts_are_checked() {
+        let err = refused(&with("timeouts", "connect_ms", "0"), "timeouts.connect_ms");
+        assert!(err.to_string().contains("is 0"), "{err}");
+        refused(&with("timeouts", "reply_ms", "0"), "timeouts.reply_ms");
+        refused(
+            &with("timeouts", "reply_ms", "3600001"),
+            "timeouts.reply_ms",
+        );
+        refused(
+            &with("timeouts", "retry_backoff_ms", "0"),
+            "timeouts.retry_backoff_ms",
+        );
+        refused(
+            &with("timeouts", "retry_count", "101"),
+            "timeouts.retry_count",
+        );
+        let c = parse(&with("timeouts", "retry_count", "0")).expect("no retries");
+        assert_eq!(c.timeouts.retry_count, 0);
+    }
+
+    #[test]
+    fn store_settings_are_checked() {
+        refused(&with("store", "cache_mib", "0"), "store.cache_mib");
+        refused(&with("store", "cache_mib", "4097"), "store.cache_mib");
+        refused(&with("store", "path", "\"\""), "store.path");
+        refused(&with("tls", "ca", "\"\""), "tls.ca");
+        refused(&with("tls", "key", "\"\""), "tls.key");
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../docs/ifrelay.example.toml");
+        let c = parse(text).expect("docs/ifrelay.example.toml parses");
+        assert_eq!(c.agency.as_str(), "131016");
+    }
+
+    // -- files -------------------------------------------------------------
+
+    /// A directory holding a development PKI at the paths VALID names.
+    struct Site {
+        dir: tempfile::TempDir,
+        pki: DevPki,
+    }
+
+    impl Site {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let pki_dir = dir.path().join("pki");
+            std::fs::create_dir(&pki_dir).expect("pki dir");
+            let pki = DevPki::new().expect("CA");
+            pki.write_ca(&pki_dir).expect("CA");
+            pki.issue(&Party::is(AgencyCode::new("131016").expect("code")))
+                .expect("cert")
+                .write(&pki_dir, "is-131016")
+                .expect("write");
+            Site { dir, pki }
+        }
+
+        fn check(&self, text: &str) -> Result<Config, ConfigError> {
+            Config::from_toml_str(text, self.dir.path())
+        }
+
+        #[track_caller]
+        fn refused(&self, text: &str, field: &str) -> ConfigError {
+            let err = self.check(text).expect_err("must be refused");
+            assert_eq!(err.field(), Some(field), "{err}");
+            err
+        }
+    }
+
+    #[test]
+    fn files_that_exist_and_match_pass() {
+        let b = Site::new();
+        let c = b.check(VALID).expect("valid with files");
+        c.tls_material().expect("material");
+        // The store directory does not exist yet: it can be created.
+        assert!(!b.dir.path().join("var").exists());
+    }
+
+    #[test]
+    fn load_resolves_paths_against_the_file() {
+        let b = Site::new();
+        let file = b.dir.path().join("ifrelay.toml");
+        std::fs::write(&file, VALID).expect("write config");
+        let c = Config::load(&file).expect("load");
+        assert_eq!(c.tls.ca, b.dir.path().join("pki/ca.pem"));
+
+        let broken = b.dir.path().join("broken.toml");
+        std::fs::write(
+            &broken,
+            VALID.replace("[limits]", "[limits]\nmax_frames = 1"),
+        )
+        .expect("write config");
+        let err = Config::load(&broken).expect_err("unknown key");
+        assert_eq!(err.field(), Some("limits.max_frames"));
+        assert!(err.to_string().contains("broken.toml"), "{err}");
+
+        let err = Config::load(&b.dir.path().join("absent.toml")).expect_err("absent");
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+    }
+
+    #[test]
+    fn missing_tls_files_are_named() {
+        let b = Site::new();
+        let err = b.refused(&with("tls", "cert", "\"pki/nope.pem\""), "tls.cert");
+        let text = err.to_string();
+        assert!(
+            text.contains("nope.pem") && text.contains("does not exist"),
+            "{text}"
+        );
+        assert!(text.contains("box certificate PEM"), "{text}");
+        b.refused(&with("tls", "ca", "\"pki/none.pem\""), "tls.ca");
+        b.refused(&with("tls", "key", "\"pki/none.key\""), "tls.key");
+        b.refused(&with("tls", "ca", "\"pki\""), "tls.ca");
+    }
+
+    #[test]
+    fn tls_contents_are_checked() {
+        let b = Site::new();
+        // A certificate where the key belongs, and the reverse.
+        b.refused(&with("tls", "key", "\"pki/is-131016.pem\""), "tls.key");
+        b.refused(&with("tls", "cert", "\"pki/is-131016.key\""), "tls.cert");
+        b.refused(&with("tls", "ca", "\"pki/is-131016.key\""), "tls.ca");
+
+        // Another party's certificate: refused, naming tls.cert.
+        let pki_dir = b.dir.path().join("pki");
+        b.pki
+            .issue(&Party::ims(AgencyCode::new("131016").expect("code")))
+            .expect("cert")
+            .write(&pki_dir, "ims")
+            .expect("write");
+        let text = with("tls", "cert", "\"pki/ims.pem\"");
+        let err = b.refused(&with_in(&text, "tls", "key", "\"pki/ims.key\""), "tls.cert");
+        assert!(err.to_string().contains("ims/131016"), "{err}");
+
+        // A key of another certificate.
+        b.refused(&with("tls", "key", "\"pki/ims.key\""), "tls.key");
+
+        // A certificate of this box from another CA.
+        let foreign = DevPki::new().expect("foreign CA");
+        foreign
+            .issue(&Party::is(AgencyCode::new("131016").expect("code")))
+            .expect("cert")
+            .write(&pki_dir, "foreign")
+            .expect("write");
+        let text = with("tls", "cert", "\"pki/foreign.pem\"");
+        b.refused(
+            &with_in(&text, "tls", "key", "\"pki/foreign.key\""),
+            "tls.cert",
+        );
+    }
+
+    #[test]
+    fn store_path_is_checked() {
+        let b = Site::new();
+        std::fs::create_dir(b.dir.path().join("var")).expect("var");
+        b.refused(&with("store", "path", "\"var\""), "store.path");
+        std::fs::write(b.dir.path().join("plain"), "x").expect("file");
+        b.refused(
+            &with("store", "path", "\"plain/deeper/ifrelay.redb\""),
+            "store.path",
+        );
+        b.check(&with("store", "path", "\"new/deeper/ifrelay.redb\""))
+            .expect("creatable");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn unwritable_store_directory_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let b = Site::new();
+        let ro = b.dir.path().join("ro");
+        std::fs::create_dir(&ro).expect("dir");
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+        // root ignores permissions: only meaningful for an ordinary user.
+        if tempfile::tempfile_in(&ro).is_err() {
+            b.refused(&with("store", "path", "\"ro/ifrelay.redb\""), "store.path");
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+
+    #[test]
+    fn example_file_validates_with_its_files_in_place() {
+        let b = Site::new();
+        let text = include_str!("../docs/ifrelay.example.toml");
+        b.check(text)
+            .expect("example validates against a PKI at its paths");
+    }
+
+    /// `text` with `key` of `[section]` set to `value` (TOML syntax).
+    fn with_in(text: &str, section: &str, key: &str, value: &str) -> String {
+        let mut out = String::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                current = t.trim_matches(|c| c == '[' || c == ']').to_owned();
+            }
+            if current == section && t.split('=').next().map(str::trim) == Some(key) {
+                out.push_str(&format!("{key} = {value}\n"));
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
