@@ -166,7 +166,12 @@ pub struct PermitFields {
     pub issuer: Party,
     pub serial: Serial,
     pub prefix: Prefix,
+    /// Where the provider's box sends the provision: the requester's box.
     pub route: Route,
+    /// Where the requester's box sends "provision received": the
+    /// provider's box. Signed by the core like `route`, so neither box
+    /// has to trust an address the other one names.
+    pub provider_route: Route,
     pub issued_at: Millis,
     pub expires_at: Millis,
 }
@@ -1002,6 +1007,10 @@ mod tests {
             route: Route {
                 agency: code("131016"),
                 endpoint: "127.0.0.1:7443".into(),
+            },
+            provider_route: Route {
+                agency: code("271004"),
+                endpoint: "127.0.0.1:7444".into(),
             },
             issued_at: 1,
             expires_at: 2,

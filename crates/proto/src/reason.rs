@@ -108,9 +108,21 @@ reason_codes! {
     Timeout = "E_TIMEOUT",
     /// The box hit an unexpected internal error; nothing was kept.
     Internal = "E_INTERNAL",
+    /// A code this version does not know, received from a newer peer.
+    /// Never sent; keeps a new code from making a refusal undecodable.
+    Unrecognized = "E_UNRECOGNIZED",
 }
 
 impl Reason {
+    /// True for refusals that say "not now" rather than "never": the
+    /// sender keeps the message and tries again later.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Reason::Busy | Reason::Store | Reason::Internal | Reason::NotInService
+        )
+    }
+
     /// A one-line English explanation, used when no better text exists.
     pub fn describe(self) -> &'static str {
         match self {
@@ -145,6 +157,7 @@ impl Reason {
             Reason::PeerRefused => "the next hop refused the message",
             Reason::Timeout => "a step was not answered in time",
             Reason::Internal => "internal error",
+            Reason::Unrecognized => "a reason code this version does not know",
         }
     }
 }
@@ -168,9 +181,10 @@ impl Serialize for Reason {
 
 impl<'de> Deserialize<'de> for Reason {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Codes are only ever added; one from a newer peer is kept as
+        // `Unrecognized` (its text still says what happened).
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Reason::from_str(&s)
-            .map_err(|_| serde::de::Error::custom(format!("unknown reason code {s:?}")))
+        Ok(Reason::from_str(&s).unwrap_or(Reason::Unrecognized))
     }
 }
 

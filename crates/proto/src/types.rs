@@ -151,9 +151,10 @@ bounded_code!(
 bounded_code!(
     /// Processing serial (処理通番) issued by the requester's interface
     /// system: `<agency>-<yyyymmdd>-<epoch>-<counter>`, unique forever.
+    /// 64 bytes hold the longest agency code with a 20-digit counter.
     Serial,
     "processing serial",
-    48
+    64
 );
 bounded_code!(
     /// Identifier of a permit, chosen by the core.
