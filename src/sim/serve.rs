@@ -1,0 +1,731 @@
+//! The plumbing every simulator shares: the TLS listener and its
+//! per-connection frame loop, the per-destination outbox that dials peers,
+//! a small pool of request links, and the counters all of them feed.
+//!
+//! Invariants:
+//! - a listener answers every request frame with exactly one reply frame
+//!   on the same connection, in order; the handler never sends anything
+//!   itself — what it wants sent afterwards runs as [`Reply::then`], after
+//!   the reply is written;
+//! - a frame whose `from` is not the certificate's party is refused with
+//!   [`Reason::Identity`] and never reaches the handler;
+//! - frames to one destination leave in the order they were queued, one at
+//!   a time, over one link that is re-dialled on error;
+//! - every task is spawned on the node's [`TaskTracker`] and ends when its
+//!   [`CancellationToken`] is cancelled.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ifrelay_proto::frame::DEFAULT_MAX_FRAME;
+use ifrelay_proto::{Accepted, Body, Frame, MessageId, Party, Reason, Refused, Serial};
+use ifrelay_tls::TlsMaterial;
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::{ClientConfig, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::SimError;
+use crate::net::{now_millis, read_frame, write_bytes, IdGen, Link, LinkError, ReadError};
+
+/// Timeouts, bounds and retry policy of one simulator node.
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    /// Dialling a peer, TCP and TLS handshake together.
+    pub connect_timeout: Duration,
+    /// Waiting for the hop reply to a frame sent.
+    pub reply_timeout: Duration,
+    /// A served connection with no frame for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest frame body accepted or expected.
+    pub max_frame: usize,
+    /// Connections served at once; further ones wait in the backlog.
+    pub max_connections: usize,
+    /// Frames waiting per destination; beyond it sending answers busy.
+    pub queue_len: usize,
+    /// Delivery attempts per frame before it is given up.
+    pub attempts: u32,
+    /// Pause before the second attempt; doubled for each further one.
+    pub backoff: Duration,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        NetOptions {
+            connect_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_connections: 256,
+            queue_len: 1024,
+            attempts: 5,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a handler answers: the reply frame's body, and optionally work to
+/// run once the reply has been written (typically: queue frames to send).
+pub struct Reply {
+    pub body: Body,
+    pub then: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Reply {
+    /// Just the reply.
+    pub fn body(body: Body) -> Self {
+        Reply { body, then: None }
+    }
+
+    /// `accepted` for the frame `id`.
+    pub fn accepted(id: &MessageId) -> Self {
+        Reply::body(Body::Accepted(Accepted {
+            in_reply_to: id.clone(),
+        }))
+    }
+
+    /// `accepted` for `id`, then `after` once the reply is on the wire.
+    pub fn accepted_then(id: &MessageId, after: impl FnOnce() + Send + 'static) -> Self {
+        Reply {
+            body: Body::Accepted(Accepted {
+                in_reply_to: id.clone(),
+            }),
+            then: Some(Box::new(after)),
+        }
+    }
+
+    /// `refused` for the frame `id`.
+    pub fn refused(id: &MessageId, reason: Reason, text: impl Into<String>) -> Self {
+        Reply::body(refused(Some(id.clone()), reason, text))
+    }
+}
+
+/// A `refused` body.
+pub fn refused(in_reply_to: Option<MessageId>, reason: Reason, text: impl Into<String>) -> Body {
+    Body::Refused(Refused {
+        in_reply_to,
+        reason,
+        text: text.into(),
+    })
+}
+
+/// Answers one request frame from an authenticated peer.
+pub type Handler = Arc<dyn Fn(&Party, Frame) -> Reply + Send + Sync>;
+
+/// A frame a peer refused, as seen by the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRefusal {
+    /// Who refused it.
+    pub to: Party,
+    /// The refused frame's `type`.
+    pub message_type: &'static str,
+    pub serial: Option<Serial>,
+    pub reason: Reason,
+    pub text: String,
+}
+
+/// Why a queued frame was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// The peer answered `refused`; the frame is not sent again.
+    #[error("refused: {reason}: {text}")]
+    Refused { reason: Reason, text: String },
+    /// Every attempt failed to bring back a reply.
+    #[error("unreachable after {attempts} attempts; last error: {last}")]
+    Unreachable { attempts: u32, last: String },
+    /// The simulator shut down before the frame was delivered.
+    #[error("the simulator stopped before delivery")]
+    Stopped,
+}
+
+/// Outcome of one queued frame: the peer's reply, or why there is none.
+pub type Delivery = Result<Frame, DeliveryError>;
+
+struct Job {
+    frame: Frame,
+    done: Option<oneshot::Sender<Delivery>>,
+}
+
+/// One simulated party: identity, TLS configurations, id generator,
+/// outboxes, counters, and the tasks it runs.
+pub(crate) struct Node {
+    pub(crate) own: Party,
+    pub(crate) ids: IdGen,
+    pub(crate) opts: NetOptions,
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    queues: Mutex<HashMap<(Party, SocketAddr), mpsc::Sender<Job>>>,
+    frames_refused: AtomicU64,
+    deliveries_failed: AtomicU64,
+    peer_refusals: Mutex<Vec<PeerRefusal>>,
+    changed: watch::Sender<u64>,
+}
+
+/// Locks a mutex, recovering the data if a holder panicked: simulator
+/// state stays usable for the remaining assertions of a test.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Hex of `n` random bytes (or of the clock, if the random source fails).
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        let t = now_millis().to_be_bytes();
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = t[i % t.len()];
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A per-run id prefix: the party's short name, the start time and a
+/// random part, so a restarted simulator never reuses an id.
+pub(crate) fn run_prefix(own: &Party) -> String {
+    let who = match &own.agency {
+        Some(a) => format!("{}{}", own.role, a),
+        None => own.role.to_string(),
+    };
+    format!("{who}-{:x}{}", now_millis(), random_hex(3))
+}
+
+impl Node {
+    pub(crate) fn new(
+        own: Party,
+        tls: &TlsMaterial,
+        opts: NetOptions,
+    ) -> Result<Arc<Node>, SimError> {
+        let ids = IdGen::new(run_prefix(&own)).map_err(|source| SimError::Identity {
+            party: own.clone(),
+            source,
+        })?;
+        let (changed, _) = watch::channel(0);
+        Ok(Arc::new(Node {
+            own,
+            ids,
+            opts,
+            server: tls.server_config()?,
+            client: tls.client_config()?,
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            queues: Mutex::new(HashMap::new()),
+            frames_refused: AtomicU64::new(0),
+            deliveries_failed: AtomicU64::new(0),
+            peer_refusals: Mutex::new(Vec::new()),
+            changed,
+        }))
+    }
+
+    /// A frame from this node with a fresh id, stamped now.
+    pub(crate) fn frame(&self, body: Body) -> Frame {
+        Frame::new(self.ids.next(), self.own.clone(), now_millis(), body)
+    }
+
+    /// Marks the node's observable state as changed (wakes waiters).
+    pub(crate) fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub(crate) fn frames_refused(&self) -> u64 {
+        self.frames_refused.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn deliveries_failed(&self) -> u64 {
+        self.deliveries_failed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn peer_refusals(&self) -> Vec<PeerRefusal> {
+        lock(&self.peer_refusals).clone()
+    }
+
+    /// Dials `to` at `addr` and checks its certificate names `to`.
+    pub(crate) async fn connect(&self, to: &Party, addr: SocketAddr) -> Result<Link, SimError> {
+        Ok(Link::connect(
+            addr,
+            to,
+            Arc::clone(&self.client),
+            self.opts.connect_timeout,
+            self.opts.reply_timeout,
+            self.opts.max_frame,
+        )
+        .await?)
+    }
+
+    /// Binds `bind` and serves every connection with `handler` until the
+    /// node is cancelled.
+    pub(crate) async fn listen(
+        self: &Arc<Self>,
+        bind: SocketAddr,
+        handler: Handler,
+    ) -> Result<SocketAddr, SimError> {
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|source| SimError::Bind { addr: bind, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| SimError::Bind { addr: bind, source })?;
+        let node = Arc::clone(self);
+        self.tracker
+            .spawn(async move { node.accept_loop(listener, handler).await });
+        Ok(addr)
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, handler: Handler) {
+        let acceptor = TlsAcceptor::from(Arc::clone(&self.server));
+        let permits = Arc::new(Semaphore::new(self.opts.max_connections.max(1)));
+        loop {
+            let permit = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                p = Arc::clone(&permits).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let accepted = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((tcp, remote)) => {
+                    let node = Arc::clone(&self);
+                    let acceptor = acceptor.clone();
+                    let handler = Arc::clone(&handler);
+                    self.tracker.spawn(async move {
+                        node.connection(acceptor, tcp, remote, handler).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(own = %self.own, error = %e, "simulator accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(
+        &self,
+        acceptor: TlsAcceptor,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        handler: Handler,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let handshake = tokio::select! {
+            () = self.cancel.cancelled() => return,
+            h = tokio::time::timeout(self.opts.connect_timeout, acceptor.accept(tcp)) => h,
+        };
+        let mut tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(own = %self.own, %remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(own = %self.own, %remote, "TLS handshake timed out");
+                return;
+            }
+        };
+        let peer = match ifrelay_tls::connection_party(tls.get_ref().1) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(own = %self.own, %remote, error = %e, "peer has no party identity");
+                return;
+            }
+        };
+        loop {
+            let read = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                r = read_frame(&mut tls, self.opts.max_frame, self.opts.idle_timeout) => r,
+            };
+            let (reply, close) = match read {
+                Ok(frame) if frame.header.from != peer => {
+                    let text = format!(
+                        "the frame claims to come from {}, but the certificate names {peer}",
+                        frame.header.from
+                    );
+                    (
+                        Reply::refused(&frame.header.id, Reason::Identity, text),
+                        false,
+                    )
+                }
+                Ok(frame) => {
+                    tracing::debug!(own = %self.own, %peer, kind = frame.body.type_name(), "frame");
+                    (handler(&peer, frame), false)
+                }
+                Err(ReadError::Decode(e)) => (
+                    Reply::body(refused(e.message_id.clone(), e.reason, e.text.clone())),
+                    false,
+                ),
+                Err(ReadError::TooLarge(t)) => (
+                    Reply::body(refused(None, Reason::TooLarge, t.to_string())),
+                    true,
+                ),
+                Err(_) => return,
+            };
+            if let Body::Refused(r) = &reply.body {
+                self.frames_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(own = %self.own, %peer, reason = %r.reason, text = %r.text, "refused a frame");
+                self.bump();
+            }
+            let bytes = self.frame(reply.body).encode();
+            if write_bytes(&mut tls, &bytes).await.is_err() {
+                return;
+            }
+            if let Some(then) = reply.then {
+                then();
+            }
+            if close {
+                return;
+            }
+        }
+    }
+
+    /// Queues `body` to `to` at `addr`; `done` hears how delivery ended.
+    /// Returns the id of the frame queued.
+    ///
+    /// # Errors
+    /// [`SimError::QueueFull`] when the destination's queue is full,
+    /// [`SimError::Stopped`] after shutdown.
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        to: &Party,
+        addr: SocketAddr,
+        body: Body,
+        done: Option<oneshot::Sender<Delivery>>,
+    ) -> Result<MessageId, SimError> {
+        if self.cancel.is_cancelled() {
+            return Err(SimError::Stopped);
+        }
+        let frame = self.frame(body);
+        let id = frame.header.id.clone();
+        let tx = {
+            let mut queues = lock(&self.queues);
+            queues
+                .entry((to.clone(), addr))
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(self.opts.queue_len.max(1));
+                    let node = Arc::clone(self);
+                    let to = to.clone();
+                    self.tracker
+                        .spawn(async move { node.outbox(to, addr, rx).await });
+                    tx
+                })
+                .clone()
+        };
+        tx.try_send(Job { frame, done }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SimError::QueueFull { to: to.clone() },
+            mpsc::error::TrySendError::Closed(_) => SimError::Stopped,
+        })?;
+        Ok(id)
+    }
+
+    /// Queues `body` and waits until it is delivered or given up.
+    ///
+    /// # Errors
+    /// As [`Node::enqueue`], and [`SimError::Delivery`].
+    pub(crate) async fn deliver(
+        self: &Arc<Self>,
+        to: &Party,
+        addr: SocketAddr,
+        body: Body,
+    ) -> Result<Frame, SimError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(to, addr, body, Some(tx))?;
+        match rx.await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(source)) => Err(SimError::Delivery {
+                to: to.clone(),
+                source,
+            }),
+            Err(_) => Err(SimError::Stopped),
+        }
+    }
+
+    async fn outbox(self: Arc<Self>, to: Party, addr: SocketAddr, mut rx: mpsc::Receiver<Job>) {
+        let mut link: Option<Link> = None;
+        loop {
+            let job = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                j = rx.recv() => match j {
+                    Some(j) => j,
+                    None => break,
+                },
+            };
+            let result = tokio::select! {
+                () = self.cancel.cancelled() => Err(DeliveryError::Stopped),
+                r = self.attempt(&to, addr, &mut link, &job.frame) => r,
+            };
+            match &result {
+                Ok(_) => {}
+                Err(DeliveryError::Refused { reason, text }) => {
+                    tracing::info!(own = %self.own, %to, kind = job.frame.body.type_name(), %reason, %text, "peer refused");
+                    lock(&self.peer_refusals).push(PeerRefusal {
+                        to: to.clone(),
+                        message_type: job.frame.body.type_name(),
+                        serial: job.frame.body.serial().cloned(),
+                        reason: *reason,
+                        text: text.clone(),
+                    });
+                    self.bump();
+                }
+                Err(e) => {
+                    tracing::warn!(own = %self.own, %to, kind = job.frame.body.type_name(), error = %e, "delivery failed");
+                    self.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+                    self.bump();
+                }
+            }
+            if let Some(done) = job.done {
+                let _ = done.send(result);
+            }
+        }
+        // Whatever is still queued is answered, so no waiter hangs.
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            if let Some(done) = job.done {
+                let _ = done.send(Err(DeliveryError::Stopped));
+            }
+        }
+    }
+
+    /// Sends one frame over the destination's link, re-dialling and
+    /// retrying with backoff; `busy` refusals are retried too.
+    async fn attempt(
+        &self,
+        to: &Party,
+        addr: SocketAddr,
+        link: &mut Option<Link>,
+        frame: &Frame,
+    ) -> Delivery {
+        let attempts = self.opts.attempts.max(1);
+        let bytes = frame.encode();
+        let mut last = String::from("no attempt made");
+        let mut delay = self.opts.backoff;
+        let mut pause = false;
+        for attempt in 0..attempts {
+            if pause {
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+            pause = true;
+            let reused = link.is_some();
+            let current = match link {
+                Some(l) => l,
+                None => match self.connect(to, addr).await {
+                    Ok(l) => link.insert(l),
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                },
+            };
+            match current.request_encoded(&frame.header.id, &bytes).await {
+                Ok(reply) => match &reply.body {
+                    Body::Refused(r) if r.reason == Reason::Busy => {
+                        last = format!("busy: {}", r.text);
+                    }
+                    // A retry of a frame whose first reply was lost.
+                    Body::Refused(r) if r.reason == Reason::Duplicate && attempt > 0 => {
+                        return Ok(reply)
+                    }
+                    Body::Refused(r) => {
+                        return Err(DeliveryError::Refused {
+                            reason: r.reason,
+                            text: r.text.clone(),
+                        })
+                    }
+                    _ => return Ok(reply),
+                },
+                Err(e) => {
+                    *link = None;
+                    last = e.to_string();
+                    // A link that sat idle may have been closed by the
+                    // peer: re-dial at once rather than after a pause.
+                    pause = !reused;
+                }
+            }
+        }
+        Err(DeliveryError::Unreachable { attempts, last })
+    }
+
+    /// Waits until `probe` returns something, re-probing whenever the
+    /// node's state changes, for at most `timeout`.
+    ///
+    /// # Errors
+    /// [`SimError::Timeout`] naming `what`; [`SimError::Stopped`].
+    pub(crate) async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> Result<T, SimError> {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            rx.borrow_and_update();
+            if let Some(found) = probe() {
+                return Ok(found);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SimError::Stopped),
+                Err(_) => {
+                    return Err(SimError::Timeout {
+                        what: what.to_owned(),
+                        after: timeout,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Cancels every task and waits (bounded) for them to end.
+    pub(crate) async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+    }
+}
+
+/// Request links to one peer, reused between requests; each request takes
+/// a link of its own, so concurrent requests do not wait for each other.
+pub(crate) struct Pool {
+    to: Party,
+    addr: SocketAddr,
+    idle: tokio::sync::Mutex<Vec<Link>>,
+}
+
+const POOL_IDLE: usize = 8;
+
+impl Pool {
+    pub(crate) fn new(to: Party, addr: SocketAddr) -> Self {
+        Pool {
+            to,
+            addr,
+            idle: tokio::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends `frame` and returns its reply. A pooled link found closed is
+    /// replaced by a fresh one once; any other failure is returned.
+    pub(crate) async fn request(&self, node: &Node, frame: &Frame) -> Result<Frame, SimError> {
+        let bytes = frame.encode();
+        let pooled = self.idle.lock().await.pop();
+        if let Some(mut link) = pooled {
+            match link.request_encoded(&frame.header.id, &bytes).await {
+                Ok(reply) => {
+                    self.put_back(link).await;
+                    return Ok(reply);
+                }
+                // Only a link the peer closed while it sat idle is worth a
+                // second try; any other failure may mean the frame arrived.
+                Err(
+                    LinkError::Write(_) | LinkError::Read(ReadError::Closed | ReadError::Io(_)),
+                ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut link = node.connect(&self.to, self.addr).await?;
+        let reply = link.request_encoded(&frame.header.id, &bytes).await?;
+        self.put_back(link).await;
+        Ok(reply)
+    }
+
+    async fn put_back(&self, link: Link) {
+        let mut idle = self.idle.lock().await;
+        if idle.len() < POOL_IDLE {
+            idle.push(link);
+        }
+    }
+}
+
+/// A stand-in peer for tests: a listener that records every frame it is
+/// sent and answers each with `accepted`, or with what `answer` returns.
+pub struct RecordingPeer {
+    node: Arc<Node>,
+    addr: SocketAddr,
+}
+
+/// Decides a [`RecordingPeer`]'s reply; `None` means `accepted`.
+pub type Answer = Arc<dyn Fn(&Party, &Frame) -> Option<Body> + Send + Sync>;
+
+impl RecordingPeer {
+    /// Starts a peer named `own` on `bind` that accepts everything.
+    ///
+    /// # Errors
+    /// [`SimError::Tls`] or [`SimError::Bind`].
+    pub async fn start(
+        own: Party,
+        bind: SocketAddr,
+        tls: &TlsMaterial,
+    ) -> Result<(RecordingPeer, mpsc::UnboundedReceiver<(Party, Frame)>), SimError> {
+        Self::start_with(own, bind, tls, Arc::new(|_: &Party, _: &Frame| None)).await
+    }
+
+    /// As [`RecordingPeer::start`], answering with `answer`.
+    ///
+    /// # Errors
+    /// [`SimError::Tls`] or [`SimError::Bind`].
+    pub async fn start_with(
+        own: Party,
+        bind: SocketAddr,
+        tls: &TlsMaterial,
+        answer: Answer,
+    ) -> Result<(RecordingPeer, mpsc::UnboundedReceiver<(Party, Frame)>), SimError> {
+        let node = Node::new(own, tls, NetOptions::default())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handler: Handler = Arc::new(move |peer: &Party, frame: Frame| {
+            let id = frame.header.id.clone();
+            let body = answer(peer, &frame).unwrap_or(Body::Accepted(Accepted { in_reply_to: id }));
+            let _ = tx.send((peer.clone(), frame));
+            Reply::body(body)
+        });
+        let addr = node.listen(bind, handler).await?;
+        Ok((RecordingPeer { node, addr }, rx))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Dials `to` at `addr` with this peer's certificate.
+    ///
+    /// # Errors
+    /// [`SimError::Link`].
+    pub async fn connect(&self, to: &Party, addr: SocketAddr) -> Result<Link, SimError> {
+        self.node.connect(to, addr).await
+    }
+
+    /// A frame from this peer with a fresh id.
+    pub fn frame(&self, body: Body) -> Frame {
+        self.node.frame(body)
+    }
+
+    /// Frames this peer refused (identity mismatches, undecodable frames).
+    pub fn frames_refused(&self) -> u64 {
+        self.node.frames_refused()
+    }
+
+    pub async fn shutdown(&self) {
+        self.node.shutdown().await;
+    }
+}
+
+impl Drop for RecordingPeer {
+    fn drop(&mut self) {
+        self.node.cancel.cancel();
+    }
+}
