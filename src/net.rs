@@ -1,0 +1,252 @@
+//! Frames over a byte stream, and the outgoing TLS link.
+//!
+//! [`read_frame`] reads the 4-byte length first and refuses an oversized
+//! frame before reading any of its body; a decode error leaves the stream
+//! in sync (the whole body was consumed), so only [`ReadError::TooLarge`]
+//! and I/O errors end a connection. [`Link`] is one mutually authenticated
+//! TLS connection to a known party, used by the box's delivery workers and
+//! by every simulator: send a frame, wait for the hop reply.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ifrelay_proto::frame::{self, TooLarge, LENGTH_PREFIX};
+use ifrelay_proto::{DecodeError, Frame, MessageId, Party};
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Why no frame could be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The peer closed the stream cleanly between frames.
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The stream cannot be resynchronised; answer and close.
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
+    /// The frame was read whole but is not acceptable; the stream is still
+    /// in sync.
+    #[error("undecodable frame: {0}")]
+    Decode(DecodeError),
+    #[error("no frame within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Reads one whole frame body, refusing it before the body is read when
+/// the announced length exceeds `max`. `idle` bounds the wait for the
+/// frame to start and, separately, for the rest of its prefix and for its
+/// body, so a peer that stops mid-frame cannot hold the connection.
+///
+/// # Errors
+/// See [`ReadError`].
+pub async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+    idle: Duration,
+) -> Result<Vec<u8>, ReadError> {
+    let mut prefix = [0u8; LENGTH_PREFIX];
+    let first = tokio::time::timeout(idle, stream.read(&mut prefix))
+        .await
+        .map_err(|_| ReadError::Timeout(idle))??;
+    if first == 0 {
+        return Err(ReadError::Closed);
+    }
+    tokio::time::timeout(idle, stream.read_exact(&mut prefix[first..]))
+        .await
+        .map_err(|_| ReadError::Timeout(idle))??;
+    let len = frame::body_len(prefix, max)?;
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(idle, stream.read_exact(&mut body))
+        .await
+        .map_err(|_| ReadError::Timeout(idle))??;
+    Ok(body)
+}
+
+/// Reads and decodes one frame.
+///
+/// # Errors
+/// See [`ReadError`].
+pub async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+    idle: Duration,
+) -> Result<Frame, ReadError> {
+    let body = read_body(stream, max, idle).await?;
+    Frame::decode_body(&body).map_err(ReadError::Decode)
+}
+
+/// Writes pre-encoded frame bytes (prefix included) and flushes.
+///
+/// # Errors
+/// The I/O error of the write.
+pub async fn write_bytes<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Why a link could not deliver a frame and bring back its reply.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    #[error("cannot connect to {party} at {addr}: {source}")]
+    Connect {
+        party: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to {party} at {addr}")]
+    ConnectTimeout { party: String, addr: SocketAddr },
+    #[error("bad server identity {party}: {text}")]
+    Identity { party: String, text: String },
+    #[error("reading the reply: {0}")]
+    Read(#[from] ReadError),
+    #[error("writing the frame: {0}")]
+    Write(std::io::Error),
+    #[error("the reply answers {got:?}, not {want}")]
+    Mismatched {
+        want: MessageId,
+        got: Option<MessageId>,
+    },
+}
+
+/// One TLS connection to a known party.
+pub struct Link {
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    max_frame: usize,
+    reply_timeout: Duration,
+}
+
+impl Link {
+    /// Connects to `addr` and verifies that its certificate names `party`.
+    ///
+    /// # Errors
+    /// [`LinkError::Connect`], [`LinkError::ConnectTimeout`] or
+    /// [`LinkError::Identity`].
+    pub async fn connect(
+        addr: SocketAddr,
+        party: &Party,
+        tls: Arc<ClientConfig>,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+        max_frame: usize,
+    ) -> Result<Link, LinkError> {
+        let name = ifrelay_tls::identity::server_name(party).map_err(|e| LinkError::Identity {
+            party: party.to_string(),
+            text: e.to_string(),
+        })?;
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            TlsConnector::from(tls).connect(name, tcp).await
+        };
+        let stream = tokio::time::timeout(connect_timeout, connect)
+            .await
+            .map_err(|_| LinkError::ConnectTimeout {
+                party: party.to_string(),
+                addr,
+            })?
+            .map_err(|source| LinkError::Connect {
+                party: party.to_string(),
+                addr,
+                source,
+            })?;
+        Ok(Link {
+            stream,
+            peer: addr,
+            max_frame,
+            reply_timeout,
+        })
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Sends encoded frame bytes and reads the reply, without checking
+    /// which frame it answers (for malformed-input tests).
+    ///
+    /// # Errors
+    /// [`LinkError::Write`] or [`LinkError::Read`].
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<Frame, LinkError> {
+        write_bytes(&mut self.stream, bytes)
+            .await
+            .map_err(LinkError::Write)?;
+        Ok(read_frame(&mut self.stream, self.max_frame, self.reply_timeout).await?)
+    }
+
+    /// Sends a frame and returns the reply that answers it.
+    ///
+    /// # Errors
+    /// As [`Link::send_raw`], and [`LinkError::Mismatched`] when the reply
+    /// names another frame.
+    pub async fn request(&mut self, frame: &Frame) -> Result<Frame, LinkError> {
+        self.request_encoded(&frame.header.id, &frame.encode())
+            .await
+    }
+
+    /// As [`Link::request`], for a frame already encoded (from the outbox).
+    ///
+    /// # Errors
+    /// As [`Link::request`].
+    pub async fn request_encoded(
+        &mut self,
+        id: &MessageId,
+        bytes: &[u8],
+    ) -> Result<Frame, LinkError> {
+        let reply = self.send_raw(bytes).await?;
+        match reply.body.in_reply_to() {
+            Some(got) if got == id => Ok(reply),
+            got => Err(LinkError::Mismatched {
+                want: id.clone(),
+                got: got.cloned(),
+            }),
+        }
+    }
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Generates message ids unique per sender: `<prefix>-<n>`, where the
+/// prefix includes something that differs per run (the box uses its boot
+/// epoch).
+#[derive(Debug)]
+pub struct IdGen {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl IdGen {
+    /// # Errors
+    /// When ids with this prefix would not be valid message ids.
+    pub fn new(prefix: impl Into<String>) -> Result<Self, ifrelay_proto::CodeError> {
+        let prefix = prefix.into();
+        MessageId::new(format!("{prefix}-{}", u64::MAX))?;
+        Ok(IdGen {
+            prefix,
+            next: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    pub fn next(&self) -> MessageId {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        MessageId::new(format!("{}-{n}", self.prefix))
+            .expect("invariant: prefix validated with the longest counter in IdGen::new")
+    }
+}

@@ -1,0 +1,325 @@
+//! The two TLS listeners of the box and the handling of each connection.
+//!
+//! The accept loop survives bad peers: a refused address, a failed
+//! handshake or a wrong certificate ends only that connection, is logged
+//! (tracing and access log) and the loop goes on. Connections are bounded
+//! by a semaphore per listener. Each connection reads one frame at a time,
+//! hands it to the engine and writes the engine's answer; a frame that
+//! cannot be decoded is answered with its reason code and the connection
+//! stays open (the stream is still in sync), except for an oversized
+//! frame, after which the stream cannot be trusted and is closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ifrelay_proto::{AgencyCode, Body, Frame, MessageId, Party, Reason, Refused, Role};
+use ifrelay_store::Direction;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::engine::{Input, Listener, Peer};
+use crate::net::{now_millis, read_frame, write_bytes, IdGen, ReadError};
+
+/// Who may connect to a listener, and the limits of its connections.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub listener: Listener,
+    pub agency: AgencyCode,
+    pub core_allow: Vec<ipnet::IpNet>,
+    pub ims_allow: Vec<ipnet::IpNet>,
+    pub peer_allow: Vec<ipnet::IpNet>,
+    pub deny_agencies: Vec<AgencyCode>,
+    pub max_connections: usize,
+    pub max_frame: usize,
+    pub io_timeout: Duration,
+}
+
+impl ListenerConfig {
+    /// Whether `ip` may open a connection to this listener at all.
+    fn address_allowed(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let nets: Vec<&ipnet::IpNet> = match self.listener {
+            Listener::AgencySide => self.ims_allow.iter().collect(),
+            Listener::CoreSide => self.core_allow.iter().chain(&self.peer_allow).collect(),
+        };
+        nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether the authenticated `party` may use this listener from `ip`
+    /// (R-SEC-5: certificate, role and address must all fit).
+    fn party_allowed(&self, party: &Party, ip: std::net::IpAddr) -> Result<(), (Reason, String)> {
+        let ip = ip.to_canonical();
+        let in_nets = |nets: &[ipnet::IpNet]| nets.iter().any(|n| n.contains(&ip));
+        match (self.listener, party.role) {
+            (Listener::AgencySide, Role::Ims) if party.agency.as_ref() == Some(&self.agency) => {
+                if in_nets(&self.ims_allow) {
+                    Ok(())
+                } else {
+                    Err((
+                        Reason::Identity,
+                        format!("{party} may not connect from {ip}"),
+                    ))
+                }
+            }
+            (Listener::CoreSide, Role::Core) => {
+                if in_nets(&self.core_allow) {
+                    Ok(())
+                } else {
+                    Err((
+                        Reason::Identity,
+                        format!("the core may not connect from {ip}"),
+                    ))
+                }
+            }
+            (Listener::CoreSide, Role::Is) => {
+                let agency = party.agency.as_ref();
+                if agency == Some(&self.agency) {
+                    Err((Reason::Identity, "a box does not talk to itself".to_owned()))
+                } else if agency.is_some_and(|a| self.deny_agencies.contains(a)) {
+                    Err((
+                        Reason::Identity,
+                        format!("{party} is denied by configuration"),
+                    ))
+                } else if in_nets(&self.peer_allow) {
+                    Ok(())
+                } else {
+                    Err((
+                        Reason::Identity,
+                        format!("{party} may not connect from {ip}"),
+                    ))
+                }
+            }
+            _ => Err((
+                Reason::Role,
+                format!("{party} may not connect to this listener"),
+            )),
+        }
+    }
+}
+
+/// Shared by every connection of one listener.
+pub struct ServerContext {
+    pub config: ListenerConfig,
+    pub acceptor: TlsAcceptor,
+    pub engine: mpsc::Sender<Input>,
+    pub own: Party,
+    pub ids: Arc<IdGen>,
+}
+
+/// Accepts connections until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !ctx.config.address_allowed(addr.ip()) {
+            tracing::warn!(%addr, "connection from an address outside every allow-list refused");
+            note_refused(&ctx, addr, None, "connect", None, Reason::Identity).await;
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%addr, "connection limit reached; refused");
+            note_refused(&ctx, addr, None, "connect", None, Reason::Busy).await;
+            continue;
+        };
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::info_span!("conn", listener = ?ctx.config.listener, peer = %addr);
+        tracker.spawn(
+            async move {
+                connection(tcp, addr, &ctx, &shutdown).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn note_refused(
+    ctx: &ServerContext,
+    addr: SocketAddr,
+    party: Option<Party>,
+    operation: &str,
+    message_id: Option<MessageId>,
+    reason: Reason,
+) {
+    let input = Input::Refused {
+        terminal: addr,
+        party,
+        direction: if operation == "connect" {
+            Direction::Connection
+        } else {
+            Direction::In
+        },
+        operation: operation.to_owned(),
+        message_id,
+        reason,
+    };
+    // Logging must not let a flood of bad peers block the box: when the
+    // engine queue is full the note is dropped (tracing still has it).
+    if ctx.engine.try_send(input).is_err() {
+        tracing::warn!(%addr, %reason, "access-log note dropped: engine busy");
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    ctx: &ServerContext,
+    shutdown: &CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let handshake = tokio::time::timeout(ctx.config.io_timeout, ctx.acceptor.accept(tcp)).await;
+    let mut tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "TLS handshake refused");
+            note_refused(ctx, addr, None, "tls_handshake", None, Reason::Identity).await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("TLS handshake timed out");
+            note_refused(ctx, addr, None, "tls_handshake", None, Reason::Timeout).await;
+            return;
+        }
+    };
+    let party = match ifrelay_tls::connection_party(tls.get_ref().1) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "peer certificate names no party");
+            let _ = send_refusal(&mut tls, ctx, None, Reason::Identity, &e.to_string()).await;
+            note_refused(ctx, addr, None, "connect", None, Reason::Identity).await;
+            return;
+        }
+    };
+    if let Err((reason, text)) = ctx.config.party_allowed(&party, addr.ip()) {
+        tracing::warn!(%party, %reason, %text, "peer refused");
+        let _ = send_refusal(&mut tls, ctx, None, reason, &text).await;
+        note_refused(ctx, addr, Some(party), "connect", None, reason).await;
+        return;
+    }
+    tracing::debug!(%party, "peer authenticated");
+    let peer = Peer {
+        party: party.clone(),
+        addr,
+        listener: ctx.config.listener,
+    };
+    loop {
+        let read = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = read_frame(&mut tls, ctx.config.max_frame, ctx.config.io_timeout) => r,
+        };
+        let frame = match read {
+            Ok(frame) => frame,
+            Err(ReadError::Closed) => return,
+            Err(ReadError::Timeout(_)) => {
+                tracing::debug!("idle connection closed");
+                return;
+            }
+            Err(ReadError::Io(e)) => {
+                tracing::debug!(error = %e, "connection ended");
+                return;
+            }
+            Err(ReadError::TooLarge(e)) => {
+                tracing::warn!(error = %e, "oversized frame; closing");
+                let _ = send_refusal(&mut tls, ctx, None, Reason::TooLarge, &e.to_string()).await;
+                note_refused(ctx, addr, Some(party), "frame", None, Reason::TooLarge).await;
+                return;
+            }
+            Err(ReadError::Decode(e)) => {
+                tracing::info!(reason = %e.reason, text = %e.text, "undecodable frame refused");
+                let id = e.message_id.clone();
+                if send_refusal(&mut tls, ctx, id.clone(), e.reason, &e.text)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                note_refused(ctx, addr, Some(party.clone()), "frame", id, e.reason).await;
+                continue;
+            }
+        };
+        let id = frame.header.id.clone();
+        let (tx, rx) = oneshot::channel();
+        let input = Input::Frame {
+            peer: peer.clone(),
+            frame,
+            reply: tx,
+        };
+        let body = match ctx.engine.try_send(input) {
+            Ok(()) => match rx.await {
+                Ok(body) => body,
+                Err(_) => refusal_body(Some(id.clone()), Reason::Internal, "the box is stopping"),
+            },
+            Err(_) => refusal_body(
+                Some(id.clone()),
+                Reason::Busy,
+                "the box is at its queue limit; send again later",
+            ),
+        };
+        let reply = Frame::new(ctx.ids.next(), ctx.own.clone(), now_millis(), body);
+        if write_bytes(&mut tls, &reply.encode()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn refusal_body(in_reply_to: Option<MessageId>, reason: Reason, text: &str) -> Body {
+    Body::Refused(Refused {
+        in_reply_to,
+        reason,
+        text: text.to_owned(),
+    })
+}
+
+async fn send_refusal<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    ctx: &ServerContext,
+    in_reply_to: Option<MessageId>,
+    reason: Reason,
+    text: &str,
+) -> std::io::Result<()> {
+    let frame = Frame::new(
+        ctx.ids.next(),
+        ctx.own.clone(),
+        now_millis(),
+        refusal_body(in_reply_to, reason, text),
+    );
+    write_bytes(stream, &frame.encode()).await
+}
+
+/// Binds a listener's address; a separate step so the supervisor can
+/// report every bound address before serving.
+///
+/// # Errors
+/// The bind error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Builds the acceptor from a server configuration.
+pub fn acceptor(config: Arc<ServerConfig>) -> TlsAcceptor {
+    TlsAcceptor::from(config)
+}
