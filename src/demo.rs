@@ -106,7 +106,8 @@ pub async fn run(options: DemoOptions) -> Result<String, DemoError> {
         timings.len()
     );
     let _ = writeln!(out, "  {:<20} {:>10} {:>10}", "step", "p50", "p99");
-    let steps: [(&str, fn(&FlowTimings) -> Duration); 10] = [
+    type StepTime = fn(&FlowTimings) -> Duration;
+    let steps: [(&str, StepTime); 10] = [
         ("serial", |t| t.serial),
         ("prefix check", |t| t.prefix_check),
         ("permit", |t| t.permit),

@@ -70,6 +70,26 @@ impl RunningBox {
     /// # Errors
     /// [`StartError`] naming the part that failed.
     pub async fn start(config: &Config) -> Result<RunningBox, StartError> {
+        let bind = |addr: SocketAddr, side: &'static str| async move {
+            server::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, side, source })
+        };
+        let core_listener = bind(config.listen.core_side, "core side").await?;
+        let agency_listener = bind(config.listen.agency_side, "agency side").await?;
+        Self::start_on(config, core_listener, agency_listener).await
+    }
+
+    /// As [`RunningBox::start`], on listeners bound by the caller (tests
+    /// bind port 0 first and write the ports into the configuration).
+    ///
+    /// # Errors
+    /// As [`RunningBox::start`].
+    pub async fn start_on(
+        config: &Config,
+        core_listener: tokio::net::TcpListener,
+        agency_listener: tokio::net::TcpListener,
+    ) -> Result<RunningBox, StartError> {
         let store_path = config.store.path.clone();
         let store = Store::open(&store_path, config.store.cache_bytes()).map_err(|source| {
             StartError::Store {
@@ -101,13 +121,6 @@ impl RunningBox {
             source,
         })?;
 
-        let bind = |addr: SocketAddr, side: &'static str| async move {
-            server::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, side, source })
-        };
-        let core_listener = bind(config.listen.core_side, "core side").await?;
-        let agency_listener = bind(config.listen.agency_side, "agency side").await?;
         let core_side = core_listener
             .local_addr()
             .map_err(|source| StartError::Bind {

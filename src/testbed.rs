@@ -151,17 +151,6 @@ pub async fn start_box(config_path: &Path) -> Result<(RunningBox, Config), Testb
     Ok((running, config))
 }
 
-/// A loopback port free at the moment of asking. Another process could
-/// take it before the box binds it; on a test machine that is rare and
-/// shows as a bind error, never as a wrong result.
-///
-/// # Errors
-/// When no port can be bound.
-pub fn free_port() -> Result<SocketAddr, TestbedError> {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(probe.local_addr()?)
-}
-
 /// Builds a valid code from a literal.
 ///
 /// # Panics
@@ -335,9 +324,12 @@ impl Testbed {
         let mut nodes = Vec::new();
         for agency in [a, b] {
             // The box and its IMS each need the other's address first:
-            // the box's ports are chosen before either starts.
-            let core_side = free_port()?;
-            let agency_side = free_port()?;
+            // the box's listeners are bound before either starts, and
+            // handed to the box, so no other test can take the ports.
+            let core_listener = tokio::net::TcpListener::bind(any).await?;
+            let agency_listener = tokio::net::TcpListener::bind(any).await?;
+            let core_side = core_listener.local_addr()?;
+            let agency_side = agency_listener.local_addr()?;
             let ims = ImsSim::start(
                 agency.clone(),
                 any,
@@ -353,7 +345,8 @@ impl Testbed {
                 core.local_addr(),
                 ims.local_addr(),
             )?;
-            let (running, config) = start_box(&config_path).await?;
+            let config = Config::load(&config_path)?;
+            let running = RunningBox::start_on(&config, core_listener, agency_listener).await?;
             core.register_box(agency.clone(), running.core_side);
             nodes.push(Node {
                 agency,

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::destination::{Destination, OutboxItem};
-use super::engine::Input;
+use super::engine::{Delivery, Input};
 use crate::net::{Link, LinkError};
 
 /// Entries one destination may have queued in memory.
@@ -147,11 +147,11 @@ async fn worker(
                     backoff = cfg.retry_backoff;
                     let terminal = l.peer();
                     if engine
-                        .send(Input::Delivered {
+                        .send(Input::Delivered(Box::new(Delivery {
                             item,
                             terminal,
                             reply: reply.body,
-                        })
+                        })))
                         .await
                         .is_err()
                     {

@@ -55,11 +55,7 @@ pub struct Peer {
 pub enum Input {
     /// A decoded frame from an authenticated peer; the reply body goes back
     /// on `reply` after commit.
-    Frame {
-        peer: Peer,
-        frame: Frame,
-        reply: oneshot::Sender<Body>,
-    },
+    Frame(Box<FrameInput>),
     /// Something refused before it reached the engine (undecodable frame,
     /// identity mismatch, refused connection): logged only.
     Refused {
@@ -71,13 +67,25 @@ pub enum Input {
         reason: Reason,
     },
     /// A delivery worker got the next hop's answer to an outbox entry.
-    Delivered {
-        item: OutboxItem,
-        terminal: SocketAddr,
-        reply: Body,
-    },
+    Delivered(Box<Delivery>),
     /// Stop after the current batch.
     Stop,
+}
+
+/// A frame from an authenticated peer, and where its answer goes.
+#[derive(Debug)]
+pub struct FrameInput {
+    pub peer: Peer,
+    pub frame: Frame,
+    pub reply: oneshot::Sender<Body>,
+}
+
+/// The next hop's answer to an outbox entry.
+#[derive(Debug)]
+pub struct Delivery {
+    pub item: OutboxItem,
+    pub terminal: SocketAddr,
+    pub reply: Body,
 }
 
 /// The prefix list and masters currently in force.
@@ -307,7 +315,8 @@ impl Engine {
             }
             match self.relay.handle(&mut store_batch, now, input) {
                 Ok(h) => done.push(h),
-                Err((e, input)) => {
+                Err(boxed) => {
+                    let (e, input) = *boxed;
                     failure = Some(e);
                     unhandled.extend(input);
                 }
@@ -359,15 +368,19 @@ impl Engine {
         let mut stats = self.relay.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.commit_failures += 1;
         for input in inputs {
-            if let Input::Frame { reply, frame, .. } = input {
+            if let Input::Frame(input) = input {
+                let FrameInput { reply, frame, .. } = *input;
                 let mut body = store_refusal(e);
                 if let Body::Refused(r) = &mut body {
                     r.in_reply_to = Some(frame.header.id.clone());
                 }
                 let _ = reply.send(body);
+            } else if let Input::Delivered(d) = input {
+                // The answer was not recorded, so the entry is still in the
+                // outbox: queue it again (the next hop sees the same id).
+                let _ = self.relay.deliver.send(d.item);
             }
-            // Delivered items stay in the outbox and are resent after the
-            // reload; Refused notes are lost with the batch (logged here).
+            // Refused notes are lost with the batch; tracing has them.
         }
     }
 }
@@ -380,9 +393,13 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         input: Input,
-    ) -> Result<Handled, (StoreError, Option<Input>)> {
+    ) -> Result<Handled, Box<(StoreError, Option<Input>)>> {
         match input {
-            Input::Frame { peer, frame, reply } => {
+            Input::Frame(input) => {
+                let FrameInput { peer, frame, reply } = *input;
+                let back = |peer, frame, reply| {
+                    Some(Input::Frame(Box::new(FrameInput { peer, frame, reply })))
+                };
                 match self.handle_frame(batch, now, &peer, &frame) {
                     Ok((body, outbox)) => {
                         let outcome = match &body {
@@ -394,7 +411,7 @@ impl Relay {
                         };
                         let entry = self.access_in(now, &peer, &frame, outcome);
                         if let Err(e) = batch.append_access(entry) {
-                            return Err((e, Some(Input::Frame { peer, frame, reply })));
+                            return Err(Box::new((e, back(peer, frame, reply))));
                         }
                         let body = with_reply_to(body, &frame.header.id);
                         Ok(Handled {
@@ -407,7 +424,7 @@ impl Relay {
                         tracing::info!(peer = %peer.party, addr = %peer.addr, r#type = frame.body.type_name(), reason = %r.reason, text = %r.text, "frame refused");
                         let entry = self.access_in(now, &peer, &frame, r.reason.to_string());
                         if let Err(e) = batch.append_access(entry) {
-                            return Err((e, Some(Input::Frame { peer, frame, reply })));
+                            return Err(Box::new((e, back(peer, frame, reply))));
                         }
                         let body = Body::Refused(Refused {
                             in_reply_to: Some(frame.header.id.clone()),
@@ -420,7 +437,7 @@ impl Relay {
                             refused: Some(r.reason),
                         })
                     }
-                    Err(Fault::Store(e)) => Err((e, Some(Input::Frame { peer, frame, reply }))),
+                    Err(Fault::Store(e)) => Err(Box::new((e, back(peer, frame, reply)))),
                 }
             }
             Input::Refused {
@@ -448,20 +465,31 @@ impl Relay {
                     items: Vec::new(),
                     outcome: reason.to_string(),
                 };
-                batch.append_access(entry).map_err(|e| (e, None))?;
+                batch
+                    .append_access(entry)
+                    .map_err(|e| Box::new((e, None)))?;
                 Ok(Handled {
                     reply: None,
                     outbox: Vec::new(),
                     refused: Some(reason),
                 })
             }
-            Input::Delivered {
-                item,
-                terminal,
-                reply,
-            } => self
-                .handle_delivered(batch, now, item, terminal, reply)
-                .map_err(|e| (e, None)),
+            Input::Delivered(d) => {
+                let Delivery {
+                    item,
+                    terminal,
+                    reply,
+                } = *d;
+                self.handle_delivered(batch, now, item.clone(), terminal, reply.clone())
+                    .map_err(|e| {
+                        let back = Delivery {
+                            item,
+                            terminal,
+                            reply,
+                        };
+                        Box::new((e, Some(Input::Delivered(Box::new(back)))))
+                    })
+            }
             Input::Stop => Ok(Handled {
                 reply: None,
                 outbox: Vec::new(),

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::engine::{Input, Listener, Peer};
+use super::engine::{FrameInput, Input, Listener, Peer};
 use crate::net::{now_millis, read_frame, write_bytes, IdGen, ReadError};
 
 /// Who may connect to a listener, and the limits of its connections.
@@ -168,7 +168,7 @@ async fn note_refused(
     let input = Input::Refused {
         terminal: addr,
         party,
-        direction: if operation == "connect" {
+        direction: if matches!(operation, "connect" | "tls_handshake") {
             Direction::Connection
         } else {
             Direction::In
@@ -191,7 +191,10 @@ async fn connection(
     shutdown: &CancellationToken,
 ) {
     let _ = tcp.set_nodelay(true);
-    let handshake = tokio::time::timeout(ctx.config.io_timeout, ctx.acceptor.accept(tcp)).await;
+    let handshake = tokio::select! {
+        () = shutdown.cancelled() => return,
+        h = tokio::time::timeout(ctx.config.io_timeout, ctx.acceptor.accept(tcp)) => h,
+    };
     let mut tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -263,11 +266,11 @@ async fn connection(
         };
         let id = frame.header.id.clone();
         let (tx, rx) = oneshot::channel();
-        let input = Input::Frame {
+        let input = Input::Frame(Box::new(FrameInput {
             peer: peer.clone(),
             frame,
             reply: tx,
-        };
+        }));
         let body = match ctx.engine.try_send(input) {
             Ok(()) => match rx.await {
                 Ok(body) => body,

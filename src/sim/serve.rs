@@ -195,7 +195,35 @@ pub(crate) fn run_prefix(own: &Party) -> String {
         Some(a) => format!("{}{}", own.role, a),
         None => own.role.to_string(),
     };
-    format!("{who}-{:x}{}", now_millis(), random_hex(3))
+    // Letters only: a run of exactly twelve digits with a valid check
+    // digit would be refused by the box's My Number screen.
+    let millis = u64::try_from(now_millis()).unwrap_or(0);
+    format!("{who}-{}{}", letters(millis), letters_of(&random_hex(3)))
+}
+
+/// `n` written in base 26 with the letters A–Z.
+fn letters(mut n: u64) -> String {
+    let mut out = Vec::new();
+    loop {
+        out.push(b'A' + (n % 26) as u8);
+        n /= 26;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Hex digits mapped to letters (0 → a … f → p).
+fn letters_of(hex: &str) -> String {
+    hex.chars()
+        .map(|c| {
+            c.to_digit(16)
+                .and_then(|d| char::from_u32(u32::from(b'a') + d))
+                .unwrap_or('x')
+        })
+        .collect()
 }
 
 impl Node {
