@@ -37,6 +37,9 @@ pub enum ReadError {
     Decode(DecodeError),
     #[error("no frame within {0:?}")]
     Timeout(Duration),
+    /// The peer stopped sending, or closed, in the middle of a frame.
+    #[error("frame cut off after {got} of {expected} bytes")]
+    Truncated { got: usize, expected: usize },
 }
 
 /// Reads one whole frame body, refusing it before the body is read when
@@ -58,15 +61,38 @@ pub async fn read_body<S: AsyncRead + Unpin>(
     if first == 0 {
         return Err(ReadError::Closed);
     }
-    tokio::time::timeout(idle, stream.read_exact(&mut prefix[first..]))
-        .await
-        .map_err(|_| ReadError::Timeout(idle))??;
+    read_rest(stream, &mut prefix[first..], idle, first, LENGTH_PREFIX).await?;
     let len = frame::body_len(prefix, max)?;
     let mut body = vec![0u8; len];
-    tokio::time::timeout(idle, stream.read_exact(&mut body))
-        .await
-        .map_err(|_| ReadError::Timeout(idle))??;
+    read_rest(stream, &mut body, idle, 0, len).await?;
     Ok(body)
+}
+
+/// Fills `buf` once a frame has started; a stall or a close before it is
+/// full is [`ReadError::Truncated`].
+async fn read_rest<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+    idle: Duration,
+    already: usize,
+    expected: usize,
+) -> Result<(), ReadError> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = match tokio::time::timeout(idle, stream.read(&mut buf[got..])).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => return Err(e.into()),
+            Ok(Err(_)) | Err(_) => 0,
+        };
+        if n == 0 {
+            return Err(ReadError::Truncated {
+                got: already + got,
+                expected,
+            });
+        }
+        got += n;
+    }
+    Ok(())
 }
 
 /// Reads and decodes one frame.
@@ -183,6 +209,17 @@ impl Link {
             .await
             .map_err(LinkError::Write)?;
         Ok(read_frame(&mut self.stream, self.max_frame, self.reply_timeout).await?)
+    }
+
+    /// Writes bytes and waits for nothing: for tests that cut a frame off
+    /// and then drop the link.
+    ///
+    /// # Errors
+    /// [`LinkError::Write`].
+    pub async fn write_only(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        write_bytes(&mut self.stream, bytes)
+            .await
+            .map_err(LinkError::Write)
     }
 
     /// Sends a frame and returns the reply that answers it.

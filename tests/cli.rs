@@ -50,10 +50,22 @@ allow = ["127.0.0.1/32"]
     )
     .expect("write");
     let file = file.to_string_lossy().into_owned();
-    for args in [vec!["check-config", file.as_str()], vec!["run", "--config", file.as_str()]] {
+    for args in [
+        vec!["check-config", file.as_str()],
+        vec!["run", "--config", file.as_str()],
+    ] {
         let out = ifrelay(&args);
-        assert_eq!(out.status.code(), Some(78), "{args:?}: {}", text(&out.stderr));
-        assert!(text(&out.stderr).contains("box.agency"), "{}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("box.agency"),
+            "{}",
+            text(&out.stderr)
+        );
     }
     let out = ifrelay(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
@@ -95,13 +107,18 @@ fn the_demo_runs_and_verify_store_catches_tampering_with_its_records() {
             };
             let last = body.len() - 1;
             body[last] ^= 0x01;
-            table.insert(2, (prev, hash, body.as_slice())).expect("insert");
+            table
+                .insert(2, (prev, hash, body.as_slice()))
+                .expect("insert");
         }
         txn.commit().expect("commit");
     }
     let (code, report) = verify(&copy);
     assert_eq!(code, Some(1), "{report}");
-    assert!(report.contains("TAMPERED") && report.contains("seq 2"), "{report}");
+    assert!(
+        report.contains("TAMPERED") && report.contains("seq 2"),
+        "{report}"
+    );
 
     // Remove a record from the middle.
     let copy = dir.path().join("removed.redb");

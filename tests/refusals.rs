@@ -272,9 +272,47 @@ async fn garbage_on_one_connection_leaves_its_neighbours_unaffected() {
             .expect("the garbage is answered");
         assert!(matches!(&reply.body, Body::Refused(r) if r.reason == Reason::Malformed));
     }
+    // A frame that announces 100 bytes, sends 10 and hangs up: nothing
+    // can be answered, but the access log says so.
+    // First the 50 garbage frames above must all be in the log.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while count_outcome(&bed, "E_MALFORMED") < 50 {
+        assert!(tokio::time::Instant::now() < deadline, "garbage not logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let malformed_before = count_outcome(&bed, "E_MALFORMED");
+    assert_eq!(malformed_before, 50, "one entry per garbage frame");
+    let mut cut = bed
+        .pki
+        .link(&ims, &box_a, node.running().agency_side)
+        .await
+        .expect("link");
+    let mut partial = 100u32.to_be_bytes().to_vec();
+    partial.extend([0xa1; 10]);
+    cut.write_only(&partial).await.expect("write");
+    drop(cut);
     flows
         .await
         .expect("task")
         .expect("flows on other connections complete");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while count_outcome(&bed, "E_MALFORMED") <= malformed_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the truncated frame was not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     bed.shutdown().await;
+}
+
+fn count_outcome(bed: &Testbed, outcome: &str) -> usize {
+    bed.nodes[0]
+        .running()
+        .reader()
+        .access_log(0, 100_000)
+        .expect("log")
+        .iter()
+        .filter(|e| e.entry.outcome == outcome)
+        .count()
 }

@@ -245,6 +245,12 @@ async fn connection(
                 tracing::debug!(error = %e, "connection ended");
                 return;
             }
+            Err(ReadError::Truncated { got, expected }) => {
+                // Nothing can be answered: the frame never ended.
+                tracing::info!(got, expected, "truncated frame; closing");
+                note_refused(ctx, addr, Some(party), "frame", None, Reason::Malformed).await;
+                return;
+            }
             Err(ReadError::TooLarge(e)) => {
                 tracing::warn!(error = %e, "oversized frame; closing");
                 let _ = send_refusal(&mut tls, ctx, None, Reason::TooLarge, &e.to_string()).await;
