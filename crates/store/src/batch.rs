@@ -5,17 +5,20 @@
 //! - Appends link to the batch's own copy of the chain heads; the store's
 //!   heads take that copy only after redb committed, so a failed commit or
 //!   a dropped batch leaves them (and the file) unchanged.
-//! - The chain marks and the outbox counter are written inside the same
-//!   transaction as the rows they describe.
+//! - The chain marks, the outbox counter, the outbox index and per
+//!   destination counts, and the time index of the seen entries are written
+//!   inside the same transaction as the rows they describe.
 //! - Every commit uses `Durability::Immediate`: when `commit` returns `Ok`,
-//!   the batch survives a power cut (R-AV-2).
+//!   the batch survives a power cut (R-AV-2). The only exception is the
+//!   bulk fill for tests and benchmarks ([`Store::fill_outbox_for_test`]),
+//!   whose last commit is durable again.
 
 use ifrelay_proto::{Millis, Serial};
-use redb::{ReadableTable, WriteTransaction};
+use redb::{Durability, ReadableTable, WriteTransaction};
 
 use crate::chain::{chain_hash, ChainName};
 use crate::error::{db, from_cbor, to_cbor, StoreError};
-use crate::model::{AccessEntry, Record, RecordBody, RecordBodyRef};
+use crate::model::{AccessEntry, Record, RecordBody, RecordBodyRef, SeenEntry};
 use crate::store::{Store, WriterState};
 use crate::tables;
 
@@ -171,7 +174,8 @@ impl<'a> Batch<'a> {
     }
 
     /// Queues `frame` for `destination`; returns its seq, which is never
-    /// reused, also across restarts and removals.
+    /// reused, also across restarts and removals. The destination index
+    /// and counter are updated in the same transaction.
     ///
     /// # Errors
     /// [`StoreError::Exhausted`] or [`StoreError::Db`] from redb.
@@ -187,25 +191,195 @@ impl<'a> Batch<'a> {
         table
             .insert(seq, (destination, frame))
             .map_err(db("write outbox"))?;
+        let mut index = self
+            .txn
+            .open_table(tables::OUTBOX_BY_DESTINATION)
+            .map_err(db("open table outbox_by_destination"))?;
+        index
+            .insert((destination, seq), ())
+            .map_err(db("write outbox index"))?;
+        count_add(&self.txn, destination, 1)?;
         self.state.outbox_next = next;
         Ok(seq)
     }
 
-    /// Removes outbox entry `seq` (delivered or given up); returns whether
-    /// it existed.
-    ///
-    /// # Errors
-    /// [`StoreError::Db`] from redb.
-    pub fn remove_outbox(&mut self, seq: u64) -> Result<bool, StoreError> {
+    /// Queues up to `max` frames of `frames` for `destination` with the
+    /// tables opened once; returns how many were queued. The fast path of
+    /// [`Store::fill_outbox_for_test`].
+    pub(crate) fn push_outbox_bulk<I>(
+        &mut self,
+        destination: &str,
+        frames: &mut I,
+        max: usize,
+    ) -> Result<u64, StoreError>
+    where
+        I: Iterator,
+        I::Item: AsRef<[u8]>,
+    {
         let mut table = self
             .txn
             .open_table(tables::OUTBOX)
             .map_err(db("open table outbox"))?;
-        let existed = table
-            .remove(seq)
-            .map_err(db("remove outbox entry"))?
-            .is_some();
-        Ok(existed)
+        let mut index = self
+            .txn
+            .open_table(tables::OUTBOX_BY_DESTINATION)
+            .map_err(db("open table outbox_by_destination"))?;
+        let mut pushed = 0u64;
+        for frame in frames.take(max) {
+            let seq = self.state.outbox_next;
+            let next = seq.checked_add(1).ok_or(StoreError::Exhausted {
+                what: "outbox sequence",
+            })?;
+            table
+                .insert(seq, (destination, frame.as_ref()))
+                .map_err(db("write outbox"))?;
+            index
+                .insert((destination, seq), ())
+                .map_err(db("write outbox index"))?;
+            self.state.outbox_next = next;
+            pushed += 1;
+        }
+        drop((table, index));
+        if pushed > 0 {
+            count_add(&self.txn, destination, pushed)?;
+        }
+        Ok(pushed)
+    }
+
+    /// Removes outbox entry `seq` (delivered or given up) with its index
+    /// row; returns whether it existed.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn remove_outbox(&mut self, seq: u64) -> Result<bool, StoreError> {
+        let destination = {
+            let mut table = self
+                .txn
+                .open_table(tables::OUTBOX)
+                .map_err(db("open table outbox"))?;
+            let removed = table.remove(seq).map_err(db("remove outbox entry"))?;
+            match removed {
+                Some(row) => row.value().0.to_owned(),
+                None => return Ok(false),
+            }
+        };
+        let mut index = self
+            .txn
+            .open_table(tables::OUTBOX_BY_DESTINATION)
+            .map_err(db("open table outbox_by_destination"))?;
+        index
+            .remove((destination.as_str(), seq))
+            .map_err(db("remove outbox index"))?;
+        count_sub(&self.txn, &destination, 1)?;
+        Ok(true)
+    }
+
+    /// The reply remembered for the frame `message_id` of `sender`, if it
+    /// was accepted before — also earlier in this same, uncommitted batch.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn seen(&self, sender: &str, message_id: &str) -> Result<Option<SeenEntry>, StoreError> {
+        let table = self
+            .txn
+            .open_table(tables::SEEN)
+            .map_err(db("open table seen"))?;
+        let entry = table
+            .get((sender, message_id))
+            .map_err(db("read seen"))?
+            .map(|g| {
+                let (at, reply) = g.value();
+                SeenEntry {
+                    at,
+                    reply: reply.to_vec(),
+                }
+            });
+        Ok(entry)
+    }
+
+    /// Remembers that the frame `message_id` of `sender` was accepted at
+    /// `at` and answered with `reply` (the encoded reply body, opaque),
+    /// replacing an earlier entry of the same key.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn put_seen(
+        &mut self,
+        sender: &str,
+        message_id: &str,
+        at: Millis,
+        reply: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut table = self
+            .txn
+            .open_table(tables::SEEN)
+            .map_err(db("open table seen"))?;
+        let before = table
+            .insert((sender, message_id), (at, reply))
+            .map_err(db("write seen"))?
+            .map(|g| g.value().0);
+        let mut by_time = self
+            .txn
+            .open_table(tables::SEEN_BY_TIME)
+            .map_err(db("open table seen_by_time"))?;
+        if let Some(old) = before.filter(|old| *old != at) {
+            by_time
+                .remove((old, sender, message_id))
+                .map_err(db("remove seen index"))?;
+        }
+        by_time
+            .insert((at, sender, message_id), ())
+            .map_err(db("write seen index"))?;
+        Ok(())
+    }
+
+    /// Forgets entries accepted before `before` (strictly), oldest first,
+    /// at most `max` of them, so one call never makes a commit large;
+    /// returns how many were removed. Call it again (in later batches)
+    /// while it returns `max`.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn prune_seen(&mut self, before: Millis, max: usize) -> Result<u64, StoreError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let mut by_time = self
+            .txn
+            .open_table(tables::SEEN_BY_TIME)
+            .map_err(db("open table seen_by_time"))?;
+        let mut doomed: Vec<(Millis, String, String)> = Vec::new();
+        for row in by_time
+            .range(..(before, "", ""))
+            .map_err(db("read seen index"))?
+        {
+            let (k, _) = row.map_err(db("read seen index"))?;
+            let (at, sender, id) = k.value();
+            doomed.push((at, sender.to_owned(), id.to_owned()));
+            if doomed.len() >= max {
+                break;
+            }
+        }
+        let mut seen = self
+            .txn
+            .open_table(tables::SEEN)
+            .map_err(db("open table seen"))?;
+        for (at, sender, id) in &doomed {
+            by_time
+                .remove((*at, sender.as_str(), id.as_str()))
+                .map_err(db("remove seen index"))?;
+            // Only the entry this index row describes: a stray index row
+            // must not remove a newer entry of the same key.
+            let current = seen
+                .get((sender.as_str(), id.as_str()))
+                .map_err(db("read seen"))?
+                .map(|g| g.value().0);
+            if current == Some(*at) {
+                seen.remove((sender.as_str(), id.as_str()))
+                    .map_err(db("remove seen"))?;
+            }
+        }
+        Ok(doomed.len() as u64)
     }
 
     /// Policy deletion of records (R-REC-4): removes every record up to and
@@ -293,6 +467,15 @@ impl<'a> Batch<'a> {
         Ok(removed)
     }
 
+    /// Makes the commit of this batch non-durable ([`Durability::None`]):
+    /// visible at once, persisted only by a later durable commit. For the
+    /// bulk fill of tests and benchmarks only.
+    pub(crate) fn set_non_durable(&mut self) -> Result<(), StoreError> {
+        self.txn
+            .set_durability(Durability::None)
+            .map_err(db("set durability"))
+    }
+
     /// Commits the batch with one fsync. On success the store's chain heads
     /// advance; on failure nothing of the batch is visible, the heads are
     /// unchanged and the store reopens the file for the next batch.
@@ -349,6 +532,52 @@ fn write_marks(
             .map_err(db("open table meta"))?;
         meta.insert(tables::OUTBOX_NEXT_KEY, after.outbox_next)
             .map_err(db("write outbox counter"))?;
+        // Every push of this batch went through the index too.
+        meta.insert(tables::OUTBOX_INDEX_NEXT_KEY, after.outbox_next)
+            .map_err(db("write outbox index marker"))?;
+    }
+    Ok(())
+}
+
+/// Adds `n` to the entry count of `destination`.
+fn count_add(txn: &WriteTransaction, destination: &str, n: u64) -> Result<(), StoreError> {
+    let mut counts = txn
+        .open_table(tables::OUTBOX_COUNTS)
+        .map_err(db("open table outbox_counts"))?;
+    let current = counts
+        .get(destination)
+        .map_err(db("read outbox count"))?
+        .map_or(0, |g| g.value());
+    let updated = current.checked_add(n).ok_or(StoreError::Exhausted {
+        what: "outbox destination count",
+    })?;
+    counts
+        .insert(destination, updated)
+        .map_err(db("write outbox count"))?;
+    Ok(())
+}
+
+/// Subtracts `n` from the entry count of `destination`, dropping its row at
+/// zero. A count already too low (a file altered outside the store) stops
+/// at zero rather than failing delivery; the next open rebuilds the counts
+/// because their sum no longer matches the outbox.
+fn count_sub(txn: &WriteTransaction, destination: &str, n: u64) -> Result<(), StoreError> {
+    let mut counts = txn
+        .open_table(tables::OUTBOX_COUNTS)
+        .map_err(db("open table outbox_counts"))?;
+    let current = counts
+        .get(destination)
+        .map_err(db("read outbox count"))?
+        .map_or(0, |g| g.value());
+    let updated = current.saturating_sub(n);
+    if updated == 0 {
+        counts
+            .remove(destination)
+            .map_err(db("write outbox count"))?;
+    } else {
+        counts
+            .insert(destination, updated)
+            .map_err(db("write outbox count"))?;
     }
     Ok(())
 }

@@ -15,6 +15,11 @@
 //! - [`StoreReader`] is a cheap, `Send + Sync` clone for readers on other
 //!   threads (search, export, verification, monitoring); it only ever uses
 //!   read transactions, so it never blocks the writer.
+//! - The outbox is indexed per destination, so delivery pages through a
+//!   backlog of any size ([`StoreReader::outbox_for`]) instead of loading
+//!   it at boot; accepted frames are remembered by `(sender, message id)`
+//!   ([`Batch::seen`], [`Batch::put_seen`], [`Batch::prune_seen`]) so a
+//!   resent frame gets its first reply again (duplicate suppression).
 //! - [`tables`] holds every `TableDefinition`, public for forensic tools and
 //!   tamper tests.
 //!
@@ -43,7 +48,7 @@ pub use chain::{
 pub use error::StoreError;
 pub use model::{
     AccessEntry, BootState, ChainedAccess, ChainedRecord, Direction, OutboxEntry, Record,
-    RecordFilter, RecordKind, Side,
+    RecordFilter, RecordKind, SeenEntry, Side,
 };
 pub use reader::StoreReader;
 pub use store::Store;

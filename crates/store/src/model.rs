@@ -1,5 +1,6 @@
 //! The values the store keeps for the rest of the firmware: records,
-//! access-log entries, their chained forms, search filters, boot state.
+//! access-log entries, their chained forms, search filters, boot state,
+//! outbox entries and the remembered replies of duplicate suppression.
 //!
 //! [`Record`] and [`AccessEntry`] are stored as CBOR inside hash-chained
 //! rows; their field names are part of the file format (renaming one breaks
@@ -209,6 +210,20 @@ pub struct BootState {
     pub prefix: Option<(u64, Vec<u8>)>,
     /// Every stored process state, by serial, in serial order.
     pub processes: Vec<(Serial, Vec<u8>)>,
-    /// Every outbox entry, in seq order.
-    pub outbox: Vec<OutboxEntry>,
+    /// Number of frames waiting in the outbox. The entries themselves are
+    /// read per destination with [`crate::StoreReader::outbox_destinations`]
+    /// and [`crate::StoreReader::outbox_for`], so a large backlog is never
+    /// loaded whole.
+    pub outbox_len: u64,
+}
+
+/// A frame already accepted from a sender, remembered so a resent copy
+/// (same sender, same message id) gets the same reply again and is not
+/// handled twice (DESIGN "Wire format": duplicates dropped by message id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenEntry {
+    /// Box time when the frame was first accepted; pruning goes by it.
+    pub at: Millis,
+    /// The encoded reply body the box sent then (opaque bytes).
+    pub reply: Vec<u8>,
 }

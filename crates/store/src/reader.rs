@@ -1,6 +1,7 @@
 //! [`StoreReader`]: everything that reads the store from other threads —
-//! listing, counting, search (R-REC-2), export input (R-REC-3) and chain
-//! verification (R-SEC-6).
+//! listing, counting, search (R-REC-2), export input (R-REC-3), chain
+//! verification (R-SEC-6), and the outbox paged per destination for
+//! delivery.
 //!
 //! Invariants: only read transactions are used, so a reader never blocks
 //! the writer and always sees a committed snapshot; each call uses one
@@ -13,7 +14,9 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableT
 use crate::batch::chain_table;
 use crate::chain::{ChainMark, ChainName, ChainReport, ChainSummary, Walker};
 use crate::error::{db, from_cbor, StoreError};
-use crate::model::{AccessEntry, ChainedAccess, ChainedRecord, RecordBody, RecordFilter};
+use crate::model::{
+    AccessEntry, ChainedAccess, ChainedRecord, OutboxEntry, RecordBody, RecordFilter,
+};
 use crate::store::Shared;
 use crate::tables;
 
@@ -170,6 +173,103 @@ impl StoreReader {
     /// [`StoreError::Db`].
     pub fn outbox_len(&self) -> Result<u64, StoreError> {
         self.count(tables::OUTBOX)
+    }
+
+    /// Up to `limit` outbox entries of `destination`, in seq order, with a
+    /// seq strictly after `after_seq` (all when `None`). Pages through a
+    /// backlog of any size through the destination index: pass the last
+    /// seq of one page as `after_seq` of the next.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`]; [`StoreError::Corrupt`] when an index row names
+    /// an entry of another destination (the file was altered). An index
+    /// row whose entry is gone is skipped.
+    pub fn outbox_for(
+        &self,
+        destination: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let from = match after_seq {
+            None => 0,
+            Some(seq) => match seq.checked_add(1) {
+                Some(from) => from,
+                None => return Ok(Vec::new()),
+            },
+        };
+        self.read(|txn| {
+            let mut out = Vec::new();
+            if limit == 0 {
+                return Ok(out);
+            }
+            let index = txn
+                .open_table(tables::OUTBOX_BY_DESTINATION)
+                .map_err(db("open table outbox_by_destination"))?;
+            let outbox = txn
+                .open_table(tables::OUTBOX)
+                .map_err(db("open table outbox"))?;
+            for row in index
+                .range((destination, from)..=(destination, u64::MAX))
+                .map_err(db("read outbox index"))?
+            {
+                let (k, _) = row.map_err(db("read outbox index"))?;
+                let seq = k.value().1;
+                let Some(entry) = outbox.get(seq).map_err(db("read outbox"))? else {
+                    tracing::warn!(
+                        seq,
+                        destination,
+                        "store: outbox index names a missing entry; skipped"
+                    );
+                    continue;
+                };
+                let (stored, frame) = entry.value();
+                if stored != destination {
+                    return Err(StoreError::Corrupt {
+                        what: "outbox index row",
+                        key: format!("{destination}/{seq}"),
+                        detail: format!("the entry is for {stored}"),
+                    });
+                }
+                out.push(OutboxEntry {
+                    seq,
+                    destination: destination.to_owned(),
+                    frame: frame.to_vec(),
+                });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every destination with frames waiting, with how many, in name
+    /// order. Reads the per-destination counters kept by
+    /// [`crate::Batch::push_outbox`] and [`crate::Batch::remove_outbox`],
+    /// so it costs one row per destination however long the backlog.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn outbox_destinations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|txn| {
+            let counts = txn
+                .open_table(tables::OUTBOX_COUNTS)
+                .map_err(db("open table outbox_counts"))?;
+            let mut out = Vec::new();
+            for row in counts.iter().map_err(db("read outbox counts"))? {
+                let (k, v) = row.map_err(db("read outbox counts"))?;
+                out.push((k.value().to_owned(), v.value()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Number of remembered frames (duplicate suppression).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn seen_len(&self) -> Result<u64, StoreError> {
+        self.count(tables::SEEN)
     }
 
     /// Number of live processes.

@@ -7,10 +7,14 @@
 //! - `state` (chain heads, next outbox seq) always equals what the last
 //!   successful commit left in the file; only [`crate::Batch::commit`]
 //!   changes it, and only after redb reported success.
+//! - Opening checks the outbox index (and the seen time index) against
+//!   the rows they index and rebuilds them when they disagree, so the
+//!   writer and readers can trust them afterwards.
 //! - The database handle is shared with readers through [`Shared`]; after
 //!   redb latched an I/O error the writer drops its handle and opens the
 //!   file again before the next batch, reloading `state` from the file.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -18,13 +22,13 @@ use std::sync::{Arc, PoisonError, RwLock};
 use ifrelay_proto::{Millis, Serial};
 use redb::{
     Builder, Database, DatabaseError, Durability, MultimapTableHandle, ReadableTable,
-    RepairSession, StorageBackend, TableHandle, WriteTransaction,
+    ReadableTableMetadata, RepairSession, StorageBackend, TableHandle, WriteTransaction,
 };
 
 use crate::batch::Batch;
 use crate::chain::{ChainMark, ChainName};
 use crate::error::{db, StoreError};
-use crate::model::{BootState, OutboxEntry};
+use crate::model::BootState;
 use crate::reader::StoreReader;
 use crate::tables::{self, MULTIMAP_NAMES, TABLE_NAMES};
 
@@ -117,6 +121,15 @@ impl Store {
     /// Opens the store file at `path`, creating it (and every table) when
     /// missing, with a page cache of `cache_bytes`.
     ///
+    /// Migration: a file of the same schema version that lacks the tables
+    /// added later (written by an earlier firmware) gets them created, and
+    /// the outbox index by destination with its counts is built in one pass
+    /// over the outbox, in the same durable write transaction (about 1.4 s
+    /// per million entries on the development machine, release build). The
+    /// same rebuild runs whenever the index does not match the outbox (an
+    /// earlier firmware queued or removed entries meanwhile, or index rows
+    /// were lost); the check costs one row per destination.
+    ///
     /// # Errors
     /// [`StoreError::SchemaTooNew`] or [`StoreError::SchemaUnknown`] for a
     /// file this firmware must not write; [`StoreError::Db`] when redb cannot
@@ -188,6 +201,45 @@ impl Store {
         let txn = self.begin_txn()?;
         let state = self.state;
         Ok(Batch::new(self, txn, state))
+    }
+
+    /// Fills the outbox of `destination` with `frames`, `per_commit` per
+    /// write transaction (0 counts as 1); returns how many were queued.
+    ///
+    /// **For tests and benchmarks only**, to build a large backlog fast:
+    /// every commit but the last is non-durable (`Durability::None`, no
+    /// fsync), the last is durable and makes all of them durable. The
+    /// firmware queues frames with [`Batch::push_outbox`], whose commit is
+    /// durable before the sender is answered. Entries get seqs, index rows
+    /// and counts exactly as `push_outbox` gives them.
+    ///
+    /// # Errors
+    /// As [`Batch::push_outbox`] and [`Batch::commit`]. Chunks committed
+    /// before the error stay queued; they become durable with the next
+    /// durable commit.
+    pub fn fill_outbox_for_test<I>(
+        &mut self,
+        destination: &str,
+        frames: I,
+        per_commit: usize,
+    ) -> Result<u64, StoreError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let per_commit = per_commit.max(1);
+        let mut frames = frames.into_iter().peekable();
+        let mut total = 0u64;
+        while frames.peek().is_some() {
+            let mut batch = self.begin()?;
+            let pushed = batch.push_outbox_bulk(destination, &mut frames, per_commit)?;
+            if frames.peek().is_some() {
+                batch.set_non_durable()?;
+            }
+            batch.commit()?;
+            total += pushed;
+        }
+        Ok(total)
     }
 
     /// A handle for reading from other threads.
@@ -263,8 +315,10 @@ fn open_database(opener: &Opener, cache_bytes: usize) -> Result<Database, StoreE
     opener(&builder).map_err(db("open the store file"))
 }
 
-/// Checks the schema, creates missing tables and loads the writer state.
-/// Writes only when the file is new or lacks a table.
+/// Checks the schema, creates missing tables, builds the outbox index (and
+/// the seen time index) when it is missing or was not kept, and loads the
+/// writer state. Writes only when the file is new, lacks a table or needs
+/// an index built; all of it in one durable write transaction.
 fn prepare(database: &Database) -> Result<WriterState, StoreError> {
     let mut txn = database
         .begin_write()
@@ -340,19 +394,161 @@ fn prepare(database: &Database) -> Result<WriterState, StoreError> {
         }
     };
 
-    if complete {
-        txn.abort().map_err(db("abort"))?;
-        return Ok(state);
+    let mut wrote = false;
+    if !complete {
+        txn.open_table(tables::RECORDS).map_err(schema_or_db)?;
+        txn.open_table(tables::ACCESS_LOG).map_err(schema_or_db)?;
+        txn.open_multimap_table(tables::RECORDS_BY_SERIAL)
+            .map_err(schema_or_db)?;
+        txn.open_table(tables::PROCESSES).map_err(schema_or_db)?;
+        txn.open_table(tables::PREFIX).map_err(schema_or_db)?;
+        txn.open_table(tables::OUTBOX).map_err(schema_or_db)?;
+        txn.open_table(tables::OUTBOX_BY_DESTINATION)
+            .map_err(schema_or_db)?;
+        txn.open_table(tables::OUTBOX_COUNTS)
+            .map_err(schema_or_db)?;
+        txn.open_table(tables::SEEN).map_err(schema_or_db)?;
+        txn.open_table(tables::SEEN_BY_TIME).map_err(schema_or_db)?;
+        wrote = true;
     }
-    txn.open_table(tables::RECORDS).map_err(schema_or_db)?;
-    txn.open_table(tables::ACCESS_LOG).map_err(schema_or_db)?;
-    txn.open_multimap_table(tables::RECORDS_BY_SERIAL)
-        .map_err(schema_or_db)?;
-    txn.open_table(tables::PROCESSES).map_err(schema_or_db)?;
-    txn.open_table(tables::PREFIX).map_err(schema_or_db)?;
-    txn.open_table(tables::OUTBOX).map_err(schema_or_db)?;
-    txn.commit().map_err(db("create tables"))?;
+    if !outbox_index_sound(&txn, state.outbox_next)? {
+        rebuild_outbox_index(&txn, state.outbox_next)?;
+        wrote = true;
+    }
+    if !seen_index_sound(&txn)? {
+        rebuild_seen_index(&txn)?;
+        wrote = true;
+    }
+    if wrote {
+        txn.commit().map_err(db("create tables and indexes"))?;
+    } else {
+        txn.abort().map_err(db("abort"))?;
+    }
     Ok(state)
+}
+
+/// Whether the outbox index and counts can be trusted: they were last
+/// written together with the current outbox counter (so nothing that
+/// ignores them pushed entries since), and their row counts match the
+/// outbox (so nothing removed entries behind their back). O(destinations).
+fn outbox_index_sound(txn: &WriteTransaction, outbox_next: u64) -> Result<bool, StoreError> {
+    let marker = txn
+        .open_table(tables::META)
+        .map_err(db("open table meta"))?
+        .get(tables::OUTBOX_INDEX_NEXT_KEY)
+        .map_err(db("read outbox index marker"))?
+        .map(|g| g.value());
+    if marker != Some(outbox_next) {
+        return Ok(false);
+    }
+    let entries = txn
+        .open_table(tables::OUTBOX)
+        .map_err(schema_or_db)?
+        .len()
+        .map_err(db("count outbox"))?;
+    let indexed = txn
+        .open_table(tables::OUTBOX_BY_DESTINATION)
+        .map_err(schema_or_db)?
+        .len()
+        .map_err(db("count outbox index"))?;
+    if entries != indexed {
+        return Ok(false);
+    }
+    let counts = txn
+        .open_table(tables::OUTBOX_COUNTS)
+        .map_err(schema_or_db)?;
+    let mut counted = 0u64;
+    for row in counts.iter().map_err(db("read outbox counts"))? {
+        let (_, n) = row.map_err(db("read outbox counts"))?;
+        counted = counted.saturating_add(n.value());
+    }
+    Ok(counted == entries)
+}
+
+/// The migration of the outbox index: empties [`tables::OUTBOX_BY_DESTINATION`]
+/// and [`tables::OUTBOX_COUNTS`] and fills them again in one pass over
+/// [`tables::OUTBOX`], inside the caller's write transaction (so a power
+/// cut leaves either the old state or the complete index).
+fn rebuild_outbox_index(txn: &WriteTransaction, outbox_next: u64) -> Result<(), StoreError> {
+    txn.delete_table(tables::OUTBOX_BY_DESTINATION)
+        .map_err(schema_or_db)?;
+    txn.delete_table(tables::OUTBOX_COUNTS)
+        .map_err(schema_or_db)?;
+    let mut per_destination: BTreeMap<String, u64> = BTreeMap::new();
+    let mut entries = 0u64;
+    {
+        let outbox = txn.open_table(tables::OUTBOX).map_err(schema_or_db)?;
+        let mut index = txn
+            .open_table(tables::OUTBOX_BY_DESTINATION)
+            .map_err(schema_or_db)?;
+        for row in outbox.iter().map_err(db("read outbox"))? {
+            let (k, v) = row.map_err(db("read outbox"))?;
+            let (destination, _) = v.value();
+            index
+                .insert((destination, k.value()), ())
+                .map_err(db("write outbox index"))?;
+            match per_destination.get_mut(destination) {
+                Some(n) => *n += 1,
+                None => {
+                    per_destination.insert(destination.to_owned(), 1);
+                }
+            }
+            entries += 1;
+        }
+    }
+    let mut counts = txn
+        .open_table(tables::OUTBOX_COUNTS)
+        .map_err(schema_or_db)?;
+    for (destination, n) in &per_destination {
+        counts
+            .insert(destination.as_str(), *n)
+            .map_err(db("write outbox counts"))?;
+    }
+    txn.open_table(tables::META)
+        .map_err(db("open table meta"))?
+        .insert(tables::OUTBOX_INDEX_NEXT_KEY, outbox_next)
+        .map_err(db("write outbox index marker"))?;
+    tracing::info!(
+        entries,
+        destinations = per_destination.len(),
+        "store: built the outbox index by destination"
+    );
+    Ok(())
+}
+
+/// Whether every seen entry has exactly one time-index row. O(1).
+fn seen_index_sound(txn: &WriteTransaction) -> Result<bool, StoreError> {
+    let seen = txn
+        .open_table(tables::SEEN)
+        .map_err(schema_or_db)?
+        .len()
+        .map_err(db("count seen"))?;
+    let indexed = txn
+        .open_table(tables::SEEN_BY_TIME)
+        .map_err(schema_or_db)?
+        .len()
+        .map_err(db("count seen index"))?;
+    Ok(seen == indexed)
+}
+
+/// Rebuilds [`tables::SEEN_BY_TIME`] from [`tables::SEEN`], so pruning
+/// reaches every entry again.
+fn rebuild_seen_index(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.delete_table(tables::SEEN_BY_TIME)
+        .map_err(schema_or_db)?;
+    let seen = txn.open_table(tables::SEEN).map_err(schema_or_db)?;
+    let mut index = txn.open_table(tables::SEEN_BY_TIME).map_err(schema_or_db)?;
+    let mut entries = 0u64;
+    for row in seen.iter().map_err(db("read seen"))? {
+        let (k, v) = row.map_err(db("read seen"))?;
+        let (sender, id) = k.value();
+        index
+            .insert((v.value().0, sender, id), ())
+            .map_err(db("write seen index"))?;
+        entries += 1;
+    }
+    tracing::info!(entries, "store: rebuilt the time index of seen entries");
+    Ok(())
 }
 
 fn schema_or_db(e: redb::TableError) -> StoreError {
@@ -422,24 +618,16 @@ fn boot_in(txn: WriteTransaction, now: Millis) -> Result<BootState, StoreError> 
             processes.push((serial, v.value().to_vec()));
         }
 
-        let mut outbox = Vec::new();
-        let table = txn
+        let outbox_len = txn
             .open_table(tables::OUTBOX)
-            .map_err(db("open table outbox"))?;
-        for row in table.iter().map_err(db("read outbox"))? {
-            let (k, v) = row.map_err(db("read outbox"))?;
-            let (destination, frame) = v.value();
-            outbox.push(OutboxEntry {
-                seq: k.value(),
-                destination: destination.to_owned(),
-                frame: frame.to_vec(),
-            });
-        }
+            .map_err(db("open table outbox"))?
+            .len()
+            .map_err(db("count outbox"))?;
         BootState {
             epoch,
             prefix,
             processes,
-            outbox,
+            outbox_len,
         }
     };
     txn.commit().map_err(db("commit the boot epoch"))?;

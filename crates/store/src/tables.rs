@@ -19,6 +19,29 @@
 //! - [`PREFIX`]: `version -> opaque CBOR snapshot`; every version is kept,
 //!   [`PREFIX_CURRENT_KEY`] in [`META`] names the current one.
 //! - [`OUTBOX`]: `seq -> (destination, frame)`.
+//! - [`OUTBOX_BY_DESTINATION`]: index `(destination, seq) -> ()`, so
+//!   delivery pages through one destination's backlog in seq order without
+//!   loading the outbox; [`OUTBOX_COUNTS`]: `destination -> entries`, a
+//!   row only while the count is above zero. Both are written in the same
+//!   transaction as [`OUTBOX`]; [`OUTBOX_INDEX_NEXT_KEY`] in [`META`] says
+//!   up to which outbox seq they are known complete.
+//! - [`SEEN`]: duplicate suppression (DESIGN "Wire format": duplicates are
+//!   dropped by message id), `(sender, message_id) -> (at, reply)`, where
+//!   `reply` is the encoded reply body sent the first time; [`SEEN_BY_TIME`]:
+//!   index `(at, sender, message_id) -> ()` for pruning by age. The key is a
+//!   redb tuple rather than a joined `sender\0id` string, so no separator
+//!   can ever be ambiguous and both parts read back without splitting.
+//!
+//! Schema version decision: the four tables above were added after version
+//! 1 was released, without a bump. No existing table changed its key or
+//! value type, so a version-1 file of the earlier firmware opens as is:
+//! missing tables are created, and the outbox index and counters are built
+//! from [`OUTBOX`] in one pass inside one write transaction (see
+//! [`crate::Store::open`]). An earlier firmware opening a newer file ignores
+//! the tables it does not know; when it pushed or removed outbox entries
+//! meanwhile, the next open of this firmware notices (counter marker or row
+//! counts disagree) and rebuilds the index. Bump [`SCHEMA_VERSION`] only
+//! when an existing table's layout or an encoded value's format changes.
 
 use redb::{MultimapTableDefinition, TableDefinition};
 
@@ -34,7 +57,7 @@ pub type ChainMarkRow = (u64, [u8; 32], u64, [u8; 32]);
 pub type ChainTable = TableDefinition<'static, u64, ChainRow<'static>>;
 
 /// Counters and versions. Keys: [`SCHEMA_VERSION_KEY`], [`EPOCH_KEY`],
-/// [`OUTBOX_NEXT_KEY`], [`PREFIX_CURRENT_KEY`].
+/// [`OUTBOX_NEXT_KEY`], [`OUTBOX_INDEX_NEXT_KEY`], [`PREFIX_CURRENT_KEY`].
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Key in [`META`]: the schema version of the file.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
@@ -42,6 +65,11 @@ pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 pub const EPOCH_KEY: &str = "epoch";
 /// Key in [`META`]: the next outbox sequence number (never reused).
 pub const OUTBOX_NEXT_KEY: &str = "outbox_next";
+/// Key in [`META`]: the value of [`OUTBOX_NEXT_KEY`] when the outbox index
+/// ([`OUTBOX_BY_DESTINATION`], [`OUTBOX_COUNTS`]) was last written with
+/// it. A differing or missing value means something that does not keep the
+/// index (an earlier firmware) pushed entries, and the index is rebuilt.
+pub const OUTBOX_INDEX_NEXT_KEY: &str = "outbox_index_next";
 /// Key in [`META`]: the current prefix version, absent until the first one.
 pub const PREFIX_CURRENT_KEY: &str = "prefix_current";
 
@@ -63,10 +91,24 @@ pub const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("proces
 pub const PREFIX: TableDefinition<u64, &[u8]> = TableDefinition::new("prefix");
 /// Frames waiting to be delivered: `seq -> (destination, frame)`.
 pub const OUTBOX: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("outbox");
+/// Index of [`OUTBOX`] by destination: `(destination, seq) -> ()`.
+pub const OUTBOX_BY_DESTINATION: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("outbox_by_destination");
+/// Entries waiting per destination; a destination without entries has no
+/// row.
+pub const OUTBOX_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("outbox_counts");
+
+/// A row of [`SEEN`]: `(at, encoded reply body)`.
+pub type SeenRow<'a> = (i64, &'a [u8]);
+/// Frames already accepted: `(sender, message_id) -> (at, reply)`.
+pub const SEEN: TableDefinition<(&str, &str), SeenRow<'static>> = TableDefinition::new("seen");
+/// Index of [`SEEN`] by time: `(at, sender, message_id) -> ()`.
+pub const SEEN_BY_TIME: TableDefinition<(i64, &str, &str), ()> =
+    TableDefinition::new("seen_by_time");
 
 /// Names of every plain table of the layout, to tell a complete file from
 /// one that lacks tables.
-pub(crate) const TABLE_NAMES: [&str; 7] = [
+pub(crate) const TABLE_NAMES: [&str; 11] = [
     "meta",
     "chain_marks",
     "records",
@@ -74,6 +116,10 @@ pub(crate) const TABLE_NAMES: [&str; 7] = [
     "processes",
     "prefix",
     "outbox",
+    "outbox_by_destination",
+    "outbox_counts",
+    "seen",
+    "seen_by_time",
 ];
 /// Names of every multimap table of the layout.
 pub(crate) const MULTIMAP_NAMES: [&str; 1] = ["records_by_serial"];

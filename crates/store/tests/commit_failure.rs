@@ -187,7 +187,14 @@ fn after_a_disk_full_commit_the_next_batch_commits_and_the_chains_verify() {
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.records.checked, 6);
     let boot = store.boot(1_700_000_000_000).unwrap();
-    assert_eq!(boot.outbox.last().unwrap().seq, 6);
+    assert_eq!(boot.outbox_len, 6);
+    let core = store.reader().outbox_for("core", None, 100).unwrap();
+    assert_eq!(core.last().unwrap().seq, 6);
+    // The index kept in step with the outbox through the failed commits.
+    assert_eq!(
+        store.reader().outbox_destinations().unwrap(),
+        [("core".to_owned(), 6)]
+    );
 }
 
 #[test]
