@@ -8,6 +8,13 @@
 //! registered boxes' core-side addresses, one record per serial it issued a
 //! permit for, and the statistics tests read.
 //!
+//! Delivery and duplicates: like the box, the core's listener answers a
+//! frame resent under an id it already answered with the same reply and
+//! does not handle it again (no second permit, no second routed query);
+//! its outbox resends a frame byte for byte after a failure, as
+//! [`NetOptions`] says — give it [`NetOptions::retrying_for`] (e.g. 30 s)
+//! so that a box restarting within that time loses nothing.
+//!
 //! Invariants: only interface systems may talk to it; every frame is
 //! answered (accepted or refused with a reason) at once, and whatever the
 //! core sends in consequence is queued and leaves after that answer, in
@@ -75,6 +82,12 @@ pub struct CoreStats {
     pub deliveries_failed: u64,
     /// Frames a box refused.
     pub peer_refusals: Vec<PeerRefusal>,
+    /// Frames a box sent again under an id already answered; answered
+    /// with the remembered reply and not handled again.
+    pub duplicates_received: u64,
+    /// Frames the core sent again (same id) after a failure or a
+    /// transient refusal.
+    pub frames_resent: u64,
 }
 
 struct CoreState {
@@ -144,7 +157,9 @@ impl CoreSim {
         Self::start_with(bind, tls, prefixes, masters, NetOptions::default()).await
     }
 
-    /// As [`CoreSim::start`], with explicit network options.
+    /// As [`CoreSim::start`], with explicit network options; e.g.
+    /// `NetOptions::retrying_for(Duration::from_secs(30))` for a core that
+    /// keeps delivering to a box through its restart.
     ///
     /// # Errors
     /// As [`CoreSim::start`].
@@ -376,6 +391,8 @@ impl CoreInner {
         s.frames_refused = self.node.frames_refused();
         s.deliveries_failed = self.node.deliveries_failed();
         s.peer_refusals = self.node.peer_refusals();
+        s.duplicates_received = self.node.duplicates_received();
+        s.frames_resent = self.node.frames_resent();
         s
     }
 

@@ -11,13 +11,26 @@
 //!
 //! Owns: the per-serial waiters of running queries (registered before the
 //! step whose answer they wait for), the provider-side processes, the last
-//! distribution, and the statistics tests read.
+//! distribution, the evidence of what the box delivered (which message ids
+//! carried each one-per-process event, [`ImsSim::double_deliveries`]), and
+//! the statistics tests read.
+//!
+//! Reliability, for crash tests that kill and restart the box mid-flow:
+//! like the box, the listener answers a frame resent under an id it has
+//! already answered with the same reply and does not handle it again
+//! (`serve`); with [`ImsOptions::resend_for`] every frame this IMS sends to
+//! its box — each request of [`ImsSim::run_query`] and the provider-side
+//! `query_accepted`, `provision` and `provision_complete` — is sent again,
+//! same id, after a connection failure, a lost reply or a transient
+//! refusal, until answered or the period has passed; and a `process_error`
+//! for a running query's serial ends that flow at whatever step it is
+//! ([`FlowErrorKind::ProcessError`]).
 //!
 //! Invariants: only this agency's box may talk to it; a frame for a serial
 //! no running query or provider process knows is refused
 //! (`E_UNKNOWN_SERIAL`); payloads are made-up text, never personal data.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,7 +48,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::crypto::{encrypt_to, CryptoError, RequesterKey};
-use super::serve::{lock, Handler, NetOptions, Node, PeerRefusal, Pool, Reply};
+use super::serve::{
+    lock, Handler, NetOptions, Node, PeerRefusal, Pool, Reply, RESEND_BACKOFF, RESEND_BACKOFF_CAP,
+};
 use super::SimError;
 use crate::net::Link;
 
@@ -61,10 +76,28 @@ pub enum ProviderMode {
 /// Options of an intermediate server simulator.
 #[derive(Debug, Clone)]
 pub struct ImsOptions {
-    /// Longest wait for each asynchronous answer of the requester flow.
+    /// Longest wait for each asynchronous answer of the requester flow:
+    /// the permit, then "query accepted" and the provision together. The
+    /// answer comes through the box, so a harness that stops or kills the
+    /// box mid-flow sets this well above the box's downtime plus its
+    /// redelivery backoff (e.g. 60 s), or flows end in
+    /// [`FlowErrorKind::Timeout`] that would have completed.
     pub step_timeout: Duration,
     /// Provider-role behaviour at start.
     pub provider_mode: ProviderMode,
+    /// `Some(period)`: every frame sent to the box is sent again, same id
+    /// and bytes, after a connection failure, a lost reply (read timeout,
+    /// closed connection) or a transient refusal ([`Reason::is_transient`]),
+    /// pausing 50 ms at first and at most 1 s, until it is answered
+    /// otherwise or `period` has passed — so a box restarted within
+    /// `period` costs a flow time, not the flow. This covers the requests
+    /// of [`ImsSim::run_query`] and [`ImsSim::resend`], and the
+    /// provider-side frames queued to the box (it then overrides
+    /// `net.attempts`, `net.backoff`, `net.max_backoff` and
+    /// `net.give_up_after`, and raises `net.queue_len` to 65,536).
+    /// `None` (the default): one try per request; the provider-side frames
+    /// follow `net`. [`ImsSim::send`] always tries once.
+    pub resend_for: Option<Duration>,
     pub net: NetOptions,
 }
 
@@ -73,10 +106,26 @@ impl Default for ImsOptions {
         ImsOptions {
             step_timeout: Duration::from_secs(10),
             provider_mode: ProviderMode::Normal,
+            resend_for: None,
             net: NetOptions::default(),
         }
     }
 }
+
+/// The one-per-process message types whose delivery under two different
+/// message ids means the box created the event twice.
+const ONE_PER_PROCESS: [&str; 6] = [
+    "permit",
+    "permit_refused",
+    "query",
+    "query_accepted",
+    "provision",
+    "provision_received",
+];
+
+/// How long a request refused `E_UNKNOWN_SERIAL` waits for the
+/// `process_error` that may explain it (at most the step timeout).
+const NOTICE_GRACE: Duration = Duration::from_secs(2);
 
 /// A snapshot of what the intermediate server simulator has seen and done.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,6 +149,12 @@ pub struct ImsStats {
     pub deliveries_failed: u64,
     /// Frames the box refused.
     pub peer_refusals: Vec<PeerRefusal>,
+    /// Frames the box sent again under an id already answered; answered
+    /// with the remembered reply and not handled again.
+    pub duplicates_received: u64,
+    /// Frames this IMS sent again (same id) after a failure or a
+    /// transient refusal.
+    pub frames_resent: u64,
 }
 
 /// A step of the requester flow.
@@ -281,6 +336,8 @@ struct Waiter {
     prefix: Prefix,
     key: Option<Arc<RequesterKey>>,
     permit: Option<SignedPermit>,
+    /// The first process error reported for the serial.
+    closed: Option<(Reason, String)>,
 }
 
 struct Provided {
@@ -293,6 +350,10 @@ struct ImsState {
     provided: HashMap<Serial, Provided>,
     mode: ProviderMode,
     stats: ImsStats,
+    /// Per one-per-process event delivered by the box, (type, serial), the
+    /// distinct message ids it came under. Grows by one small entry per
+    /// event for the simulator's lifetime: it is the evidence.
+    delivered: HashMap<(&'static str, Serial), BTreeSet<MessageId>>,
 }
 
 struct ImsInner {
@@ -302,6 +363,7 @@ struct ImsInner {
     box_addr: SocketAddr,
     pool: Pool,
     step_timeout: Duration,
+    resend_for: Option<Duration>,
     state: Mutex<ImsState>,
 }
 
@@ -367,7 +429,15 @@ impl ImsSim {
         box_addr: SocketAddr,
         opts: ImsOptions,
     ) -> Result<ImsSim, SimError> {
-        let node = Node::new(Party::ims(agency.clone()), &tls, opts.net.clone())?;
+        let mut net = opts.net.clone();
+        if let Some(period) = opts.resend_for {
+            net.attempts = u32::MAX;
+            net.give_up_after = Some(period);
+            net.backoff = RESEND_BACKOFF;
+            net.max_backoff = RESEND_BACKOFF_CAP;
+            net.queue_len = net.queue_len.max(65_536);
+        }
+        let node = Node::new(Party::ims(agency.clone()), &tls, net)?;
         let box_party = Party::is(agency.clone());
         let inner = Arc::new(ImsInner {
             node: Arc::clone(&node),
@@ -376,12 +446,14 @@ impl ImsSim {
             box_addr,
             pool: Pool::new(box_party, box_addr),
             step_timeout: opts.step_timeout,
+            resend_for: opts.resend_for,
             state: Mutex::new(ImsState {
                 distribution: None,
                 waiters: HashMap::new(),
                 provided: HashMap::new(),
                 mode: opts.provider_mode,
                 stats: ImsStats::default(),
+                delivered: HashMap::new(),
             }),
         });
         let for_handler = Arc::clone(&inner);
@@ -504,6 +576,49 @@ impl ImsSim {
         self.inner.pool.request(&self.inner.node, frame).await
     }
 
+    /// Sends a prepared frame to the box and returns its reply, sending
+    /// the same frame again (same id, same bytes) after a connection
+    /// failure, a lost reply or a transient refusal, with backoff from
+    /// 50 ms up to 1 s, until it is answered otherwise or `period` has
+    /// passed. A reply that is still a transient refusal then is returned
+    /// as the reply.
+    ///
+    /// # Errors
+    /// The last [`SimError::Link`] when no reply came within `period`;
+    /// [`SimError::Stopped`].
+    pub async fn resend(&self, frame: &Frame, period: Duration) -> Result<Frame, SimError> {
+        self.inner
+            .pool
+            .request_until(&self.inner.node, frame, period, || false)
+            .await
+    }
+
+    /// The events its box delivered to this IMS more than once under
+    /// different message ids: `(type, serial, ids)` for each
+    /// one-per-process type (`permit`, `permit_refused`, `query`,
+    /// `query_accepted`, `provision`, `provision_received`) and serial
+    /// that arrived under two or more distinct ids, sorted by type and
+    /// serial. A resend under the same id is expected and not listed; two
+    /// ids mean the box created the event twice. Every frame from the box
+    /// counts, whatever this IMS answered.
+    pub fn double_deliveries(&self) -> Vec<(String, Serial, Vec<MessageId>)> {
+        let st = lock(&self.inner.state);
+        let mut out: Vec<(String, Serial, Vec<MessageId>)> = st
+            .delivered
+            .iter()
+            .filter(|(_, ids)| ids.len() > 1)
+            .map(|((kind, serial), ids)| {
+                (
+                    (*kind).to_owned(),
+                    serial.clone(),
+                    ids.iter().cloned().collect(),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
     /// A fresh link to the box, for raw or malformed frames.
     ///
     /// # Errors
@@ -551,6 +666,7 @@ impl ImsSim {
                 prefix: prefix.clone(),
                 key: None,
                 permit: None,
+                closed: None,
             },
         );
         let _guard = WaiterGuard {
@@ -757,9 +873,24 @@ impl ImsInner {
         s.frames_refused = self.node.frames_refused();
         s.deliveries_failed = self.node.deliveries_failed();
         s.peer_refusals = self.node.peer_refusals();
+        s.duplicates_received = self.node.duplicates_received();
+        s.frames_resent = self.node.frames_resent();
         s
     }
 
+    /// The process error reported for the running query of `serial`.
+    fn closed(&self, serial: &Serial) -> Option<(Reason, String)> {
+        lock(&self.state)
+            .waiters
+            .get(serial)
+            .and_then(|w| w.closed.clone())
+    }
+
+    /// Sends one request of the requester flow: once, or with
+    /// `resend_for` until answered. A request that fails or is refused
+    /// for a serial the box reported a process error for ends the flow
+    /// with that error; a refusal `E_UNKNOWN_SERIAL` waits a moment for
+    /// the notice that may explain it.
     async fn request(
         &self,
         step: FlowStep,
@@ -767,10 +898,47 @@ impl ImsInner {
         body: Body,
     ) -> Result<Frame, FlowError> {
         let frame = self.node.frame(body);
-        self.pool
-            .request(&self.node, &frame)
-            .await
-            .map_err(|e| FlowError::new(step, serial, FlowErrorKind::Send(Box::new(e))))
+        let outcome = match self.resend_for {
+            Some(period) => {
+                let stop = || serial.is_some_and(|s| self.closed(s).is_some());
+                self.pool
+                    .request_until(&self.node, &frame, period, stop)
+                    .await
+            }
+            None => self.pool.request(&self.node, &frame).await,
+        };
+        // Whether the request did not get through: `Some(Some(reason))`
+        // when refused, `Some(None)` when no reply came.
+        let failed: Option<Option<Reason>> = match &outcome {
+            Ok(reply) => match &reply.body {
+                Body::Refused(r) => Some(Some(r.reason)),
+                _ => None,
+            },
+            Err(_) => Some(None),
+        };
+        if let (Some(reason), Some(s)) = (failed, serial) {
+            let closed = match self.closed(s) {
+                Some(c) => Some(c),
+                None if reason == Some(Reason::UnknownSerial) => self
+                    .node
+                    .wait_until(
+                        NOTICE_GRACE.min(self.step_timeout),
+                        "a process error",
+                        || self.closed(s),
+                    )
+                    .await
+                    .ok(),
+                None => None,
+            };
+            if let Some((reason, text)) = closed {
+                return Err(FlowError::new(
+                    step,
+                    serial,
+                    FlowErrorKind::ProcessError { reason, text },
+                ));
+            }
+        }
+        outcome.map_err(|e| FlowError::new(step, serial, FlowErrorKind::Send(Box::new(e))))
     }
 
     async fn next_event(
@@ -813,6 +981,16 @@ impl ImsInner {
                 ),
             );
         }
+        let kind = frame.body.type_name();
+        if ONE_PER_PROCESS.contains(&kind) {
+            if let Some(serial) = frame.body.serial() {
+                lock(&self.state)
+                    .delivered
+                    .entry((kind, serial.clone()))
+                    .or_default()
+                    .insert(id.clone());
+            }
+        }
         let reply = match frame.body {
             Body::Distribution(d) => {
                 let mut st = lock(&self.state);
@@ -846,6 +1024,9 @@ impl ImsInner {
             }
             Body::Provision(p) => self.on_provision(&id, p),
             Body::ProcessError(e) => {
+                if let Some(w) = lock(&self.state).waiters.get_mut(&e.serial) {
+                    w.closed.get_or_insert((e.reason, e.text.clone()));
+                }
                 let _ = self.to_waiter(
                     &id,
                     &e.serial,

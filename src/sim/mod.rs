@@ -11,6 +11,16 @@
 //! every unexpected frame gets a `refused` with a reason and is counted;
 //! nothing is sent from inside a request handler (sends are queued and
 //! leave after the reply); no payload ever holds real personal data.
+//!
+//! Like the box, the simulators deliver at least once and deduplicate what
+//! they receive: every listener answers a frame resent under an id it has
+//! already answered (not refused) with the same reply, without handling it
+//! again, remembering the last 100,000 ids ([`NetOptions::dedup_capacity`]);
+//! outboxes resend byte for byte (same id) after failures, as long as
+//! [`NetOptions`] allows ([`NetOptions::retrying_for`] keeps at it for a
+//! period); [`ImsOptions::resend_for`] does the same for every request an
+//! intermediate server sends; and [`ImsSim::double_deliveries`] keeps the
+//! evidence of an event the box delivered under two different ids.
 
 pub mod core;
 pub mod crypto;
@@ -29,7 +39,10 @@ pub use self::ims::{
     sim_payload, FlowError, FlowErrorKind, FlowReport, FlowStep, FlowTimings, ImsOptions, ImsSim,
     ImsStats, ProviderMode,
 };
-pub use self::serve::{Delivery, DeliveryError, NetOptions, PeerRefusal, RecordingPeer};
+pub use self::serve::{
+    Delivery, DeliveryError, NetOptions, PeerRefusal, RecordingPeer, DEFAULT_DEDUP_CAPACITY,
+    RESEND_BACKOFF, RESEND_BACKOFF_CAP,
+};
 use crate::net::LinkError;
 
 /// Why a simulator could not start or do what it was asked.

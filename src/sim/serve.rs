@@ -9,12 +9,32 @@
 //!   the reply is written;
 //! - a frame whose `from` is not the certificate's party is refused with
 //!   [`Reason::Identity`] and never reaches the handler;
+//! - **duplicate suppression**, as the box does it (protocol.md §5.2,
+//!   §5.3): a frame answered with anything but `refused` is remembered by
+//!   (sender party, message id) with a fingerprint of what it says and the
+//!   reply sent. A frame arriving again under a remembered id gets the
+//!   same reply body again and its handler is not run (nor its
+//!   [`Reply::then`]); it is counted as a duplicate. The same id for a
+//!   frame that says something else is refused [`Reason::Duplicate`]. A
+//!   refused frame is not remembered, so a resend after a transient
+//!   refusal is handled normally. Concurrent copies of one frame are
+//!   serialised, so the handler runs at most once even when two arrive at
+//!   the same moment on different connections. Memory is bounded: the last
+//!   [`NetOptions::dedup_capacity`] ids (default
+//!   [`DEFAULT_DEDUP_CAPACITY`], 100,000) are kept, oldest forgotten first;
+//!   0 turns suppression off;
 //! - frames to one destination leave in the order they were queued, one at
-//!   a time, over one link that is re-dialled on error;
+//!   a time, over one link that is re-dialled on error; a frame is resent
+//!   byte for byte (same message id) after a connection failure, a lost
+//!   reply or a transient refusal ([`Reason::is_transient`]), with
+//!   exponential backoff capped at [`NetOptions::max_backoff`], until it
+//!   is answered, [`NetOptions::attempts`] are spent or
+//!   [`NetOptions::give_up_after`] has passed;
 //! - every task is spawned on the node's [`TaskTracker`] and ends when its
 //!   [`CancellationToken`] is cancelled.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +45,7 @@ use ifrelay_proto::{Accepted, Body, Frame, MessageId, Party, Reason, Refused, Se
 use ifrelay_tls::TlsMaterial;
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::{ClientConfig, ServerConfig};
+use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -34,7 +55,24 @@ use tokio_util::task::TaskTracker;
 use super::SimError;
 use crate::net::{now_millis, read_frame, write_bytes, IdGen, Link, LinkError, ReadError};
 
+/// How many (sender, message id) pairs a listener remembers by default
+/// for duplicate suppression.
+pub const DEFAULT_DEDUP_CAPACITY: usize = 100_000;
+
+/// First pause of [`NetOptions::retrying_for`] (and of the intermediate
+/// server's resilient requests).
+pub const RESEND_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Longest pause of [`NetOptions::retrying_for`] (and of the intermediate
+/// server's resilient requests).
+pub const RESEND_BACKOFF_CAP: Duration = Duration::from_secs(1);
+
 /// Timeouts, bounds and retry policy of one simulator node.
+///
+/// Delivery of a queued frame stops at the first of: an answer that is not
+/// a transient refusal, `attempts` tries, or `give_up_after` (when set)
+/// since the first try. To keep trying through a box restart use
+/// [`NetOptions::retrying_for`], e.g. `NetOptions::retrying_for(30 s)`.
 #[derive(Debug, Clone)]
 pub struct NetOptions {
     /// Dialling a peer, TCP and TLS handshake together.
@@ -49,10 +87,23 @@ pub struct NetOptions {
     pub max_connections: usize,
     /// Frames waiting per destination; beyond it sending answers busy.
     pub queue_len: usize,
-    /// Delivery attempts per frame before it is given up.
+    /// Delivery attempts per frame before it is given up (`u32::MAX`: no
+    /// limit by count; use `give_up_after` then).
     pub attempts: u32,
     /// Pause before the second attempt; doubled for each further one.
     pub backoff: Duration,
+    /// The pause between attempts never exceeds this.
+    pub max_backoff: Duration,
+    /// Give a frame up once this long has passed since its first attempt
+    /// (checked before each further attempt; an attempt under way still
+    /// runs to its connect and reply timeouts). `None`: only `attempts`
+    /// limits.
+    pub give_up_after: Option<Duration>,
+    /// (Sender, message id) pairs remembered for duplicate suppression;
+    /// 0 turns it off. Each entry holds the sender, the id, a 32-byte
+    /// fingerprint and the reply body (a few hundred bytes for the usual
+    /// `accepted`).
+    pub dedup_capacity: usize,
 }
 
 impl Default for NetOptions {
@@ -66,6 +117,27 @@ impl Default for NetOptions {
             queue_len: 1024,
             attempts: 5,
             backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            give_up_after: None,
+            dedup_capacity: DEFAULT_DEDUP_CAPACITY,
+        }
+    }
+}
+
+impl NetOptions {
+    /// The defaults, but delivery keeps trying every frame for `period`
+    /// (no limit by count), pausing [`RESEND_BACKOFF`] at first and at
+    /// most [`RESEND_BACKOFF_CAP`], so a peer that restarts within
+    /// `period` costs time, not frames. The per-destination queue is
+    /// raised to 65,536 frames, since frames pile up while a peer is down.
+    pub fn retrying_for(period: Duration) -> Self {
+        NetOptions {
+            attempts: u32::MAX,
+            backoff: RESEND_BACKOFF,
+            max_backoff: RESEND_BACKOFF_CAP,
+            give_up_after: Some(period),
+            queue_len: 65_536,
+            ..NetOptions::default()
         }
     }
 }
@@ -153,6 +225,58 @@ struct Job {
     done: Option<oneshot::Sender<Delivery>>,
 }
 
+/// Stripes serialising the handling of copies of one frame (by a hash of
+/// sender and id), so a duplicate arriving while the first copy is being
+/// handled waits for its remembered reply instead of running the handler.
+const DEDUP_STRIPES: usize = 64;
+
+/// What a listener remembers of a frame it answered without refusing.
+struct Remembered {
+    /// SHA-256 of the frame with a neutral id and send time.
+    print: [u8; 32],
+    /// The reply body sent (its `in_reply_to` names the frame).
+    reply: Body,
+}
+
+/// The last `capacity` answered frames by (sender, id), oldest dropped
+/// first.
+struct SeenCache {
+    capacity: usize,
+    map: HashMap<(Party, MessageId), Remembered>,
+    order: VecDeque<(Party, MessageId)>,
+}
+
+impl SeenCache {
+    fn new(capacity: usize) -> Self {
+        SeenCache {
+            capacity,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, key: &(Party, MessageId)) -> Option<&Remembered> {
+        self.map.get(key)
+    }
+
+    fn insert(&mut self, key: (Party, MessageId), value: Remembered) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+        }
+        while self.map.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
 /// One simulated party: identity, TLS configurations, id generator,
 /// outboxes, counters, and the tasks it runs.
 pub(crate) struct Node {
@@ -166,7 +290,14 @@ pub(crate) struct Node {
     queues: Mutex<HashMap<(Party, SocketAddr), mpsc::Sender<Job>>>,
     frames_refused: AtomicU64,
     deliveries_failed: AtomicU64,
+    duplicates_received: AtomicU64,
+    frames_resent: AtomicU64,
     peer_refusals: Mutex<Vec<PeerRefusal>>,
+    seen: Mutex<SeenCache>,
+    stripes: Vec<Mutex<()>>,
+    stripe_hash: RandomState,
+    /// The id put in place of a frame's own when fingerprinting it.
+    neutral_id: MessageId,
     changed: watch::Sender<u64>,
 }
 
@@ -236,11 +367,14 @@ impl Node {
             party: own.clone(),
             source,
         })?;
+        let neutral_id = MessageId::new("x").map_err(|source| SimError::Identity {
+            party: own.clone(),
+            source,
+        })?;
         let (changed, _) = watch::channel(0);
         Ok(Arc::new(Node {
             own,
             ids,
-            opts,
             server: tls.server_config()?,
             client: tls.client_config()?,
             cancel: CancellationToken::new(),
@@ -248,7 +382,14 @@ impl Node {
             queues: Mutex::new(HashMap::new()),
             frames_refused: AtomicU64::new(0),
             deliveries_failed: AtomicU64::new(0),
+            duplicates_received: AtomicU64::new(0),
+            frames_resent: AtomicU64::new(0),
             peer_refusals: Mutex::new(Vec::new()),
+            seen: Mutex::new(SeenCache::new(opts.dedup_capacity)),
+            stripes: (0..DEDUP_STRIPES).map(|_| Mutex::new(())).collect(),
+            stripe_hash: RandomState::new(),
+            neutral_id,
+            opts,
             changed,
         }))
     }
@@ -277,6 +418,76 @@ impl Node {
 
     pub(crate) fn peer_refusals(&self) -> Vec<PeerRefusal> {
         lock(&self.peer_refusals).clone()
+    }
+
+    /// Frames received again under an id already answered, and answered
+    /// from memory.
+    pub(crate) fn duplicates_received(&self) -> u64 {
+        self.duplicates_received.load(Ordering::Relaxed)
+    }
+
+    /// Frames sent again (same id) after a failure or transient refusal.
+    pub(crate) fn frames_resent(&self) -> u64 {
+        self.frames_resent.load(Ordering::Relaxed)
+    }
+
+    /// Counts one frame sent again.
+    pub(crate) fn note_resent(&self) {
+        self.frames_resent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// SHA-256 of what `frame` says apart from its id and send time: a
+    /// resend of the same frame has the same fingerprint (as the box's).
+    fn fingerprint(&self, frame: &mut Frame) -> [u8; 32] {
+        let id = std::mem::replace(&mut frame.header.id, self.neutral_id.clone());
+        let sent_at = std::mem::replace(&mut frame.header.sent_at, 0);
+        let print = Sha256::digest(frame.encode_body()).into();
+        frame.header.id = id;
+        frame.header.sent_at = sent_at;
+        print
+    }
+
+    /// Answers `frame` from `peer`: from memory when its id was answered
+    /// before, else with `handler`, remembering any reply but `refused`.
+    fn answer(&self, peer: &Party, mut frame: Frame, handler: &Handler) -> Reply {
+        if self.opts.dedup_capacity == 0 {
+            return handler(peer, frame);
+        }
+        let key = (peer.clone(), frame.header.id.clone());
+        let print = self.fingerprint(&mut frame);
+        let stripe = self.stripe_hash.hash_one(&key) as usize % self.stripes.len().max(1);
+        // Held while the handler runs (it never awaits): a second copy of
+        // this frame waits here and then finds the first one's reply.
+        let _serialised = self.stripes.get(stripe).map(lock);
+        let known = lock(&self.seen)
+            .get(&key)
+            .map(|r| (r.print == print, r.reply.clone()));
+        match known {
+            Some((true, reply)) => {
+                self.duplicates_received.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(own = %self.own, %peer, id = %key.1, kind = frame.body.type_name(), "duplicate answered again");
+                self.bump();
+                Reply::body(reply)
+            }
+            Some((false, _)) => Reply::refused(
+                &key.1,
+                Reason::Duplicate,
+                format!("message id {} was already used for another frame", key.1),
+            ),
+            None => {
+                let reply = handler(peer, frame);
+                if !matches!(reply.body, Body::Refused(_)) {
+                    lock(&self.seen).insert(
+                        key,
+                        Remembered {
+                            print,
+                            reply: reply.body.clone(),
+                        },
+                    );
+                }
+                reply
+            }
+        }
     }
 
     /// Dials `to` at `addr` and checks its certificate names `to`.
@@ -392,7 +603,7 @@ impl Node {
                 }
                 Ok(frame) => {
                     tracing::debug!(own = %self.own, %peer, kind = frame.body.type_name(), "frame");
-                    (handler(&peer, frame), false)
+                    (self.answer(&peer, frame, &handler), false)
                 }
                 Err(ReadError::Decode(e)) => (
                     Reply::body(refused(e.message_id.clone(), e.reason, e.text.clone())),
@@ -410,7 +621,10 @@ impl Node {
                 self.bump();
             }
             let bytes = self.frame(reply.body).encode();
-            if write_bytes(&mut tls, &bytes).await.is_err() {
+            if write_bytes(&mut tls, &bytes, self.opts.idle_timeout)
+                .await
+                .is_err()
+            {
                 return;
             }
             if let Some(then) = reply.then {
@@ -455,7 +669,12 @@ impl Node {
                 .clone()
         };
         tx.try_send(Job { frame, done }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SimError::QueueFull { to: to.clone() },
+            mpsc::error::TrySendError::Full(_) => {
+                // The frame is lost: count it like any other given up.
+                self.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+                self.bump();
+                SimError::QueueFull { to: to.clone() }
+            }
             mpsc::error::TrySendError::Closed(_) => SimError::Stopped,
         })?;
         Ok(id)
@@ -530,7 +749,9 @@ impl Node {
     }
 
     /// Sends one frame over the destination's link, re-dialling and
-    /// retrying with backoff; `busy` refusals are retried too.
+    /// resending the same bytes with backoff after a connection failure, a
+    /// lost reply or a transient refusal, within the node's attempt count
+    /// and `give_up_after`.
     async fn attempt(
         &self,
         to: &Party,
@@ -539,16 +760,30 @@ impl Node {
         frame: &Frame,
     ) -> Delivery {
         let attempts = self.opts.attempts.max(1);
+        let deadline = self
+            .opts
+            .give_up_after
+            .map(|d| tokio::time::Instant::now() + d);
         let bytes = frame.encode();
         let mut last = String::from("no attempt made");
-        let mut delay = self.opts.backoff;
+        // The last answer, when it was a transient refusal.
+        let mut refusal: Option<(Reason, String)> = None;
+        let mut delay = self.opts.backoff.min(self.opts.max_backoff);
         let mut pause = false;
-        for attempt in 0..attempts {
+        let mut sent_before = false;
+        let mut made = 0;
+        while made < attempts {
+            let now = tokio::time::Instant::now();
+            if made > 0 && deadline.is_some_and(|d| now >= d) {
+                break;
+            }
             if pause {
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
+                let wait = deadline.map_or(delay, |d| delay.min(d.saturating_duration_since(now)));
+                tokio::time::sleep(wait).await;
+                delay = delay.saturating_mul(2).min(self.opts.max_backoff);
             }
             pause = true;
+            made += 1;
             let reused = link.is_some();
             let current = match link {
                 Some(l) => l,
@@ -556,17 +791,24 @@ impl Node {
                     Ok(l) => link.insert(l),
                     Err(e) => {
                         last = e.to_string();
+                        refusal = None;
                         continue;
                     }
                 },
             };
+            if sent_before {
+                self.note_resent();
+            }
+            sent_before = true;
             match current.request_encoded(&frame.header.id, &bytes).await {
                 Ok(reply) => match &reply.body {
-                    Body::Refused(r) if r.reason == Reason::Busy => {
-                        last = format!("busy: {}", r.text);
+                    Body::Refused(r) if r.reason.is_transient() => {
+                        last = format!("{}: {}", r.reason, r.text);
+                        refusal = Some((r.reason, r.text.clone()));
                     }
-                    // A retry of a frame whose first reply was lost.
-                    Body::Refused(r) if r.reason == Reason::Duplicate && attempt > 0 => {
+                    // A retry of a frame whose first reply was lost, to a
+                    // peer that refuses rather than replays duplicates.
+                    Body::Refused(r) if r.reason == Reason::Duplicate && made > 1 => {
                         return Ok(reply)
                     }
                     Body::Refused(r) => {
@@ -580,13 +822,22 @@ impl Node {
                 Err(e) => {
                     *link = None;
                     last = e.to_string();
+                    refusal = None;
                     // A link that sat idle may have been closed by the
                     // peer: re-dial at once rather than after a pause.
                     pause = !reused;
                 }
             }
         }
-        Err(DeliveryError::Unreachable { attempts, last })
+        match refusal {
+            // The peer kept answering a transient refusal: that is its
+            // answer.
+            Some((reason, text)) => Err(DeliveryError::Refused { reason, text }),
+            None => Err(DeliveryError::Unreachable {
+                attempts: made,
+                last,
+            }),
+        }
     }
 
     /// Waits until `probe` returns something, re-probing whenever the
@@ -672,6 +923,60 @@ impl Pool {
         Ok(reply)
     }
 
+    /// Sends `frame` and returns its reply, sending the same frame (same
+    /// id, same bytes) again after a link failure (connect, write, read
+    /// timeout, a reply naming another frame) or a transient refusal,
+    /// pausing [`RESEND_BACKOFF`] at first, doubling up to
+    /// [`RESEND_BACKOFF_CAP`], until it is answered otherwise, `period`
+    /// has passed since the first try, or `stop` says the answer no longer
+    /// matters. Then the last reply (a transient refusal) or the last
+    /// error is returned.
+    ///
+    /// # Errors
+    /// The last [`SimError::Link`] when no reply came; [`SimError::Stopped`]
+    /// when the node shuts down while pausing.
+    pub(crate) async fn request_until(
+        &self,
+        node: &Node,
+        frame: &Frame,
+        period: Duration,
+        stop: impl Fn() -> bool,
+    ) -> Result<Frame, SimError> {
+        let deadline = tokio::time::Instant::now() + period;
+        let mut delay = RESEND_BACKOFF;
+        let mut first = true;
+        loop {
+            if !first {
+                node.note_resent();
+            }
+            first = false;
+            let outcome = self.request(node, frame).await;
+            let again = match &outcome {
+                Ok(reply) => matches!(&reply.body, Body::Refused(r) if r.reason.is_transient()),
+                Err(SimError::Link(_)) => true,
+                Err(_) => false,
+            };
+            let now = tokio::time::Instant::now();
+            if !again || now >= deadline || stop() {
+                return outcome;
+            }
+            match &outcome {
+                Ok(reply) => {
+                    tracing::debug!(own = %node.own, to = %self.to, kind = frame.body.type_name(), reply = ?reply.body, "transient refusal; sending again")
+                }
+                Err(e) => {
+                    tracing::debug!(own = %node.own, to = %self.to, kind = frame.body.type_name(), error = %e, "no reply; sending again")
+                }
+            }
+            let wait = delay.min(deadline.saturating_duration_since(now));
+            tokio::select! {
+                () = node.cancel.cancelled() => return Err(SimError::Stopped),
+                () = tokio::time::sleep(wait) => {}
+            }
+            delay = delay.saturating_mul(2).min(RESEND_BACKOFF_CAP);
+        }
+    }
+
     async fn put_back(&self, link: Link) {
         let mut idle = self.idle.lock().await;
         if idle.len() < POOL_IDLE {
@@ -680,8 +985,14 @@ impl Pool {
     }
 }
 
-/// A stand-in peer for tests: a listener that records every frame it is
-/// sent and answers each with `accepted`, or with what `answer` returns.
+/// A stand-in peer for tests: a listener that records every frame it
+/// handles and answers each with `accepted`, or with what `answer`
+/// returns. Like every simulator listener it suppresses duplicates: a
+/// frame arriving again under an id it already answered (not refused) is
+/// answered from memory and neither recorded nor passed to `answer` again
+/// (see [`RecordingPeer::duplicates_received`]); start it with
+/// `dedup_capacity: 0` in [`RecordingPeer::start_with_options`] to see
+/// every copy.
 pub struct RecordingPeer {
     node: Arc<Node>,
     addr: SocketAddr,
@@ -713,7 +1024,22 @@ impl RecordingPeer {
         tls: &TlsMaterial,
         answer: Answer,
     ) -> Result<(RecordingPeer, mpsc::UnboundedReceiver<(Party, Frame)>), SimError> {
-        let node = Node::new(own, tls, NetOptions::default())?;
+        Self::start_with_options(own, bind, tls, answer, NetOptions::default()).await
+    }
+
+    /// As [`RecordingPeer::start_with`], with network options (e.g.
+    /// `dedup_capacity: 0` to record every copy of a resent frame).
+    ///
+    /// # Errors
+    /// [`SimError::Tls`] or [`SimError::Bind`].
+    pub async fn start_with_options(
+        own: Party,
+        bind: SocketAddr,
+        tls: &TlsMaterial,
+        answer: Answer,
+        opts: NetOptions,
+    ) -> Result<(RecordingPeer, mpsc::UnboundedReceiver<(Party, Frame)>), SimError> {
+        let node = Node::new(own, tls, opts)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let handler: Handler = Arc::new(move |peer: &Party, frame: Frame| {
             let id = frame.header.id.clone();
@@ -745,6 +1071,12 @@ impl RecordingPeer {
     /// Frames this peer refused (identity mismatches, undecodable frames).
     pub fn frames_refused(&self) -> u64 {
         self.node.frames_refused()
+    }
+
+    /// Frames received again under an id already answered, answered from
+    /// memory and not recorded again.
+    pub fn duplicates_received(&self) -> u64 {
+        self.node.duplicates_received()
     }
 
     pub async fn shutdown(&self) {
