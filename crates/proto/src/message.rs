@@ -702,8 +702,12 @@ impl Frame {
                 .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
                 .map(|(_, v)| v)
         };
+        // An id that itself holds a My Number is never echoed back in a
+        // refusal nor logged: it is treated as unreadable.
         let message_id = match get("id") {
-            Some(Value::Text(t)) => MessageId::new(t.clone()).ok(),
+            Some(Value::Text(t)) if !screen::contains_my_number(t) => {
+                MessageId::new(t.clone()).ok()
+            }
             _ => None,
         };
         let with_id = |mut e: DecodeError| {
@@ -711,6 +715,14 @@ impl Frame {
             e
         };
         let Some(id) = message_id.clone() else {
+            if let Some(Value::Text(t)) = get("id") {
+                if screen::contains_my_number(t) {
+                    return Err(DecodeError::new(
+                        Reason::MyNumber,
+                        "header field id holds a My Number; it must never pass an interface system",
+                    ));
+                }
+            }
             return Err(DecodeError::new(
                 Reason::Malformed,
                 "header field id is missing or not a valid message id",
@@ -979,6 +991,15 @@ mod tests {
         h.push(("purpose", Value::Text("query".into())));
         h.push(("birth_date", Value::Text("1970-01-01".into())));
         assert_eq!(reason_of(&map(h)), Reason::BasicFour);
+
+        // A My Number in the id itself: refused, and the id is not kept
+        // (it would be echoed in the refusal and written to the log).
+        let mut h = header("serial_request");
+        h[1].1 = Value::Text("m-123456789018".into());
+        h.push(("purpose", Value::Text("query".into())));
+        let err = Frame::decode_body(&map(h)).expect_err("refused");
+        assert_eq!(err.reason, Reason::MyNumber);
+        assert_eq!(err.message_id, None);
     }
 
     #[test]
