@@ -79,9 +79,11 @@ async fn read_rest<S: AsyncRead + Unpin>(
 ) -> Result<(), ReadError> {
     let mut got = 0;
     while got < buf.len() {
+        // Once a frame has started, a stall, a close or a reset (a peer
+        // that hangs up with unread data sends RST) all mean the same: the
+        // frame never ended.
         let n = match tokio::time::timeout(idle, stream.read(&mut buf[got..])).await {
             Ok(Ok(n)) => n,
-            Ok(Err(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => return Err(e.into()),
             Ok(Err(_)) | Err(_) => 0,
         };
         if n == 0 {
@@ -108,16 +110,26 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
     Frame::decode_body(&body).map_err(ReadError::Decode)
 }
 
-/// Writes pre-encoded frame bytes (prefix included) and flushes.
+/// Writes pre-encoded frame bytes (prefix included) and flushes, within
+/// `limit`: a peer that reads nothing cannot hold the writer.
 ///
 /// # Errors
-/// The I/O error of the write.
+/// The I/O error of the write, or `TimedOut`.
 pub async fn write_bytes<S: AsyncWrite + Unpin>(
     stream: &mut S,
     bytes: &[u8],
+    limit: Duration,
 ) -> std::io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(limit, write).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("peer did not take {} bytes within {limit:?}", bytes.len()),
+        )
+    })?
 }
 
 /// Why a link could not deliver a frame and bring back its reply.
@@ -205,7 +217,7 @@ impl Link {
     /// # Errors
     /// [`LinkError::Write`] or [`LinkError::Read`].
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<Frame, LinkError> {
-        write_bytes(&mut self.stream, bytes)
+        write_bytes(&mut self.stream, bytes, self.reply_timeout)
             .await
             .map_err(LinkError::Write)?;
         Ok(read_frame(&mut self.stream, self.max_frame, self.reply_timeout).await?)
@@ -217,7 +229,7 @@ impl Link {
     /// # Errors
     /// [`LinkError::Write`].
     pub async fn write_only(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
-        write_bytes(&mut self.stream, bytes)
+        write_bytes(&mut self.stream, bytes, self.reply_timeout)
             .await
             .map_err(LinkError::Write)
     }

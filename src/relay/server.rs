@@ -289,7 +289,10 @@ async fn connection(
             ),
         };
         let reply = Frame::new(ctx.ids.next(), ctx.own.clone(), now_millis(), body);
-        if write_bytes(&mut tls, &reply.encode()).await.is_err() {
+        if write_bytes(&mut tls, &reply.encode(), ctx.config.io_timeout)
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -316,7 +319,7 @@ async fn send_refusal<S: tokio::io::AsyncWrite + Unpin>(
         now_millis(),
         refusal_body(in_reply_to, reason, text),
     );
-    write_bytes(stream, &frame.encode()).await
+    write_bytes(stream, &frame.encode(), ctx.config.io_timeout).await
 }
 
 /// Binds a listener's address; a separate step so the supervisor can
