@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::relay::hours::{Date, ServiceHours, Window};
 use ifrelay_proto::{AgencyCode, Party};
 use ifrelay_tls::{TlsError, TlsMaterial};
 use ipnet::IpNet;
@@ -54,6 +55,23 @@ pub const DEFAULT_REPLY_MS: u64 = 10_000;
 pub const DEFAULT_RETRY_COUNT: u64 = 5;
 /// Largest accepted `timeouts.retry_count`.
 pub const MAX_RETRY_COUNT: u64 = 100;
+/// Default `timeouts.permit_ms`: the core has this long to answer a
+/// permit request.
+pub const DEFAULT_PERMIT_MS: u64 = 60_000;
+/// Default `timeouts.query_accepted_ms`: the provider has this long to
+/// accept a query.
+pub const DEFAULT_QUERY_ACCEPTED_MS: u64 = 60_000;
+/// Default `timeouts.provision_complete_ms`: a provision, its receipt and
+/// both completions must be through this long after the query.
+pub const DEFAULT_PROVISION_COMPLETE_MS: u64 = 600_000;
+/// Default `timeouts.idle_process_ms`: a serial with no query yet is
+/// closed after this long.
+pub const DEFAULT_IDLE_PROCESS_MS: u64 = 1_800_000;
+/// Default `timeouts.shutdown_grace_ms`: how long an orderly stop waits
+/// for connections to end and the outbox to drain.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// Largest step timeout: one day.
+const ONE_DAY_MS: u64 = 86_400_000;
 /// Default `timeouts.retry_backoff_ms`.
 pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 500;
 /// Default `store.cache_mib`.
@@ -163,6 +181,38 @@ pub struct ConfigFile {
     /// `[timeouts]`: relay timers.
     #[serde(default)]
     pub timeouts: TimeoutsSection,
+    /// `[service]`: service hours (R-AV-1).
+    #[serde(default)]
+    pub service: ServiceSection,
+}
+
+/// `[service]`: when new processes may start (R-AV-1). Times are JST.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSection {
+    /// `false`: always in service (a staging box).
+    pub enforced: bool,
+    /// Open window on weekdays, `HH:MM-HH:MM`.
+    pub weekday: String,
+    /// Open window on Saturdays, Sundays and holidays.
+    pub holiday: String,
+    /// Closed every day in this window; empty for none.
+    pub daily_stop: String,
+    /// Holidays, `YYYY-MM-DD`.
+    pub holidays: Vec<String>,
+}
+
+impl Default for ServiceSection {
+    fn default() -> Self {
+        let d = ServiceHours::default();
+        Self {
+            enforced: d.enforced,
+            weekday: d.weekday.to_string(),
+            holiday: d.holiday.to_string(),
+            daily_stop: d.daily_stop.map(|w| w.to_string()).unwrap_or_default(),
+            holidays: Vec::new(),
+        }
+    }
 }
 
 /// `[box]`.
@@ -263,6 +313,11 @@ pub struct TimeoutsSection {
     pub reply_ms: u64,
     pub retry_count: u64,
     pub retry_backoff_ms: u64,
+    pub permit_ms: u64,
+    pub query_accepted_ms: u64,
+    pub provision_complete_ms: u64,
+    pub idle_process_ms: u64,
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for TimeoutsSection {
@@ -272,6 +327,11 @@ impl Default for TimeoutsSection {
             reply_ms: DEFAULT_REPLY_MS,
             retry_count: DEFAULT_RETRY_COUNT,
             retry_backoff_ms: DEFAULT_RETRY_BACKOFF_MS,
+            permit_ms: DEFAULT_PERMIT_MS,
+            query_accepted_ms: DEFAULT_QUERY_ACCEPTED_MS,
+            provision_complete_ms: DEFAULT_PROVISION_COMPLETE_MS,
+            idle_process_ms: DEFAULT_IDLE_PROCESS_MS,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
         }
     }
 }
@@ -296,6 +356,7 @@ pub struct Config {
     pub peers: Peers,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    pub service: ServiceHours,
 }
 
 /// The two listeners, one per NIC.
@@ -412,6 +473,14 @@ pub struct Timeouts {
     pub retry_count: u32,
     /// Wait before the first resend (doubled at each one).
     pub retry_backoff: Duration,
+    /// Steps of a process (R-COM-2): past these the process is closed and
+    /// the parties told.
+    pub permit: Duration,
+    pub query_accepted: Duration,
+    pub provision_complete: Duration,
+    pub idle_process: Duration,
+    /// An orderly stop waits this long for connections and the drain.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Timeouts {
@@ -421,6 +490,11 @@ impl Default for Timeouts {
             reply: Duration::from_millis(DEFAULT_REPLY_MS),
             retry_count: DEFAULT_RETRY_COUNT as u32,
             retry_backoff: Duration::from_millis(DEFAULT_RETRY_BACKOFF_MS),
+            permit: Duration::from_millis(DEFAULT_PERMIT_MS),
+            query_accepted: Duration::from_millis(DEFAULT_QUERY_ACCEPTED_MS),
+            provision_complete: Duration::from_millis(DEFAULT_PROVISION_COMPLETE_MS),
+            idle_process: Duration::from_millis(DEFAULT_IDLE_PROCESS_MS),
+            shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
         }
     }
 }
@@ -579,6 +653,7 @@ impl ConfigFile {
         let peers = self.peers(&agency)?;
         let limits = self.limits()?;
         let timeouts = self.timeouts()?;
+        let service = self.service()?;
 
         Ok(Config {
             agency,
@@ -591,6 +666,43 @@ impl ConfigFile {
             peers,
             limits,
             timeouts,
+            service,
+        })
+    }
+
+    fn service(&self) -> Result<ServiceHours, ConfigError> {
+        let s = &self.service;
+        let window = |field: &str, text: &str| {
+            text.parse::<Window>().map_err(|e| {
+                ConfigError::invalid(
+                    field,
+                    e.to_string(),
+                    "write it as HH:MM-HH:MM, e.g. 08:00-21:00 (24:00 ends the day)",
+                )
+            })
+        };
+        let daily_stop = if s.daily_stop.trim().is_empty() {
+            None
+        } else {
+            Some(window("service.daily_stop", &s.daily_stop)?)
+        };
+        let mut holidays = std::collections::BTreeSet::new();
+        for (i, text) in s.holidays.iter().enumerate() {
+            let date = text.parse::<Date>().map_err(|e| {
+                ConfigError::invalid(
+                    format!("service.holidays[{i}]"),
+                    e.to_string(),
+                    "write holidays as YYYY-MM-DD",
+                )
+            })?;
+            holidays.insert(date);
+        }
+        Ok(ServiceHours {
+            enforced: s.enforced,
+            weekday: window("service.weekday", &s.weekday)?,
+            holiday: window("service.holiday", &s.holiday)?,
+            daily_stop,
+            holidays,
         })
     }
 
@@ -672,6 +784,23 @@ impl ConfigFile {
             retry_backoff: millis(
                 "timeouts.retry_backoff_ms",
                 t.retry_backoff_ms,
+                TEN_MINUTES_MS,
+            )?,
+            permit: millis("timeouts.permit_ms", t.permit_ms, ONE_DAY_MS)?,
+            query_accepted: millis(
+                "timeouts.query_accepted_ms",
+                t.query_accepted_ms,
+                ONE_DAY_MS,
+            )?,
+            provision_complete: millis(
+                "timeouts.provision_complete_ms",
+                t.provision_complete_ms,
+                ONE_DAY_MS,
+            )?,
+            idle_process: millis("timeouts.idle_process_ms", t.idle_process_ms, ONE_DAY_MS)?,
+            shutdown_grace: millis(
+                "timeouts.shutdown_grace_ms",
+                t.shutdown_grace_ms,
                 TEN_MINUTES_MS,
             )?,
         })
@@ -974,6 +1103,27 @@ impl Config {
                 reply_ms: ms(self.timeouts.reply),
                 retry_count: self.timeouts.retry_count.into(),
                 retry_backoff_ms: ms(self.timeouts.retry_backoff),
+                permit_ms: ms(self.timeouts.permit),
+                query_accepted_ms: ms(self.timeouts.query_accepted),
+                provision_complete_ms: ms(self.timeouts.provision_complete),
+                idle_process_ms: ms(self.timeouts.idle_process),
+                shutdown_grace_ms: ms(self.timeouts.shutdown_grace),
+            },
+            service: ServiceSection {
+                enforced: self.service.enforced,
+                weekday: self.service.weekday.to_string(),
+                holiday: self.service.holiday.to_string(),
+                daily_stop: self
+                    .service
+                    .daily_stop
+                    .map(|w| w.to_string())
+                    .unwrap_or_default(),
+                holidays: self
+                    .service
+                    .holidays
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             },
         }
     }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ifrelay_proto::{AgencyCode, Party};
+use ifrelay_proto::{AgencyCode, Party, StatusEvent};
 use ifrelay_store::{Store, StoreReader};
 use ifrelay_tls::TlsMaterial;
 use tokio::sync::mpsc;
@@ -20,14 +20,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::relay::delivery::{self, DeliveryConfig};
-use crate::relay::engine::{Engine, EngineConfig, EngineStats, Input, Listener};
+use crate::relay::engine::{Engine, EngineConfig, EngineStats, Input, Listener, StepTimeouts};
 use crate::relay::server::{self, ListenerConfig, ServerContext};
 
 /// Inputs waiting for the engine; past this the box answers "busy".
 pub const ENGINE_QUEUE: usize = 4096;
 
-/// How long shutdown waits for tasks to finish.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the step timers are checked.
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// Why a box could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum StartError {
     #[error("store {path}: {source}")]
     Store {
         path: String,
-        source: ifrelay_store::StoreError,
+        source: Box<ifrelay_store::StoreError>,
     },
     #[error("TLS: {0}")]
     Tls(#[from] ifrelay_tls::TlsError),
@@ -59,8 +59,13 @@ pub struct RunningBox {
     stats: Arc<Mutex<EngineStats>>,
     engine_tx: mpsc::Sender<Input>,
     engine_thread: Option<std::thread::JoinHandle<()>>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    /// Cancelled by a signal or the console to ask for the shutdown.
+    stop_requested: CancellationToken,
+    grace: Duration,
+    stop_accepting: CancellationToken,
+    stop_delivery: CancellationToken,
+    listeners: TaskTracker,
+    workers: TaskTracker,
 }
 
 impl RunningBox {
@@ -94,7 +99,7 @@ impl RunningBox {
         let store = Store::open(&store_path, config.store.cache_bytes()).map_err(|source| {
             StartError::Store {
                 path: store_path.display().to_string(),
-                source,
+                source: Box::new(source),
             }
         })?;
         let reader = store.reader();
@@ -106,35 +111,34 @@ impl RunningBox {
 
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (deliver_tx, deliver_rx) = mpsc::unbounded_channel();
-        let (engine, pending, ids) = Engine::boot(
+        let (engine, ids) = Engine::boot(
             store,
             EngineConfig {
                 agency: config.agency.clone(),
                 peer_allow: config.peers.allow.clone(),
                 clock_synced: false,
+                hours: config.service.clone(),
+                steps: StepTimeouts {
+                    permit: config.timeouts.permit,
+                    query_accepted: config.timeouts.query_accepted,
+                    provision_complete: config.timeouts.provision_complete,
+                    idle_process: config.timeouts.idle_process,
+                },
             },
-            deliver_tx.clone(),
+            deliver_tx,
             stats.clone(),
         )
         .map_err(|source| StartError::Store {
             path: store_path.display().to_string(),
-            source,
+            source: Box::new(source),
         })?;
 
-        let core_side = core_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.listen.core_side,
-                side: "core side",
-                source,
-            })?;
-        let agency_side = agency_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.listen.agency_side,
-                side: "agency side",
-                source,
-            })?;
+        let local = |l: &tokio::net::TcpListener, addr, side| {
+            l.local_addr()
+                .map_err(|source| StartError::Bind { addr, side, source })
+        };
+        let core_side = local(&core_listener, config.listen.core_side, "core side")?;
+        let agency_side = local(&agency_listener, config.listen.agency_side, "agency side")?;
 
         let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
         let engine_thread = std::thread::Builder::new()
@@ -142,8 +146,11 @@ impl RunningBox {
             .spawn(move || engine.run(engine_rx))
             .map_err(StartError::Thread)?;
 
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        // Two stages of stopping: listeners first, delivery after the drain.
+        let stop_accepting = CancellationToken::new();
+        let stop_delivery = CancellationToken::new();
+        let listeners = TaskTracker::new();
+        let workers = TaskTracker::new();
         let listener_config = |listener| ListenerConfig {
             listener,
             agency: config.agency.clone(),
@@ -166,9 +173,14 @@ impl RunningBox {
                 own: own.clone(),
                 ids: ids.clone(),
             });
-            tracker.spawn(server::serve(tcp, ctx, shutdown.clone(), tracker.clone()));
+            listeners.spawn(server::serve(
+                tcp,
+                ctx,
+                stop_accepting.clone(),
+                listeners.clone(),
+            ));
         }
-        tracker.spawn(delivery::dispatch(
+        workers.spawn(delivery::dispatch(
             DeliveryConfig {
                 agency: config.agency.clone(),
                 core: config.core.address,
@@ -177,18 +189,40 @@ impl RunningBox {
                 connect_timeout: config.timeouts.connect,
                 reply_timeout: config.timeouts.reply,
                 retry_backoff: config.timeouts.retry_backoff,
+                retry_count: config.timeouts.retry_count,
                 max_frame: config.limits.max_frame_bytes,
             },
+            reader.clone(),
             deliver_rx,
             engine_tx.clone(),
-            shutdown.clone(),
-            tracker.clone(),
+            stop_delivery.clone(),
+            workers.clone(),
         ));
-        let resend = pending.len();
-        for item in pending {
-            let _ = deliver_tx.send(item);
-        }
-        tracing::info!(agency = %config.agency, %core_side, %agency_side, resend, "box started");
+        // The step timers of every process (R-COM-2) run on this tick.
+        let tick_tx = engine_tx.clone();
+        let tick_stop = stop_delivery.clone();
+        workers.spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = tick_stop.cancelled() => return,
+                    _ = every.tick() => {
+                        // A full queue means the engine is busy anyway;
+                        // the next tick will do.
+                        let _ = tick_tx.try_send(Input::Tick);
+                    }
+                }
+            }
+        });
+        // R-COM-3: tell the core and the IMS the box is up.
+        let _ = engine_tx
+            .send(Input::Announce {
+                event: StatusEvent::Started,
+                done: None,
+            })
+            .await;
+        tracing::info!(agency = %config.agency, %core_side, %agency_side, hours = %config.service.describe(), "box started");
         Ok(RunningBox {
             agency: config.agency.clone(),
             core_side,
@@ -197,8 +231,12 @@ impl RunningBox {
             stats,
             engine_tx,
             engine_thread: Some(engine_thread),
-            shutdown,
-            tracker,
+            stop_requested: CancellationToken::new(),
+            grace: config.timeouts.shutdown_grace,
+            stop_accepting,
+            stop_delivery,
+            listeners,
+            workers,
         })
     }
 
@@ -211,32 +249,56 @@ impl RunningBox {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// A token that, when cancelled, starts the shutdown (signal handlers
-    /// and the console use it).
+    /// A token that, when cancelled, asks for the shutdown (signal
+    /// handlers and the console use it).
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.stop_requested.clone()
     }
 
-    /// Waits until something cancels the shutdown token.
+    /// Waits until something asks for the shutdown.
     pub async fn stopped(&self) {
-        self.shutdown.cancelled().await;
+        self.stop_requested.cancelled().await;
     }
 
-    /// The one shutdown path: stop accepting, end tasks, stop the engine
-    /// after its current batch, wait within [`SHUTDOWN_GRACE`].
+    /// The one shutdown path: stop accepting and end connections; announce
+    /// "stopping" to the core and the IMS (R-COM-3); let delivery drain the
+    /// outbox within `timeouts.shutdown_grace`; stop delivery; stop the engine
+    /// after its current batch. Everything accepted is already durable;
+    /// what did not drain stays in the outbox for the next start.
     pub async fn shutdown(mut self) {
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+        self.stop_requested.cancel();
+        self.stop_accepting.cancel();
+        self.listeners.close();
+        let deadline = tokio::time::Instant::now() + self.grace;
+        if tokio::time::timeout_at(deadline, self.listeners.wait())
             .await
             .is_err()
         {
-            tracing::warn!("tasks still running after the grace period");
+            tracing::warn!("connections still open after the grace period");
         }
+        // Wait until the notices are in the outbox, then for the drain.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let announce = Input::Announce {
+            event: StatusEvent::Stopping,
+            done: Some(done_tx),
+        };
+        if self.engine_tx.send(announce).await.is_ok() {
+            let _ = tokio::time::timeout_at(deadline, done_rx).await;
+        }
+        while tokio::time::Instant::now() < deadline {
+            match self.reader.outbox_len() {
+                Ok(0) | Err(_) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        self.stop_delivery.cancel();
+        self.workers.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.workers.wait()).await;
         let _ = self.engine_tx.send(Input::Stop).await;
         if let Some(thread) = self.engine_thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        tracing::info!(agency = %self.agency, "box stopped; store flushed");
+        let left = self.reader.outbox_len().unwrap_or(0);
+        tracing::info!(agency = %self.agency, undelivered = left, "box stopped; store flushed");
     }
 }

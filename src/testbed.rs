@@ -18,12 +18,13 @@ use ifrelay_proto::{
 use ifrelay_tls::{DevPki, TlsMaterial};
 
 use crate::config::{
-    BoxSection, Config, ConfigFile, EndpointSection, ListenSection, PeersSection, StoreSection,
-    TlsSection,
+    BoxSection, Config, ConfigFile, EndpointSection, ListenSection, PeersSection, ServiceSection,
+    StoreSection, TlsSection,
 };
 use crate::net::Link;
 use crate::sim::core::CoreSim;
-use crate::sim::ims::ImsSim;
+use crate::sim::ims::{ImsOptions, ImsSim};
+use crate::sim::serve::NetOptions;
 use crate::supervisor::RunningBox;
 
 /// Anything that can go wrong while building the testbed.
@@ -135,6 +136,11 @@ pub fn write_box_config(
         },
         limits: Default::default(),
         timeouts: Default::default(),
+        // Tests run at any hour; service hours have their own tests.
+        service: ServiceSection {
+            enforced: false,
+            ..ServiceSection::default()
+        },
     };
     let path = box_dir.join("ifrelay.toml");
     std::fs::write(&path, file.to_toml_string()?)?;
@@ -277,7 +283,10 @@ pub struct Node {
     pub agency: AgencyCode,
     pub config_path: PathBuf,
     pub config: Config,
+    /// The box, when it runs in this process.
     pub running: Option<RunningBox>,
+    /// The box, when it runs as a child process (`ifrelay run`).
+    pub child: Option<tokio::process::Child>,
     /// Shared so flows can run from several tasks at once.
     pub ims: std::sync::Arc<ImsSim>,
 }
@@ -302,6 +311,66 @@ pub struct Testbed {
     pub pki: Pki,
     pub core: CoreSim,
     pub nodes: Vec<Node>,
+    /// Set when [`Testbed::start_box`] starts boxes as child processes of
+    /// this binary.
+    pub child_binary: Option<PathBuf>,
+}
+
+/// How the testbed is built beyond the configuration files.
+#[derive(Debug, Clone, Default)]
+pub struct TestbedOptions {
+    pub ims: ImsOptions,
+    pub core: NetOptions,
+    /// Run each box as a child process of this `ifrelay` binary
+    /// (`ifrelay run --config …`), so it can be killed for real.
+    pub child_binary: Option<PathBuf>,
+}
+
+/// Starts `ifrelay run` on `config_path` and waits until its agency-side
+/// listener accepts connections. Its log goes to `ifrelay.log` beside the
+/// configuration.
+async fn spawn_child(
+    binary: &Path,
+    config_path: &Path,
+    config: &Config,
+) -> Result<tokio::process::Child, TestbedError> {
+    let log_path = config_path.with_file_name("ifrelay.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut child = tokio::process::Command::new(binary)
+        .arg("run")
+        .arg("--config")
+        .arg(config_path)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(format!(
+                "box {} exited with {status} while starting; see {}",
+                config.agency,
+                log_path.display()
+            )
+            .into());
+        }
+        if tokio::net::TcpStream::connect(config.listen.agency_side)
+            .await
+            .is_ok()
+        {
+            return Ok(child);
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.start_kill();
+            return Err(format!("box {} did not start listening", config.agency).into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 impl Testbed {
@@ -311,30 +380,63 @@ impl Testbed {
     /// # Errors
     /// When any part fails to start.
     pub async fn start(dir: &Path) -> Result<Testbed, TestbedError> {
+        Self::start_with(dir, |_| {}).await
+    }
+
+    /// As [`Testbed::start`], with `tweak` applied to every box's
+    /// configuration file before it starts (timers, service hours…).
+    ///
+    /// # Errors
+    /// As [`Testbed::start`].
+    pub async fn start_with(
+        dir: &Path,
+        tweak: impl Fn(&mut ConfigFile),
+    ) -> Result<Testbed, TestbedError> {
+        Self::start_opts(dir, &tweak, TestbedOptions::default()).await
+    }
+
+    /// The general form: configuration `tweak`, simulator options, and
+    /// whether boxes run in this process or as child processes.
+    ///
+    /// # Errors
+    /// As [`Testbed::start`].
+    pub async fn start_opts(
+        dir: &Path,
+        tweak: &dyn Fn(&mut ConfigFile),
+        options: TestbedOptions,
+    ) -> Result<Testbed, TestbedError> {
         std::fs::create_dir_all(dir)?;
         // Configuration files resolve relative paths against their own
         // folder; absolute paths keep them independent of it.
         let dir = &std::path::absolute(dir)?;
         let pki = Pki::new(dir)?;
         let any: SocketAddr = "127.0.0.1:0".parse()?;
-        let core =
-            CoreSim::start(any, pki.material(&Party::core())?, prefix_list(), masters()).await?;
+        let core = CoreSim::start_with(
+            any,
+            pki.material(&Party::core())?,
+            prefix_list(),
+            masters(),
+            options.core.clone(),
+        )
+        .await?;
         core.refuse_business(code("JM099"));
         let (a, b) = agencies();
         let mut nodes = Vec::new();
         for agency in [a, b] {
             // The box and its IMS each need the other's address first:
             // the box's listeners are bound before either starts, and
-            // handed to the box, so no other test can take the ports.
+            // handed to an in-process box, so no other test can take the
+            // ports. A child process binds them itself.
             let core_listener = tokio::net::TcpListener::bind(any).await?;
             let agency_listener = tokio::net::TcpListener::bind(any).await?;
             let core_side = core_listener.local_addr()?;
             let agency_side = agency_listener.local_addr()?;
-            let ims = ImsSim::start(
+            let ims = ImsSim::start_with(
                 agency.clone(),
                 any,
                 pki.material(&Party::ims(agency.clone()))?,
                 agency_side,
+                options.ims.clone(),
             )
             .await?;
             let config_path = write_box_config(
@@ -345,14 +447,30 @@ impl Testbed {
                 core.local_addr(),
                 ims.local_addr(),
             )?;
+            let mut file = Config::load(&config_path)?.to_file();
+            tweak(&mut file);
+            std::fs::write(&config_path, file.to_toml_string()?)?;
             let config = Config::load(&config_path)?;
-            let running = RunningBox::start_on(&config, core_listener, agency_listener).await?;
-            core.register_box(agency.clone(), running.core_side);
+            let (running, child) = match &options.child_binary {
+                None => (
+                    Some(RunningBox::start_on(&config, core_listener, agency_listener).await?),
+                    None,
+                ),
+                Some(binary) => {
+                    drop((core_listener, agency_listener));
+                    (
+                        None,
+                        Some(spawn_child(binary, &config_path, &config).await?),
+                    )
+                }
+            };
+            core.register_box(agency.clone(), core_side);
             nodes.push(Node {
                 agency,
                 config_path,
                 config,
-                running: Some(running),
+                running,
+                child,
                 ims: std::sync::Arc::new(ims),
             });
         }
@@ -361,6 +479,7 @@ impl Testbed {
             pki,
             core,
             nodes,
+            child_binary: options.child_binary,
         };
         bed.distribute(1).await?;
         Ok(bed)
@@ -391,22 +510,64 @@ impl Testbed {
         Ok(())
     }
 
-    /// Stops box `i` through its one shutdown path.
+    /// Stops box `i` through its one shutdown path (SIGTERM for a child
+    /// process, which runs the same path).
     pub async fn stop_box(&mut self, i: usize) {
-        if let Some(running) = self.nodes.get_mut(i).and_then(|n| n.running.take()) {
+        let Some(node) = self.nodes.get_mut(i) else {
+            return;
+        };
+        if let Some(running) = node.running.take() {
             running.shutdown().await;
+        }
+        if let Some(mut child) = node.child.take() {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let grace = node.config.timeouts.shutdown_grace + std::time::Duration::from_secs(5);
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
         }
     }
 
-    /// Starts box `i` again from its file (same ports, same store).
+    /// Kills box `i`'s child process with SIGKILL: no shutdown path, no
+    /// flush — a power cut as far as the store can tell.
+    ///
+    /// # Errors
+    /// When box `i` does not run as a child process.
+    pub async fn kill_box(&mut self, i: usize) -> Result<(), TestbedError> {
+        let node = self.nodes.get_mut(i).ok_or("no such node")?;
+        let mut child = node
+            .child
+            .take()
+            .ok_or("box does not run as a child process")?;
+        child.kill().await?;
+        Ok(())
+    }
+
+    /// Starts box `i` again from its file (same ports, same store), in
+    /// this process or as a child, as the testbed was started.
     ///
     /// # Errors
     /// When the box cannot start.
     pub async fn start_box(&mut self, i: usize) -> Result<(), TestbedError> {
+        let binary = self.child_binary.clone();
         let node = self.nodes.get_mut(i).ok_or("no such node")?;
-        let (running, config) = start_box(&node.config_path).await?;
-        node.config = config;
-        node.running = Some(running);
+        match binary {
+            None => {
+                let (running, config) = start_box(&node.config_path).await?;
+                node.config = config;
+                node.running = Some(running);
+            }
+            Some(binary) => {
+                let config = Config::load(&node.config_path)?;
+                node.child = Some(spawn_child(&binary, &node.config_path, &config).await?);
+                node.config = config;
+            }
+        }
         Ok(())
     }
 

@@ -98,21 +98,28 @@ async fn a_box_without_a_prefix_list_answers_ng_no_prefix_list() {
     let dir = tempfile::tempdir().expect("temp dir");
     let bed = Testbed::start(dir.path()).await.expect("testbed");
     // A third box, never sent a distribution.
-    let agency = "011002".parse().expect("code");
+    let agency: ifrelay_proto::AgencyCode = "011002".parse().expect("code");
     let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
     let (core_side, agency_side) = (bind().await.expect("bind"), bind().await.expect("bind"));
     let ports = (
         core_side.local_addr().expect("addr"),
         agency_side.local_addr().expect("addr"),
     );
-    // Its IMS address is never dialled: nothing is ever distributed.
+    let its_ims = ifrelay::sim::ims::ImsSim::start(
+        agency.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        bed.pki.material(&Party::ims(agency.clone())).expect("tls"),
+        ports.1,
+    )
+    .await
+    .expect("its IMS starts");
     let path = write_box_config(
         dir.path(),
         &bed.pki,
         &agency,
         ports,
         bed.core.local_addr(),
-        bed.core.local_addr(),
+        its_ims.local_addr(),
     )
     .expect("config");
     let config = ifrelay::config::Config::load(&path).expect("config loads");
@@ -162,6 +169,7 @@ async fn a_box_without_a_prefix_list_answers_ng_no_prefix_list() {
         "{reply:?}"
     );
     running.shutdown().await;
+    its_ims.shutdown().await;
     bed.shutdown().await;
 }
 

@@ -1,32 +1,41 @@
 //! Delivery of outbox entries to their next hop.
 //!
-//! One worker task per destination keeps one TLS link and sends its
-//! entries in outbox order, one at a time, waiting for the hop reply; so
-//! the messages of a process reach each peer in the order they were
-//! accepted. A frame leaves the outbox only when the engine has recorded
-//! the next hop's answer (R-COM-4: unanswered entries are sent again after
-//! reconnecting, and after a restart from the stored outbox).
+//! The outbox lives in the store, indexed by destination. One worker task
+//! per destination pages through its own entries in seq order (a few
+//! hundred at a time, so a backlog of a million costs no memory and
+//! resending starts at once after a restart), sends each over one TLS link
+//! and waits for the hop reply, then hands the reply to the engine, which
+//! records it and removes the entry (R-COM-4). The engine wakes a worker
+//! after each commit that added entries for it.
 //!
-//! Queues are bounded: when a destination's queue is full the entry stays
-//! in the durable outbox and is picked up at the next start.
+//! Retries: a transient refusal ("not now") is retried with backoff for as
+//! long as it lasts; an unreachable or silent next hop is retried
+//! `retry_count` times, then the engine decides (R-COM-2): an entry an open
+//! process depends on is given up and the process closed; anything else is
+//! kept and resent once the peer is back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ifrelay_proto::AgencyCode;
+use ifrelay_proto::{AgencyCode, Body};
+use ifrelay_store::StoreReader;
 use rustls::ClientConfig;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::destination::{Destination, OutboxItem};
-use super::engine::{Delivery, Input};
+use super::engine::{Delivery, Input, Undeliverable, Verdict};
 use crate::net::{Link, LinkError};
 
-/// Entries one destination may have queued in memory.
-pub const QUEUE_PER_DESTINATION: usize = 65_536;
+/// Entries a worker reads from the store at a time.
+pub const PAGE: usize = 256;
+
+/// Longest wait between two attempts at one entry.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How to reach the configured destinations.
 #[derive(Debug, Clone)]
@@ -38,148 +47,289 @@ pub struct DeliveryConfig {
     pub connect_timeout: Duration,
     pub reply_timeout: Duration,
     pub retry_backoff: Duration,
+    /// Failed attempts before the engine is asked what to do.
+    pub retry_count: u32,
     pub max_frame: usize,
 }
 
-/// Routes outbox items to per-destination workers until cancelled.
+/// What the engine tells delivery after a commit.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// New entries for this destination are durable.
+    Wake(Destination),
+    /// A commit failed: entries whose delivery was not recorded are still
+    /// in the outbox; every worker reads its outbox again from the start
+    /// (the next hop drops what it already has by message id).
+    Rewind,
+}
+
+/// Shared between the dispatcher and one worker.
+#[derive(Debug, Default)]
+struct Signal {
+    wake: Notify,
+    rewinds: AtomicU64,
+}
+
+/// Starts a worker for every destination that has entries, then routes
+/// the engine's notices to workers, starting them as needed, until
+/// cancelled.
 pub async fn dispatch(
     cfg: DeliveryConfig,
-    mut items: mpsc::UnboundedReceiver<OutboxItem>,
+    reader: StoreReader,
+    mut notices: mpsc::UnboundedReceiver<Notice>,
     engine: mpsc::Sender<Input>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut workers: HashMap<Destination, mpsc::Sender<OutboxItem>> = HashMap::new();
+    let mut workers: HashMap<Destination, Arc<Signal>> = HashMap::new();
+    let start = |destination: Destination, workers: &mut HashMap<Destination, Arc<Signal>>| {
+        workers
+            .entry(destination.clone())
+            .or_insert_with(|| {
+                let signal = Arc::new(Signal::default());
+                let span = tracing::info_span!("deliver", to = %destination.key());
+                tracker.spawn(
+                    worker(
+                        cfg.clone(),
+                        destination,
+                        reader.clone(),
+                        signal.clone(),
+                        engine.clone(),
+                        shutdown.clone(),
+                    )
+                    .instrument(span),
+                );
+                signal
+            })
+            .clone()
+    };
+    match reader.outbox_destinations() {
+        Ok(pending) => {
+            for (key, count) in pending {
+                match Destination::parse(&key) {
+                    Ok(d) => {
+                        tracing::info!(to = %key, count, "resending outbox after start");
+                        start(d, &mut workers);
+                    }
+                    Err(text) => tracing::error!(%key, %text, "outbox destination unreadable"),
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list the outbox; new entries still go out"),
+    }
     loop {
-        let item = tokio::select! {
+        let notice = tokio::select! {
             () = shutdown.cancelled() => break,
-            item = items.recv() => match item { Some(i) => i, None => break },
+            n = notices.recv() => match n { Some(n) => n, None => break },
         };
-        let queue = workers.entry(item.destination.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(QUEUE_PER_DESTINATION);
-            let span = tracing::info_span!("deliver", to = %item.destination.key());
-            tracker.spawn(
-                worker(
-                    cfg.clone(),
-                    item.destination.clone(),
-                    rx,
-                    engine.clone(),
-                    shutdown.clone(),
-                )
-                .instrument(span),
-            );
-            tx
-        });
-        if let Err(e) = queue.try_send(item) {
-            let item = match e {
-                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
-            };
-            tracing::warn!(seq = item.seq, destination = %item.destination.key(), "delivery queue full; entry stays in the outbox until restart");
+        match notice {
+            Notice::Wake(d) => start(d, &mut workers).wake.notify_one(),
+            Notice::Rewind => {
+                for signal in workers.values() {
+                    signal.rewinds.fetch_add(1, Ordering::Relaxed);
+                    signal.wake.notify_one();
+                }
+            }
         }
     }
+}
+
+/// Per-destination connection state.
+struct Worker {
+    cfg: DeliveryConfig,
+    destination: Destination,
+    addr: std::net::SocketAddr,
+    party: ifrelay_proto::Party,
+    link: Option<Link>,
+    backoff: Duration,
+    engine: mpsc::Sender<Input>,
+    shutdown: CancellationToken,
+}
+
+/// What became of one entry.
+enum Sent {
+    /// The next hop answered; the engine has the answer.
+    Answered,
+    /// The engine gave the entry up (its process is closed).
+    GivenUp,
+    /// Stopping.
+    Stopped,
 }
 
 async fn worker(
     cfg: DeliveryConfig,
     destination: Destination,
-    mut queue: mpsc::Receiver<OutboxItem>,
+    reader: StoreReader,
+    signal: Arc<Signal>,
     engine: mpsc::Sender<Input>,
     shutdown: CancellationToken,
 ) {
-    let party = destination.party(&cfg.agency);
     let addr = match &destination {
         Destination::Core => cfg.core,
         Destination::Ims => cfg.ims,
         Destination::PeerIs { endpoint, .. } => *endpoint,
     };
-    let mut link: Option<Link> = None;
-    let mut backoff = cfg.retry_backoff;
+    let mut w = Worker {
+        party: destination.party(&cfg.agency),
+        backoff: cfg.retry_backoff,
+        cfg,
+        destination,
+        addr,
+        link: None,
+        engine,
+        shutdown,
+    };
+    let key = w.destination.key();
+    let mut cursor: Option<u64> = None;
+    let mut rewinds_seen = signal.rewinds.load(Ordering::Relaxed);
     loop {
-        let item = tokio::select! {
-            () = shutdown.cancelled() => return,
-            item = queue.recv() => match item { Some(i) => i, None => return },
-        };
-        // Retry this entry until the next hop answers or we stop; the
-        // entry is durable, so stopping loses nothing.
-        loop {
-            if link.is_none() {
-                let connect = Link::connect(
-                    addr,
-                    &party,
-                    cfg.tls.clone(),
-                    cfg.connect_timeout,
-                    cfg.reply_timeout,
-                    cfg.max_frame,
-                );
-                match tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    r = connect => r,
-                } {
-                    Ok(l) => {
-                        link = Some(l);
-                        backoff = cfg.retry_backoff;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "next hop unreachable");
-                        if sleep_or_stop(&shutdown, backoff).await {
-                            return;
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        continue;
-                    }
+        let rewinds = signal.rewinds.load(Ordering::Relaxed);
+        if rewinds != rewinds_seen {
+            rewinds_seen = rewinds;
+            cursor = None;
+        }
+        let page = match reader.outbox_for(&key, cursor, PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox; retrying");
+                if sleep_or_stop(&w.shutdown, Duration::from_secs(1)).await {
+                    return;
                 }
+                continue;
             }
-            let Some(l) = link.as_mut() else { continue };
-            let result = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = l.request_encoded(&item.meta.message_id, &item.bytes) => r,
+        };
+        if page.is_empty() {
+            tokio::select! {
+                () = w.shutdown.cancelled() => return,
+                () = signal.wake.notified() => continue,
+            }
+        }
+        for entry in page {
+            cursor = Some(entry.seq);
+            let item = match OutboxItem::from_stored(entry.seq, &entry.destination, entry.frame) {
+                Ok(item) => item,
+                Err(text) => {
+                    tracing::error!(seq = entry.seq, %text, "outbox entry unreadable; skipped");
+                    continue;
+                }
             };
-            match result {
-                Ok(reply) if is_transient_refusal(&reply.body) => {
-                    // "Not now" from the next hop: keep the entry, try again.
-                    tracing::info!(seq = item.seq, retry_in = ?backoff, "next hop busy; will resend");
-                    if sleep_or_stop(&shutdown, backoff).await {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Ok(reply) => {
-                    backoff = cfg.retry_backoff;
-                    let terminal = l.peer();
-                    if engine
-                        .send(Input::Delivered(Box::new(Delivery {
-                            item,
-                            terminal,
-                            reply: reply.body,
-                        })))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    break;
-                }
-                Err(e) => {
-                    link = None;
-                    if matches!(e, LinkError::Mismatched { .. }) {
-                        tracing::error!(error = %e, "next hop answered another frame; reconnecting");
-                    } else {
-                        tracing::warn!(error = %e, "delivery failed; reconnecting");
-                    }
-                    if sleep_or_stop(&shutdown, backoff).await {
-                        return;
-                    }
-                }
+            match w.send(item).await {
+                Sent::Answered | Sent::GivenUp => {}
+                Sent::Stopped => return,
+            }
+            if signal.rewinds.load(Ordering::Relaxed) != rewinds_seen {
+                break;
             }
         }
     }
 }
 
-/// Longest wait between two attempts at one entry.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+impl Worker {
+    /// Sends one entry until the next hop answers, the engine gives it up,
+    /// or we stop.
+    async fn send(&mut self, item: OutboxItem) -> Sent {
+        let mut failures: u32 = 0;
+        loop {
+            if failures > self.cfg.retry_count {
+                match self.ask_engine(&item).await {
+                    Some(Verdict::GiveUp) => return Sent::GivenUp,
+                    Some(Verdict::Keep) => failures = 0,
+                    None => return Sent::Stopped,
+                }
+            }
+            if self.link.is_none() {
+                let connect = Link::connect(
+                    self.addr,
+                    &self.party,
+                    self.cfg.tls.clone(),
+                    self.cfg.connect_timeout,
+                    self.cfg.reply_timeout,
+                    self.cfg.max_frame,
+                );
+                match tokio::select! {
+                    () = self.shutdown.cancelled() => return Sent::Stopped,
+                    r = connect => r,
+                } {
+                    Ok(l) => self.link = Some(l),
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, failures, retry_in = ?self.backoff, "next hop unreachable");
+                        if self.pause().await {
+                            return Sent::Stopped;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(link) = self.link.as_mut() else {
+                continue;
+            };
+            let result = tokio::select! {
+                () = self.shutdown.cancelled() => return Sent::Stopped,
+                r = link.request_encoded(&item.meta.message_id, &item.bytes) => r,
+            };
+            match result {
+                Ok(reply) if is_transient_refusal(&reply.body) => {
+                    // "Not now": reachable, so this is not a failure that
+                    // counts towards giving up.
+                    tracing::info!(seq = item.seq, retry_in = ?self.backoff, "next hop busy; will resend");
+                    if self.pause().await {
+                        return Sent::Stopped;
+                    }
+                }
+                Ok(reply) => {
+                    self.backoff = self.cfg.retry_backoff;
+                    let terminal = link.peer();
+                    let delivered = Input::Delivered(Box::new(Delivery {
+                        item,
+                        terminal,
+                        reply: reply.body,
+                    }));
+                    return if self.engine.send(delivered).await.is_err() {
+                        Sent::Stopped
+                    } else {
+                        Sent::Answered
+                    };
+                }
+                Err(e) => {
+                    self.link = None;
+                    failures += 1;
+                    if matches!(e, LinkError::Mismatched { .. }) {
+                        tracing::error!(error = %e, "next hop answered another frame; reconnecting");
+                    } else {
+                        tracing::warn!(error = %e, failures, "delivery failed; reconnecting");
+                    }
+                    if self.pause().await {
+                        return Sent::Stopped;
+                    }
+                }
+            }
+        }
+    }
 
-fn is_transient_refusal(body: &ifrelay_proto::Body) -> bool {
-    matches!(body, ifrelay_proto::Body::Refused(r) if r.reason.is_transient())
+    /// Waits the current backoff, then doubles it; true when stopping.
+    async fn pause(&mut self) -> bool {
+        let stop = sleep_or_stop(&self.shutdown, self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        stop
+    }
+
+    async fn ask_engine(&self, item: &OutboxItem) -> Option<Verdict> {
+        let (tx, rx) = oneshot::channel();
+        let ask = Input::Undeliverable(Box::new(Undeliverable {
+            item: item.clone(),
+            verdict: tx,
+        }));
+        self.engine.send(ask).await.ok()?;
+        tokio::select! {
+            () = self.shutdown.cancelled() => None,
+            v = rx => v.ok(),
+        }
+    }
+}
+
+fn is_transient_refusal(body: &Body) -> bool {
+    matches!(body, Body::Refused(r) if r.reason.is_transient())
 }
 
 /// Sleeps for `d`; true when shutdown came first.

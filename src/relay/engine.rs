@@ -19,6 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ifrelay_proto::*;
 use ifrelay_store::{
@@ -26,12 +27,22 @@ use ifrelay_store::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::delivery::Notice;
 use super::destination::{Destination, OutboxItem};
+use super::hours::ServiceHours;
 use super::process::{Process, Role as ProcRole, Step};
 use crate::net::{now_millis, IdGen};
 
 /// Most inputs handled in one commit.
 pub const MAX_BATCH: usize = 256;
+
+/// How long a message id is remembered for duplicate suppression: longer
+/// than any sender keeps retrying one frame.
+pub const SEEN_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Most remembered ids forgotten per tick, so pruning never makes one
+/// commit large.
+const SEEN_PRUNE_PER_TICK: usize = 2048;
 
 /// Which listener a frame arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +79,17 @@ pub enum Input {
     },
     /// A delivery worker got the next hop's answer to an outbox entry.
     Delivered(Box<Delivery>),
+    /// A second has passed: close processes whose step timed out.
+    Tick,
+    /// Announce a lifecycle event to the core and the IMS (R-COM-3);
+    /// `done` hears `accepted` once the notices are durable.
+    Announce {
+        event: StatusEvent,
+        done: Option<oneshot::Sender<Body>>,
+    },
+    /// Delivery tried an entry `retry_count` times without reaching the
+    /// next hop; the engine decides whether to give it up.
+    Undeliverable(Box<Undeliverable>),
     /// Stop after the current batch.
     Stop,
 }
@@ -88,6 +110,22 @@ pub struct Delivery {
     pub reply: Body,
 }
 
+/// An entry delivery could not get through.
+#[derive(Debug)]
+pub struct Undeliverable {
+    pub item: OutboxItem,
+    pub verdict: oneshot::Sender<Verdict>,
+}
+
+/// What delivery does with an entry it could not get through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its process was closed and the parties told; the entry is gone.
+    GiveUp,
+    /// No open process depends on it: keep resending (R-COM-4).
+    Keep,
+}
+
 /// The prefix list and masters currently in force.
 #[derive(Debug, Default)]
 struct PrefixState {
@@ -103,6 +141,47 @@ pub struct EngineConfig {
     /// Networks a peer interface system may be dialled at (R-SEC-5).
     pub peer_allow: Vec<ipnet::IpNet>,
     pub clock_synced: bool,
+    /// When new processes may start (R-AV-1).
+    pub hours: ServiceHours,
+    /// How long each step of a process may take (R-COM-2).
+    pub steps: StepTimeouts,
+}
+
+/// Longest wait for each step of a process; past it the process is closed
+/// with `E_TIMEOUT` and both the intermediate server and the core are told.
+#[derive(Debug, Clone, Copy)]
+pub struct StepTimeouts {
+    /// Permit request relayed → permit or refusal from the core.
+    pub permit: Duration,
+    /// Query relayed → query accepted.
+    pub query_accepted: Duration,
+    /// Query relayed → provision, receipt and completions all through.
+    pub provision_complete: Duration,
+    /// Serial issued, bound or permitted, but no query sent.
+    pub idle_process: Duration,
+}
+
+impl StepTimeouts {
+    /// When `p` times out, and which step it is waiting for.
+    pub fn deadline(&self, p: &Process) -> (Millis, &'static str) {
+        let after = |from: Millis, d: Duration| {
+            from.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        };
+        let queried = p.query_requested_at.unwrap_or(p.created_at);
+        match p.step {
+            Step::Issued | Step::Bound | Step::Permitted => {
+                (after(p.updated_at, self.idle_process), "query")
+            }
+            Step::PermitRequested => (after(p.updated_at, self.permit), "permit"),
+            Step::QueryRelayed if !p.query_accepted && !p.provision_relayed => {
+                (after(queried, self.query_accepted), "query accepted")
+            }
+            Step::QueryRelayed => (
+                after(queried, self.provision_complete),
+                "provision and completion",
+            ),
+        }
+    }
 }
 
 /// A refusal: reason code and text for the sender.
@@ -164,29 +243,32 @@ struct Relay {
     prefix: Option<PrefixState>,
     processes: HashMap<Serial, Process>,
     needs_reload: bool,
-    deliver: mpsc::UnboundedSender<OutboxItem>,
+    deliver: mpsc::UnboundedSender<Notice>,
     stats: Arc<std::sync::Mutex<EngineStats>>,
 }
 
 /// What handling one input left to do after the commit.
 struct Handled {
     reply: Option<(oneshot::Sender<Body>, Body)>,
-    outbox: Vec<OutboxItem>,
+    /// Destinations that got new outbox entries.
+    outbox: Vec<Destination>,
     refused: Option<Reason>,
+    /// An answer to delivery, sent after the commit.
+    verdict: Option<(oneshot::Sender<Verdict>, Verdict)>,
 }
 
 impl Engine {
     /// Boots the store (bumping the serial epoch durably) and loads the
-    /// state. Returns the engine and the outbox entries to resend.
+    /// state. Delivery finds the outbox in the store by itself.
     ///
     /// # Errors
     /// The store's error when it cannot boot.
     pub fn boot(
         mut store: Store,
         cfg: EngineConfig,
-        deliver: mpsc::UnboundedSender<OutboxItem>,
+        deliver: mpsc::UnboundedSender<Notice>,
         stats: Arc<std::sync::Mutex<EngineStats>>,
-    ) -> Result<(Engine, Vec<OutboxItem>, Arc<IdGen>), StoreError> {
+    ) -> Result<(Engine, Arc<IdGen>), StoreError> {
         let boot = store.boot(now_millis())?;
         let party = Party::is(cfg.agency.clone());
         let ids = Arc::new(
@@ -208,12 +290,12 @@ impl Engine {
                 stats,
             },
         };
-        let pending = engine.load(boot);
-        Ok((engine, pending, ids))
+        engine.load(boot);
+        Ok((engine, ids))
     }
 
-    /// Replaces the in-memory state with `boot`'s; returns the outbox.
-    fn load(&mut self, boot: BootState) -> Vec<OutboxItem> {
+    /// Replaces the in-memory state with `boot`'s.
+    fn load(&mut self, boot: BootState) {
         self.relay.epoch = boot.epoch;
         self.relay.serial_counter = 0;
         self.relay.prefix = boot
@@ -235,18 +317,12 @@ impl Engine {
                 }
             })
             .collect();
-        boot.outbox
-            .into_iter()
-            .filter_map(
-                |e| match OutboxItem::from_stored(e.seq, &e.destination, e.frame) {
-                    Ok(item) => Some(item),
-                    Err(text) => {
-                        tracing::error!(seq = e.seq, %text, "outbox entry unreadable; skipped");
-                        None
-                    }
-                },
-            )
-            .collect()
+        tracing::info!(
+            epoch = boot.epoch,
+            processes = self.relay.processes.len(),
+            outbox = boot.outbox_len,
+            "state loaded"
+        );
     }
 
     /// The engine loop; returns when [`Input::Stop`] arrives or every
@@ -282,11 +358,11 @@ impl Engine {
         if self.relay.needs_reload {
             match self.store.boot(now_millis()) {
                 Ok(boot) => {
-                    let pending = self.load(boot);
+                    self.load(boot);
                     self.relay.needs_reload = false;
-                    for item in pending {
-                        let _ = self.relay.deliver.send(item);
-                    }
+                    // Deliveries the failed batch did not record are
+                    // still in the outbox: read it again from the start.
+                    let _ = self.relay.deliver.send(Notice::Rewind);
                     tracing::info!(epoch = self.relay.epoch, "store recovered; state reloaded");
                 }
                 Err(e) => {
@@ -332,6 +408,7 @@ impl Engine {
         match result {
             Ok(()) => {
                 let mut stats = self.relay.stats.lock().unwrap_or_else(|p| p.into_inner());
+                let mut woken: Vec<Destination> = Vec::new();
                 stats.batches += 1;
                 stats.inputs += done.len() as u64;
                 for h in done {
@@ -341,12 +418,19 @@ impl Engine {
                     if let Some((tx, body)) = h.reply {
                         let _ = tx.send(body);
                     }
-                    for item in h.outbox {
-                        // The receiver lives as long as the supervisor; if
-                        // it is gone we are stopping and the entry stays in
-                        // the durable outbox for the next start.
-                        let _ = self.relay.deliver.send(item);
+                    if let Some((tx, verdict)) = h.verdict {
+                        let _ = tx.send(verdict);
                     }
+                    for d in h.outbox {
+                        if !woken.contains(&d) {
+                            woken.push(d);
+                        }
+                    }
+                }
+                for d in woken {
+                    // If delivery is gone we are stopping; the entry stays
+                    // in the durable outbox for the next start.
+                    let _ = self.relay.deliver.send(Notice::Wake(d));
                 }
             }
             Err(e) => {
@@ -375,11 +459,12 @@ impl Engine {
                     r.in_reply_to = Some(frame.header.id.clone());
                 }
                 let _ = reply.send(body);
-            } else if let Input::Delivered(d) = input {
-                // The answer was not recorded, so the entry is still in the
-                // outbox: queue it again (the next hop sees the same id).
-                let _ = self.relay.deliver.send(d.item);
+            } else if let Input::Undeliverable(u) = input {
+                // Nothing was decided: the worker keeps the entry.
+                let _ = u.verdict.send(Verdict::Keep);
             }
+            // A Delivered answer that was not recorded leaves its entry in
+            // the outbox; the rewind after the reload sends it again.
             // Refused notes are lost with the batch; tracing has them.
         }
     }
@@ -400,6 +485,44 @@ impl Relay {
                 let back = |peer, frame, reply| {
                     Some(Input::Frame(Box::new(FrameInput { peer, frame, reply })))
                 };
+                let sender = party_label(&peer.party);
+                let print = fingerprint(&frame);
+                // A frame already accepted is answered again, never handled
+                // twice (DESIGN "Wire format"); an id reused for another
+                // frame is refused.
+                let seen = match batch.seen(&sender, frame.header.id.as_str()) {
+                    Ok(seen) => seen,
+                    Err(e) => return Err(Box::new((e, back(peer, frame, reply)))),
+                };
+                if let Some(seen) = seen {
+                    let replay = decode_seen(&seen.reply, &print);
+                    let (outcome, body, refused) = match replay {
+                        Some(body) => ("duplicate".to_owned(), body, None),
+                        None => (
+                            Reason::Duplicate.to_string(),
+                            Body::Refused(Refused {
+                                in_reply_to: None,
+                                reason: Reason::Duplicate,
+                                text: format!(
+                                    "message id {} was already used for another frame",
+                                    frame.header.id
+                                ),
+                            }),
+                            Some(Reason::Duplicate),
+                        ),
+                    };
+                    let entry = self.access_in(now, &peer, &frame, outcome);
+                    if let Err(e) = batch.append_access(entry) {
+                        return Err(Box::new((e, back(peer, frame, reply))));
+                    }
+                    let body = with_reply_to(body, &frame.header.id);
+                    return Ok(Handled {
+                        reply: Some((reply, body)),
+                        outbox: Vec::new(),
+                        refused,
+                        verdict: None,
+                    });
+                }
                 match self.handle_frame(batch, now, &peer, &frame) {
                     Ok((body, outbox)) => {
                         let outcome = match &body {
@@ -414,10 +537,17 @@ impl Relay {
                             return Err(Box::new((e, back(peer, frame, reply))));
                         }
                         let body = with_reply_to(body, &frame.header.id);
+                        let remembered = encode_seen(&print, &body, &self.party);
+                        if let Err(e) =
+                            batch.put_seen(&sender, frame.header.id.as_str(), now, &remembered)
+                        {
+                            return Err(Box::new((e, back(peer, frame, reply))));
+                        }
                         Ok(Handled {
                             reply: Some((reply, body)),
                             outbox,
                             refused: None,
+                            verdict: None,
                         })
                     }
                     Err(Fault::Refuse(r)) => {
@@ -435,6 +565,7 @@ impl Relay {
                             reply: Some((reply, body)),
                             outbox: Vec::new(),
                             refused: Some(r.reason),
+                            verdict: None,
                         })
                     }
                     Err(Fault::Store(e)) => Err(Box::new((e, back(peer, frame, reply)))),
@@ -472,6 +603,7 @@ impl Relay {
                     reply: None,
                     outbox: Vec::new(),
                     refused: Some(reason),
+                    verdict: None,
                 })
             }
             Input::Delivered(d) => {
@@ -490,12 +622,167 @@ impl Relay {
                         Box::new((e, Some(Input::Delivered(Box::new(back)))))
                     })
             }
+            Input::Tick => self.expire(batch, now).map_err(|e| Box::new((e, None))),
+            Input::Announce { event, done } => {
+                let mut outbox = Vec::new();
+                for dest in [Destination::Core, Destination::Ims] {
+                    let body = Body::BoxStatus(BoxStatus { event });
+                    match self.enqueue(batch, now, dest, body) {
+                        Ok(item) => outbox.push(item),
+                        Err(e) => return Err(Box::new((e, None))),
+                    }
+                }
+                Ok(Handled {
+                    reply: done.map(|tx| (tx, accepted())),
+                    outbox,
+                    refused: None,
+                    verdict: None,
+                })
+            }
+            Input::Undeliverable(u) => {
+                let Undeliverable { item, verdict } = *u;
+                match self.give_up(batch, now, &item) {
+                    Ok((v, outbox)) => Ok(Handled {
+                        reply: None,
+                        outbox,
+                        refused: None,
+                        verdict: Some((verdict, v)),
+                    }),
+                    Err(e) => {
+                        let back = Undeliverable { item, verdict };
+                        Err(Box::new((e, Some(Input::Undeliverable(Box::new(back))))))
+                    }
+                }
+            }
             Input::Stop => Ok(Handled {
                 reply: None,
                 outbox: Vec::new(),
                 refused: None,
+                verdict: None,
             }),
         }
+    }
+
+    /// Closes every process whose step timed out (R-COM-2), and forgets
+    /// message ids older than [`SEEN_RETENTION`].
+    fn expire(&mut self, batch: &mut Batch<'_>, now: Millis) -> Result<Handled, StoreError> {
+        let horizon = now.saturating_sub(i64::try_from(SEEN_RETENTION.as_millis()).unwrap_or(0));
+        batch.prune_seen(horizon, SEEN_PRUNE_PER_TICK)?;
+        let expired: Vec<(Serial, &'static str)> = self
+            .processes
+            .values()
+            .filter_map(|p| {
+                let (deadline, waiting) = self.cfg.steps.deadline(p);
+                (deadline <= now).then(|| (p.serial.clone(), waiting))
+            })
+            .collect();
+        let mut outbox = Vec::new();
+        for (serial, waiting) in expired {
+            let text = format!("no {waiting} in time; the process is closed");
+            tracing::warn!(%serial, waiting, "process timed out");
+            outbox.extend(self.close_and_tell(
+                batch,
+                now,
+                &serial,
+                Reason::Timeout,
+                &text,
+                &[Destination::Ims, Destination::Core],
+            )?);
+        }
+        Ok(Handled {
+            reply: None,
+            outbox,
+            refused: None,
+            verdict: None,
+        })
+    }
+
+    /// Delivery could not reach the next hop: an open process that depends
+    /// on the entry is closed and the other parties told; anything else is
+    /// kept for resending once the peer is back (R-COM-2, R-COM-4).
+    fn give_up(
+        &mut self,
+        batch: &mut Batch<'_>,
+        now: Millis,
+        item: &OutboxItem,
+    ) -> Result<(Verdict, Vec<Destination>), StoreError> {
+        let serial = match &item.meta.serial {
+            Some(s) if self.processes.contains_key(s) && item.meta.type_name != "process_error" => {
+                s.clone()
+            }
+            _ => return Ok((Verdict::Keep, Vec::new())),
+        };
+        batch.remove_outbox(item.seq)?;
+        let unreachable = item.destination.party_label(&self.cfg.agency);
+        let tell: Vec<Destination> = [Destination::Ims, Destination::Core]
+            .into_iter()
+            .filter(|d| *d != item.destination)
+            .collect();
+        let text = format!(
+            "{unreachable} could not be reached to deliver {}; the process is closed",
+            item.meta.type_name
+        );
+        tracing::warn!(%serial, %unreachable, "next hop unreachable; process closed");
+        let outbox =
+            self.close_and_tell(batch, now, &serial, Reason::PeerUnreachable, &text, &tell)?;
+        Ok((Verdict::GiveUp, outbox))
+    }
+
+    /// Closes `serial` and sends a `process_error` to each of `tell`.
+    fn close_and_tell(
+        &mut self,
+        batch: &mut Batch<'_>,
+        now: Millis,
+        serial: &Serial,
+        reason: Reason,
+        text: &str,
+        tell: &[Destination],
+    ) -> Result<Vec<Destination>, StoreError> {
+        self.close(batch, serial)?;
+        let mut outbox = Vec::new();
+        for dest in tell {
+            let notice = Body::ProcessError(ProcessError {
+                serial: serial.clone(),
+                reason,
+                text: text.to_owned(),
+            });
+            outbox.push(self.enqueue(batch, now, dest.clone(), notice)?);
+        }
+        Ok(outbox)
+    }
+
+    /// A peer announced it is stopping: close the processes waiting on it
+    /// and tell the own IMS (and the core, when a peer box stopped).
+    fn peer_stopping(
+        &mut self,
+        batch: &mut Batch<'_>,
+        now: Millis,
+        peer: &Party,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), StoreError> {
+        let waiting: Vec<Serial> = self
+            .processes
+            .values()
+            .filter(|p| waits_on(p, peer))
+            .map(|p| p.serial.clone())
+            .collect();
+        let tell: &[Destination] = if peer.role == Role::Core {
+            &[Destination::Ims]
+        } else {
+            &[Destination::Ims, Destination::Core]
+        };
+        for serial in waiting {
+            let text = format!("{peer} is stopping; the process is closed");
+            out.extend(self.close_and_tell(
+                batch,
+                now,
+                &serial,
+                Reason::PeerStopped,
+                &text,
+                tell,
+            )?);
+        }
+        Ok(())
     }
 
     fn handle_delivered(
@@ -561,6 +848,7 @@ impl Relay {
             reply: None,
             outbox,
             refused: None,
+            verdict: None,
         })
     }
 
@@ -572,7 +860,7 @@ impl Relay {
         now: Millis,
         peer: &Peer,
         frame: &Frame,
-    ) -> Result<(Body, Vec<OutboxItem>), Fault> {
+    ) -> Result<(Body, Vec<Destination>), Fault> {
         if frame.header.from != peer.party {
             return Err(refuse(
                 Reason::Identity,
@@ -584,6 +872,20 @@ impl Relay {
             .into());
         }
         self.check_role(peer, &frame.body)?;
+        let starts_process = matches!(
+            (&peer.party.role, &frame.body),
+            (Role::Ims, Body::SerialRequest(_)) | (Role::Core, Body::Query(_))
+        );
+        if starts_process && !self.cfg.hours.is_open(now) {
+            return Err(refuse(
+                Reason::NotInService,
+                format!(
+                    "outside service hours ({}); processes under way continue",
+                    self.cfg.hours.describe()
+                ),
+            )
+            .into());
+        }
         let mut out = Vec::new();
         let body = match (&peer.party.role, &frame.body) {
             // ---- from the own intermediate server
@@ -619,6 +921,10 @@ impl Relay {
             }
             // ---- from anyone
             (_, Body::ProcessError(m)) => self.process_error(batch, now, peer, m, &mut out)?,
+            (Role::Core | Role::Is, Body::BoxStatus(m)) if m.event == StatusEvent::Stopping => {
+                self.peer_stopping(batch, now, &peer.party, &mut out)?;
+                accepted()
+            }
             (_, Body::BoxStatus(_)) => accepted(),
             (_, other) => {
                 return Err(refuse(
@@ -762,7 +1068,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &PermitRequest,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.requester_process(&m.serial)?;
         match p.step {
@@ -810,7 +1116,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &PermitIssued,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.requester_process(&m.serial)?;
         if p.step != Step::PermitRequested {
@@ -865,7 +1171,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &PermitRefused,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.requester_process(&m.serial)?;
         if p.step != Step::PermitRequested {
@@ -885,7 +1191,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &Query,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.requester_process(&m.serial)?;
         if p.step != Step::Permitted {
@@ -930,7 +1236,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &SerialNotice,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.requester_process(&m.serial)?;
         if p.step != Step::QueryRelayed || p.query_accepted {
@@ -954,7 +1260,7 @@ impl Relay {
         now: Millis,
         peer: &Peer,
         m: &Provision,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.requester_process(&m.serial)?;
         let bound = p.prefix.as_ref();
@@ -1000,7 +1306,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &SerialNotice,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.requester_process(&m.serial)?;
         if !p.provision_relayed || p.provision_received {
@@ -1029,7 +1335,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &SerialNotice,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.requester_process(&m.serial)?;
         if p.step != Step::QueryRelayed || p.query_complete {
@@ -1059,7 +1365,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &Query,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         if self.processes.contains_key(&m.serial) {
             return Err(refuse(
@@ -1120,7 +1426,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &SerialNotice,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.provider_process(&m.serial)?;
         if p.query_accepted {
@@ -1148,7 +1454,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &Provision,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.provider_process(&m.serial)?;
         if p.provision_relayed {
@@ -1194,7 +1500,7 @@ impl Relay {
         now: Millis,
         peer: &Peer,
         m: &SerialNotice,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.provider_process(&m.serial)?;
         let requester = p.prefix.as_ref().map(|x| &x.requester);
@@ -1232,7 +1538,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &SerialNotice,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.process(&m.serial)?;
         // Both sides complete only after the requester confirmed receipt.
@@ -1267,7 +1573,7 @@ impl Relay {
         now: Millis,
         peer: &Peer,
         m: &ProcessError,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         let p = self.process(&m.serial)?;
         // Only a party to the process may end it: the own IMS, the core,
@@ -1298,7 +1604,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
         m: &Distribution,
-        out: &mut Vec<OutboxItem>,
+        out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
         if m.core_key.len() != 32 {
             return Err(refuse(
@@ -1406,6 +1712,12 @@ impl Relay {
     }
 
     fn peer_destination(&self, route: &Route) -> Result<Destination, Refusal> {
+        if route.endpoint.len() > MAX_ADDRESS {
+            return Err(refuse(
+                Reason::Route,
+                format!("route endpoint is longer than {MAX_ADDRESS} bytes"),
+            ));
+        }
         let endpoint: SocketAddr = route.endpoint.parse().map_err(|_| {
             refuse(
                 Reason::Route,
@@ -1465,11 +1777,10 @@ impl Relay {
         now: Millis,
         destination: Destination,
         body: Body,
-    ) -> Result<OutboxItem, StoreError> {
+    ) -> Result<Destination, StoreError> {
         let frame = Frame::new(self.ids.next(), self.party.clone(), now, body);
-        let bytes = frame.encode();
-        let seq = batch.push_outbox(&destination.key(), &bytes)?;
-        Ok(OutboxItem::new(seq, destination, &frame, bytes))
+        batch.push_outbox(&destination.key(), &frame.encode())?;
+        Ok(destination)
     }
 
     fn access_in(&self, now: Millis, peer: &Peer, frame: &Frame, outcome: String) -> AccessEntry {
@@ -1491,6 +1802,53 @@ impl Relay {
                 .unwrap_or_default(),
             outcome,
         }
+    }
+}
+
+/// A digest of what a frame says, apart from its id and send time: a
+/// resend of the same frame has the same fingerprint.
+fn fingerprint(frame: &Frame) -> [u8; 32] {
+    use sha2::Digest;
+    let id = MessageId::new("x").expect("invariant: literal id is valid");
+    let neutral = Frame::new(id, frame.header.from.clone(), 0, frame.body.clone());
+    sha2::Sha256::digest(neutral.encode_body()).into()
+}
+
+/// What is remembered of an accepted frame: its fingerprint and the reply.
+fn encode_seen(print: &[u8; 32], reply: &Body, own: &Party) -> Vec<u8> {
+    let id = MessageId::new("x").expect("invariant: literal id is valid");
+    let mut out = print.to_vec();
+    out.extend(Frame::new(id, own.clone(), 0, reply.clone()).encode_body());
+    out
+}
+
+/// The remembered reply, when `print` matches the remembered fingerprint.
+fn decode_seen(stored: &[u8], print: &[u8; 32]) -> Option<Body> {
+    let (head, reply) = stored.split_at_checked(32)?;
+    if head != print {
+        return None;
+    }
+    Frame::decode_body(reply).ok().map(|f| f.body)
+}
+
+/// Whether `p` is waiting for something from `peer`.
+fn waits_on(p: &Process, peer: &Party) -> bool {
+    let prefix = p.prefix.as_ref();
+    match (peer.role, p.role) {
+        (Role::Core, ProcRole::Requester) => {
+            p.step == Step::PermitRequested || (p.step == Step::QueryRelayed && !p.query_accepted)
+        }
+        (Role::Is, ProcRole::Requester) => {
+            p.step == Step::QueryRelayed
+                && !p.provision_relayed
+                && prefix.map(|x| &x.provider) == peer.agency.as_ref()
+        }
+        (Role::Is, ProcRole::Provider) => {
+            p.provision_relayed
+                && !p.provision_received
+                && prefix.map(|x| &x.requester) == peer.agency.as_ref()
+        }
+        _ => false,
     }
 }
 
@@ -1590,23 +1948,8 @@ fn store_refusal(e: &StoreError) -> Body {
 /// serials.
 pub fn jst_date(ms: Millis) -> String {
     let days = (ms / 1000 + 9 * 3600).div_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = super::hours::civil_from_days(days);
     format!("{y:04}{m:02}{d:02}")
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]

@@ -8,5 +8,6 @@
 pub mod delivery;
 pub mod destination;
 pub mod engine;
+pub mod hours;
 pub mod process;
 pub mod server;

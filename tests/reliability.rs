@@ -1,0 +1,313 @@
+//! Keeping promises when things go wrong: duplicate frames are answered
+//! again but never handled twice (DESIGN "Wire format"); a step that is not
+//! answered in time closes its process and tells the parties (R-COM-2); an
+//! unreachable next hop is retried, then the process is closed (R-COM-2);
+//! a peer announcing it stops closes what waits on it; the box announces
+//! its start and stop (R-COM-3); outside service hours new processes are
+//! refused (R-AV-1).
+
+use std::time::Duration;
+
+use ifrelay::config::ConfigFile;
+use ifrelay::testbed::{agencies, prefix, Testbed};
+use ifrelay_proto::{
+    Body, BoxStatus, Frame, MessageId, Party, PermitRequest, PrefixCheck, PrefixResult, Reason,
+    Serial, SerialPurpose, SerialRequest, StatusEvent,
+};
+
+async fn bed_with(tweak: impl Fn(&mut ConfigFile)) -> (tempfile::TempDir, Testbed) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bed = Testbed::start_with(dir.path(), tweak)
+        .await
+        .expect("testbed starts");
+    (dir, bed)
+}
+
+fn id(text: &str) -> MessageId {
+    MessageId::new(text).expect("valid id")
+}
+
+/// Issues a serial and binds the testbed's A→B prefix; returns the serial.
+async fn bound_serial(bed: &Testbed) -> Serial {
+    let (a, b) = agencies();
+    let reply = bed.nodes[0]
+        .ims
+        .send(Body::SerialRequest(SerialRequest {
+            purpose: SerialPurpose::Query,
+        }))
+        .await
+        .expect("serial");
+    let Body::SerialIssued(issued) = reply.body else {
+        panic!("no serial: {reply:?}")
+    };
+    let reply = bed.nodes[0]
+        .ims
+        .send(Body::PrefixCheck(PrefixCheck {
+            serial: issued.serial.clone(),
+            prefix: prefix(&a, &b, "JM010"),
+        }))
+        .await
+        .expect("prefix check");
+    assert!(matches!(
+        reply.body,
+        Body::PrefixResult(PrefixResult { ok: true, .. })
+    ));
+    issued.serial
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_frame_gets_the_same_answer_and_is_handled_once() {
+    let (_dir, bed) = bed_with(|_| {}).await;
+    let (a, _) = agencies();
+    let ims = Party::ims(a.clone());
+    let mut link = bed
+        .pki
+        .link(
+            &ims,
+            &Party::is(a.clone()),
+            bed.nodes[0].running().agency_side,
+        )
+        .await
+        .expect("link");
+    let request = Frame::new(
+        id("dup-1"),
+        ims.clone(),
+        1,
+        Body::SerialRequest(SerialRequest {
+            purpose: SerialPurpose::Query,
+        }),
+    );
+    let first = link.request(&request).await.expect("first");
+    // The same frame again, sent later (another sent_at), as a sender
+    // whose first reply was lost would.
+    let mut again = request.clone();
+    again.header.sent_at = 2;
+    let second = link.request(&again).await.expect("second");
+    let (Body::SerialIssued(x), Body::SerialIssued(y)) = (&first.body, &second.body) else {
+        panic!("{first:?} / {second:?}")
+    };
+    assert_eq!(x.serial, y.serial, "the same serial, not a second one");
+    let reader = bed.nodes[0].running().reader();
+    let log = reader.access_log(0, 10_000).expect("log");
+    assert!(log
+        .iter()
+        .any(|e| e.entry.message_id.as_deref() == Some("dup-1") && e.entry.outcome == "duplicate"));
+
+    // The same id for a different frame is refused.
+    let other = Frame::new(
+        id("dup-1"),
+        ims.clone(),
+        3,
+        Body::SerialRequest(SerialRequest {
+            purpose: SerialPurpose::CodeIssue,
+        }),
+    );
+    let reply = link.request(&other).await.expect("answered");
+    assert!(
+        matches!(&reply.body, Body::Refused(r) if r.reason == Reason::Duplicate),
+        "{reply:?}"
+    );
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permit_that_never_comes_times_out_and_both_parties_are_told() {
+    let (_dir, bed) = bed_with(|f| f.timeouts.permit_ms = 400).await;
+    let (a, b) = agencies();
+    // The core accepts the request but cannot reach box A with the permit.
+    bed.core
+        .register_box(a.clone(), "127.0.0.1:9".parse().expect("addr"));
+    let serial = bound_serial(&bed).await;
+    let reply = bed.nodes[0]
+        .ims
+        .send(Body::PermitRequest(PermitRequest {
+            serial: serial.clone(),
+            prefix: prefix(&a, &b, "JM010"),
+        }))
+        .await
+        .expect("permit request");
+    assert!(matches!(reply.body, Body::Accepted(_)), "{reply:?}");
+    let ims = bed.nodes[0].ims.clone();
+    eventually("the IMS hears of the timeout", || {
+        ims.stats()
+            .process_errors
+            .iter()
+            .any(|e| e.serial == serial && e.reason == Reason::Timeout)
+    })
+    .await;
+    let core = &bed.core;
+    eventually("the core hears of the timeout", || {
+        core.stats()
+            .process_errors
+            .iter()
+            .any(|(_, e)| e.serial == serial && e.reason == Reason::Timeout)
+    })
+    .await;
+    assert_eq!(
+        bed.nodes[0]
+            .running()
+            .reader()
+            .process_count()
+            .expect("count"),
+        0,
+        "the process is closed and its binding erased"
+    );
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_ims_closes_the_process_after_the_retries_and_the_core_is_told() {
+    let (_dir, bed) = bed_with(|f| {
+        f.timeouts.retry_count = 2;
+        f.timeouts.retry_backoff_ms = 20;
+        f.timeouts.connect_ms = 200;
+        // The stopping notice to the vanished IMS cannot drain.
+        f.timeouts.shutdown_grace_ms = 300;
+    })
+    .await;
+    let (a, b) = agencies();
+    let serial = bound_serial(&bed).await;
+    // The IMS goes away: the permit the box relays to it cannot arrive.
+    bed.nodes[0].ims.shutdown().await;
+    let (ims_party, box_party) = (Party::ims(a.clone()), Party::is(a.clone()));
+    let mut link = bed
+        .pki
+        .link(&ims_party, &box_party, bed.nodes[0].running().agency_side)
+        .await
+        .expect("link");
+    let request = Frame::new(
+        id("perm-1"),
+        ims_party.clone(),
+        0,
+        Body::PermitRequest(PermitRequest {
+            serial: serial.clone(),
+            prefix: prefix(&a, &b, "JM010"),
+        }),
+    );
+    let reply = link.request(&request).await.expect("permit request");
+    assert!(matches!(reply.body, Body::Accepted(_)), "{reply:?}");
+    let core = &bed.core;
+    eventually("the core hears the IMS was unreachable", || {
+        core.stats()
+            .process_errors
+            .iter()
+            .any(|(_, e)| e.serial == serial && e.reason == Reason::PeerUnreachable)
+    })
+    .await;
+    let reader = bed.nodes[0].running().reader();
+    assert_eq!(reader.process_count().expect("count"), 0);
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_core_stopping_closes_what_waits_on_it() {
+    let (_dir, bed) = bed_with(|_| {}).await;
+    let (a, b) = agencies();
+    bed.core
+        .register_box(a.clone(), "127.0.0.1:9".parse().expect("addr"));
+    let serial = bound_serial(&bed).await;
+    bed.nodes[0]
+        .ims
+        .send(Body::PermitRequest(PermitRequest {
+            serial: serial.clone(),
+            prefix: prefix(&a, &b, "JM010"),
+        }))
+        .await
+        .expect("permit request");
+    // The permit is now awaited from the core; the core says it stops.
+    let mut core_link = bed
+        .pki
+        .link(
+            &Party::core(),
+            &Party::is(a.clone()),
+            bed.nodes[0].running().core_side,
+        )
+        .await
+        .expect("link");
+    let notice = Frame::new(
+        id("core-stop-1"),
+        Party::core(),
+        0,
+        Body::BoxStatus(BoxStatus {
+            event: StatusEvent::Stopping,
+        }),
+    );
+    let reply = core_link.request(&notice).await.expect("answered");
+    assert!(matches!(reply.body, Body::Accepted(_)), "{reply:?}");
+    let ims = bed.nodes[0].ims.clone();
+    eventually("the IMS hears the core stopped", || {
+        ims.stats()
+            .process_errors
+            .iter()
+            .any(|e| e.serial == serial && e.reason == Reason::PeerStopped)
+    })
+    .await;
+    assert_eq!(
+        bed.nodes[0]
+            .running()
+            .reader()
+            .process_count()
+            .expect("count"),
+        0
+    );
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_box_announces_its_start_and_its_stop() {
+    let (_dir, mut bed) = bed_with(|_| {}).await;
+    let a_party = Party::is(agencies().0);
+    let core = &bed.core;
+    let ims = bed.nodes[0].ims.clone();
+    eventually("core and IMS hear 'started'", || {
+        core.stats()
+            .box_status
+            .contains(&(a_party.clone(), StatusEvent::Started))
+            && ims.stats().box_status.contains(&StatusEvent::Started)
+    })
+    .await;
+    bed.stop_box(0).await;
+    // The stop waits for the notices to drain before it returns.
+    assert!(bed
+        .core
+        .stats()
+        .box_status
+        .contains(&(a_party.clone(), StatusEvent::Stopping)));
+    assert!(ims.stats().box_status.contains(&StatusEvent::Stopping));
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_service_hours_new_processes_are_refused() {
+    let (_dir, bed) = bed_with(|f| {
+        f.service.enforced = true;
+        f.service.daily_stop = "00:00-24:00".into();
+    })
+    .await;
+    let reply = bed.nodes[0]
+        .ims
+        .send(Body::SerialRequest(SerialRequest {
+            purpose: SerialPurpose::Query,
+        }))
+        .await
+        .expect("answered");
+    match &reply.body {
+        Body::Refused(r) => {
+            assert_eq!(r.reason, Reason::NotInService);
+            assert!(r.text.contains("stopped daily 00:00-24:00"), "{}", r.text);
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    bed.shutdown().await;
+}
