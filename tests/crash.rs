@@ -37,9 +37,9 @@ impl Rng {
     }
 }
 
-const FLOWS_PER_DIRECTION: usize = 12;
+const FLOWS_PER_DIRECTION: usize = 16;
 const CONCURRENCY: usize = 4;
-const KILLS: usize = 4;
+const KILLS: usize = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_boxes_mid_flow_loses_and_duplicates_nothing() {

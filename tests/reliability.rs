@@ -311,3 +311,50 @@ async fn outside_service_hours_new_processes_are_refused() {
     }
     bed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_dropped_and_connections_over_the_limit_refused() {
+    use tokio::io::AsyncReadExt;
+    let (_dir, bed) = bed_with(|f| {
+        f.limits.io_timeout_ms = 300;
+        f.limits.max_connections = 3;
+    })
+    .await;
+    let addr = bed.nodes[0].running().agency_side;
+    // A client that connects and says nothing is cut off after the I/O
+    // timeout (the TLS handshake never starts).
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the box closes the silent connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a word");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // Three connections fill the listener; a fourth is closed at once and
+    // the access log says E_BUSY.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(addr).await.expect("tcp"));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut extra = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let n = tokio::time::timeout(Duration::from_millis(250), extra.read(&mut buf))
+        .await
+        .expect("closed before the I/O timeout could")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let reader = bed.nodes[0].running().reader().clone();
+    eventually("E_BUSY in the access log", || {
+        reader
+            .access_log(0, 10_000)
+            .expect("log")
+            .iter()
+            .any(|e| e.entry.outcome == "E_BUSY")
+    })
+    .await;
+    drop(held);
+    bed.shutdown().await;
+}
