@@ -19,7 +19,7 @@ build: check-tools
 	$(CARGO) build --release --locked
 
 demo: check-tools
-	$(CARGO) run --release --locked --quiet -- demo --dir $(DEMO_DIR)
+	$(CARGO) run --release --locked --quiet --bin ifrelay -- demo --dir $(DEMO_DIR)
 
 lint: check-tools
 	$(CARGO) fmt --all -- --check

@@ -15,9 +15,12 @@ usage:
   ifrelay run --config FILE        run the box until SIGINT/SIGTERM
   ifrelay check-config FILE        validate a configuration file and exit
   ifrelay verify-store FILE        verify the hash chains of a store file
-  ifrelay demo [--dir DIR] [--flows N]
-                                   two boxes, their intermediate servers and the
-                                   core system on loopback; prints a summary
+  ifrelay demo [--dir DIR] [--seconds S] [--flows N] [--no-crash]
+                                   two boxes (child processes), their intermediate
+                                   servers and the core system on loopback; traffic
+                                   for S seconds (default 8) or N flows per
+                                   direction, one box killed and restarted halfway;
+                                   prints a summary
 ";
 
 fn main() -> ExitCode {
@@ -148,19 +151,30 @@ fn demo(rest: &[&str]) -> ExitCode {
     let mut options = ifrelay::demo::DemoOptions::default();
     let mut args = rest.iter();
     while let Some(arg) = args.next() {
-        match (*arg, args.next()) {
-            ("--dir", Some(dir)) => options.dir = PathBuf::from(dir),
-            ("--flows", Some(n)) => match n.parse() {
-                Ok(n) => options.flows_per_direction = n,
-                Err(_) => {
-                    eprint!("{USAGE}");
-                    return ExitCode::from(2);
-                }
-            },
-            _ => {
-                eprint!("{USAGE}");
-                return ExitCode::from(2);
+        let ok = match *arg {
+            "--dir" => args
+                .next()
+                .map(|d| options.dir = PathBuf::from(d))
+                .is_some(),
+            "--seconds" => args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .map(|n| options.seconds = n)
+                .is_some(),
+            "--flows" => args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .map(|n| options.max_flows = Some(n))
+                .is_some(),
+            "--no-crash" => {
+                options.crash = false;
+                true
             }
+            _ => false,
+        };
+        if !ok {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
         }
     }
     let rt = match runtime() {

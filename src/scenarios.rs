@@ -156,7 +156,7 @@ pub async fn run_all(bed: &Testbed) -> Result<Vec<Outcome>, TestbedError> {
     let ids = IdGen::new(format!("scn-{}", now_millis()))?;
     let mut link = bed
         .pki
-        .link(&ims, &box_a, node.running().agency_side)
+        .link(&ims, &box_a, node.config.listen.agency_side)
         .await?;
     let mut out = Vec::new();
 
@@ -428,7 +428,7 @@ pub async fn run_all(bed: &Testbed) -> Result<Vec<Outcome>, TestbedError> {
     let stranger = Party::is(code("011002"));
     let mut peer_link = bed
         .pki
-        .link(&stranger, &box_a, node.running().core_side)
+        .link(&stranger, &box_a, node.config.listen.core_side)
         .await?;
     out.push(outcome(
         "provision from a box that is not the provider",
@@ -459,7 +459,10 @@ pub async fn run_all(bed: &Testbed) -> Result<Vec<Outcome>, TestbedError> {
     ));
 
     // ---- an IMS certificate on the core-side listener
-    let mut wrong_side = bed.pki.link(&ims, &box_a, node.running().core_side).await?;
+    let mut wrong_side = bed
+        .pki
+        .link(&ims, &box_a, node.config.listen.core_side)
+        .await?;
     // The box refuses right after the handshake, before any frame, with
     // a refusal that answers no frame id: read it raw.
     let probe = Frame::new(ids.next(), ims.clone(), now_millis(), serial_req.clone());
@@ -478,34 +481,48 @@ pub async fn run_all(bed: &Testbed) -> Result<Vec<Outcome>, TestbedError> {
     Ok(out)
 }
 
-/// The reason codes no scenario here provokes, with why: they belong to
-/// the reliability work (retries, service hours, duplicates, disk full)
-/// or cannot be provoked from outside.
+/// The reason codes no scenario here provokes, with where they are
+/// provoked instead, or why they cannot be from outside.
 pub const NOT_PROVOKED: &[(Reason, &str)] = &[
     (
         Reason::NoPrefixList,
-        "needs a box that never received a distribution (integration test)",
+        "a box never sent a distribution: tests/refusals.rs",
     ),
     (
         Reason::Busy,
-        "needs the engine queue or connection limit filled",
+        "connection limit reached: tests/reliability.rs",
     ),
-    (Reason::Duplicate, "duplicate suppression: reliability work"),
-    (Reason::NotInService, "service hours: reliability work"),
-    (Reason::Store, "needs a full disk (fault tests)"),
+    (
+        Reason::Duplicate,
+        "one message id for two frames: tests/reliability.rs",
+    ),
+    (
+        Reason::NotInService,
+        "outside service hours (the demo boxes are always open): tests/reliability.rs",
+    ),
+    (Reason::Store, "a full disk: tests/disk_full.rs"),
     (
         Reason::PeerUnreachable,
-        "retries and closing: reliability work",
+        "retries run out (process_error notice): tests/reliability.rs",
     ),
-    (Reason::PeerStopped, "retries and closing: reliability work"),
+    (
+        Reason::PeerStopped,
+        "a peer announces it stops (process_error notice): tests/reliability.rs",
+    ),
     (
         Reason::PeerRefused,
-        "sent as a process_error notice, not as a refusal",
+        "the next hop refused a relayed frame (process_error notice)",
     ),
-    (Reason::Timeout, "step timers: reliability work"),
+    (
+        Reason::Timeout,
+        "a step not answered in time (process_error notice): tests/reliability.rs",
+    ),
     (
         Reason::Internal,
         "an internal error cannot be provoked from outside",
     ),
-    (Reason::Unrecognized, "only ever received, never sent"),
+    (
+        Reason::Unrecognized,
+        "only ever received from a newer peer, never sent",
+    ),
 ];
