@@ -264,6 +264,60 @@ impl Link {
     }
 }
 
+/// The receiving half of a split [`Link`]: hop replies, in order.
+pub struct LinkReader {
+    rd: tokio::io::ReadHalf<TlsStream<TcpStream>>,
+    max_frame: usize,
+    reply_timeout: Duration,
+}
+
+impl LinkReader {
+    /// The next reply on the link.
+    ///
+    /// # Errors
+    /// [`LinkError::Read`], including a timeout.
+    pub async fn next_reply(&mut self) -> Result<Frame, LinkError> {
+        Ok(read_frame(&mut self.rd, self.max_frame, self.reply_timeout).await?)
+    }
+}
+
+/// The sending half of a split [`Link`].
+pub struct LinkWriter {
+    wr: tokio::io::WriteHalf<TlsStream<TcpStream>>,
+    timeout: Duration,
+}
+
+impl LinkWriter {
+    /// Writes one encoded frame.
+    ///
+    /// # Errors
+    /// [`LinkError::Write`].
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        write_bytes(&mut self.wr, bytes, self.timeout)
+            .await
+            .map_err(LinkError::Write)
+    }
+}
+
+impl Link {
+    /// Splits the link so that frames can be written while earlier replies
+    /// are still awaited (pipelining; the peer answers in order).
+    pub fn into_split(self) -> (LinkReader, LinkWriter) {
+        let (rd, wr) = tokio::io::split(self.stream);
+        (
+            LinkReader {
+                rd,
+                max_frame: self.max_frame,
+                reply_timeout: self.reply_timeout,
+            },
+            LinkWriter {
+                wr,
+                timeout: self.reply_timeout,
+            },
+        )
+    }
+}
+
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

@@ -358,3 +358,47 @@ async fn silent_clients_are_dropped_and_connections_over_the_limit_refused() {
     drop(held);
     bed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_frames_on_one_connection_are_answered_in_order() {
+    let (_dir, bed) = bed_with(|_| {}).await;
+    let (a, _) = agencies();
+    let ims = Party::ims(a.clone());
+    let link = bed
+        .pki
+        .link(
+            &ims,
+            &Party::is(a.clone()),
+            bed.nodes[0].running().agency_side,
+        )
+        .await
+        .expect("link");
+    let (mut rd, mut wr) = link.into_split();
+    // 50 frames written before any answer is read: the box keeps reading
+    // while earlier frames wait for their commit, and answers in order.
+    let ids: Vec<MessageId> = (0..50).map(|i| id(&format!("pipe-{i}"))).collect();
+    for id in &ids {
+        let frame = Frame::new(
+            id.clone(),
+            ims.clone(),
+            0,
+            Body::SerialRequest(SerialRequest {
+                purpose: SerialPurpose::Query,
+            }),
+        );
+        wr.send(&frame.encode()).await.expect("write");
+    }
+    let mut serials = std::collections::HashSet::new();
+    for want in &ids {
+        let reply = rd.next_reply().await.expect("reply");
+        assert_eq!(reply.body.in_reply_to(), Some(want), "answers in order");
+        let Body::SerialIssued(s) = reply.body else {
+            panic!("not a serial: {reply:?}")
+        };
+        assert!(serials.insert(s.serial));
+    }
+    // Fewer commits than frames: the engine batched them.
+    let stats = bed.nodes[0].running().stats();
+    assert!(stats.inputs > stats.batches, "{stats:?}");
+    bed.shutdown().await;
+}

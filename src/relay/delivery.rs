@@ -1,12 +1,14 @@
 //! Delivery of outbox entries to their next hop.
 //!
 //! The outbox lives in the store, indexed by destination. One worker task
-//! per destination pages through its own entries in seq order (a few
-//! hundred at a time, so a backlog of a million costs no memory and
-//! resending starts at once after a restart), sends each over one TLS link
-//! and waits for the hop reply, then hands the reply to the engine, which
-//! records it and removes the entry (R-COM-4). The engine wakes a worker
-//! after each commit that added entries for it.
+//! per destination reads its own entries in seq order, a window of
+//! [`WINDOW`] at a time (so a backlog of a million costs no memory and
+//! resending starts at once after a restart), pipelines them over one TLS
+//! link, and hands each in-order hop reply to the engine, which records it
+//! and removes the entry (R-COM-4). The engine wakes a worker after each
+//! commit that added entries for it. On any trouble the link is dropped
+//! and everything unanswered is sent again, oldest first; the next hop
+//! answers what it already has from its duplicate table.
 //!
 //! Retries: a transient refusal ("not now") is retried with backoff for as
 //! long as it lasts; an unreachable or silent next hop is retried
@@ -14,7 +16,7 @@
 //! process depends on is given up and the process closed; anything else is
 //! kept and resent once the peer is back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +31,12 @@ use tracing::Instrument;
 
 use super::destination::{Destination, OutboxItem};
 use super::engine::{Delivery, Input, Undeliverable, Verdict};
-use crate::net::{Link, LinkError};
+use crate::net::{Link, LinkReader, LinkWriter};
 
-/// Entries a worker reads from the store at a time.
-pub const PAGE: usize = 256;
+/// Frames a worker keeps in flight to one destination (pipelining): the
+/// next hop answers in order, so up to this many wait on its commits at
+/// once instead of one.
+pub const WINDOW: usize = 32;
 
 /// Longest wait between two attempts at one entry.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -134,26 +138,21 @@ pub async fn dispatch(
     }
 }
 
-/// Per-destination connection state.
-struct Worker {
-    cfg: DeliveryConfig,
-    destination: Destination,
-    addr: std::net::SocketAddr,
-    party: ifrelay_proto::Party,
-    link: Option<Link>,
-    backoff: Duration,
-    engine: mpsc::Sender<Input>,
-    shutdown: CancellationToken,
+/// The connection of one worker, split for pipelining.
+struct Conn {
+    reader: LinkReader,
+    writer: LinkWriter,
+    peer: std::net::SocketAddr,
+    /// How many of the worker's pending entries are on the wire.
+    sent: usize,
 }
 
-/// What became of one entry.
-enum Sent {
-    /// The next hop answered; the engine has the answer.
-    Answered,
-    /// The engine gave the entry up (its process is closed).
-    GivenUp,
-    /// Stopping.
-    Stopped,
+/// Why the current connection is dropped.
+enum Trouble {
+    /// Counts towards giving up (unreachable, silent, broken).
+    Failure,
+    /// "Not now" from a reachable peer: back off, but do not count it.
+    NotNow,
 }
 
 async fn worker(
@@ -169,162 +168,207 @@ async fn worker(
         Destination::Ims => cfg.ims,
         Destination::PeerIs { endpoint, .. } => *endpoint,
     };
-    let mut w = Worker {
-        party: destination.party(&cfg.agency),
-        backoff: cfg.retry_backoff,
-        cfg,
-        destination,
-        addr,
-        link: None,
-        engine,
-        shutdown,
-    };
-    let key = w.destination.key();
+    let party = destination.party(&cfg.agency);
+    let key = destination.key();
+    // Entries read from the store and not yet answered, in seq order; the
+    // first `conn.sent` of them are on the wire.
+    let mut pending: VecDeque<OutboxItem> = VecDeque::with_capacity(WINDOW);
     let mut cursor: Option<u64> = None;
+    let mut conn: Option<Conn> = None;
+    let mut failures: u32 = 0;
+    let mut backoff = cfg.retry_backoff;
     let mut rewinds_seen = signal.rewinds.load(Ordering::Relaxed);
     loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
         let rewinds = signal.rewinds.load(Ordering::Relaxed);
         if rewinds != rewinds_seen {
             rewinds_seen = rewinds;
+            pending.clear();
             cursor = None;
+            conn = None;
         }
-        let page = match reader.outbox_for(&key, cursor, PAGE) {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the outbox; retrying");
-                if sleep_or_stop(&w.shutdown, Duration::from_secs(1)).await {
-                    return;
+        // Refill the window from the store.
+        if pending.len() < WINDOW {
+            match reader.outbox_for(&key, cursor, WINDOW - pending.len()) {
+                Ok(page) => {
+                    for entry in page {
+                        cursor = Some(entry.seq);
+                        match OutboxItem::from_stored(entry.seq, &entry.destination, entry.frame) {
+                            Ok(item) => pending.push_back(item),
+                            Err(text) => {
+                                tracing::error!(seq = entry.seq, %text, "outbox entry unreadable; skipped");
+                            }
+                        }
+                    }
                 }
-                continue;
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox; retrying");
+                    if sleep_or_stop(&shutdown, Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
             }
-        };
-        if page.is_empty() {
+        }
+        if pending.is_empty() {
             tokio::select! {
-                () = w.shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return,
                 () = signal.wake.notified() => continue,
             }
         }
-        for entry in page {
-            cursor = Some(entry.seq);
-            let item = match OutboxItem::from_stored(entry.seq, &entry.destination, entry.frame) {
-                Ok(item) => item,
-                Err(text) => {
-                    tracing::error!(seq = entry.seq, %text, "outbox entry unreadable; skipped");
+        // Too many failures in a row: ask the engine about the oldest entry.
+        if failures > cfg.retry_count {
+            let Some(front) = pending.front() else {
+                continue;
+            };
+            match ask_engine(&engine, &shutdown, front).await {
+                Some(Verdict::GiveUp) => {
+                    pending.pop_front();
+                    conn = None;
+                }
+                Some(Verdict::Keep) => {}
+                None => return,
+            }
+            failures = 0;
+            continue;
+        }
+        let trouble = match conn.as_mut() {
+            None => {
+                let connect = Link::connect(
+                    addr,
+                    &party,
+                    cfg.tls.clone(),
+                    cfg.connect_timeout,
+                    cfg.reply_timeout,
+                    cfg.max_frame,
+                );
+                match tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = connect => r,
+                } {
+                    Ok(link) => {
+                        let peer = link.peer();
+                        let (reader, writer) = link.into_split();
+                        conn = Some(Conn {
+                            reader,
+                            writer,
+                            peer,
+                            sent: 0,
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, failures, retry_in = ?backoff, "next hop unreachable");
+                        Trouble::Failure
+                    }
+                }
+            }
+            Some(c) => match exchange(c, &mut pending, &engine, &shutdown).await {
+                Ok(Exchanged::Answered) => {
+                    failures = 0;
+                    backoff = cfg.retry_backoff;
                     continue;
                 }
-            };
-            match w.send(item).await {
-                Sent::Answered | Sent::GivenUp => {}
-                Sent::Stopped => return,
-            }
-            if signal.rewinds.load(Ordering::Relaxed) != rewinds_seen {
-                break;
-            }
+                Ok(Exchanged::Stopped) => return,
+                Err(t) => t,
+            },
+        };
+        // Drop the connection; what was on the wire is sent again (the
+        // next hop answers what it already has from its duplicate table).
+        conn = None;
+        if matches!(trouble, Trouble::Failure) {
+            failures += 1;
         }
+        if sleep_or_stop(&shutdown, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-impl Worker {
-    /// Sends one entry until the next hop answers, the engine gives it up,
-    /// or we stop.
-    async fn send(&mut self, item: OutboxItem) -> Sent {
-        let mut failures: u32 = 0;
-        loop {
-            if failures > self.cfg.retry_count {
-                match self.ask_engine(&item).await {
-                    Some(Verdict::GiveUp) => return Sent::GivenUp,
-                    Some(Verdict::Keep) => failures = 0,
-                    None => return Sent::Stopped,
-                }
-            }
-            if self.link.is_none() {
-                let connect = Link::connect(
-                    self.addr,
-                    &self.party,
-                    self.cfg.tls.clone(),
-                    self.cfg.connect_timeout,
-                    self.cfg.reply_timeout,
-                    self.cfg.max_frame,
-                );
-                match tokio::select! {
-                    () = self.shutdown.cancelled() => return Sent::Stopped,
-                    r = connect => r,
-                } {
-                    Ok(l) => self.link = Some(l),
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, failures, retry_in = ?self.backoff, "next hop unreachable");
-                        if self.pause().await {
-                            return Sent::Stopped;
-                        }
-                        continue;
-                    }
-                }
-            }
-            let Some(link) = self.link.as_mut() else {
-                continue;
-            };
-            let result = tokio::select! {
-                () = self.shutdown.cancelled() => return Sent::Stopped,
-                r = link.request_encoded(&item.meta.message_id, &item.bytes) => r,
-            };
-            match result {
-                Ok(reply) if is_transient_refusal(&reply.body) => {
-                    // "Not now": reachable, so this is not a failure that
-                    // counts towards giving up.
-                    tracing::info!(seq = item.seq, retry_in = ?self.backoff, "next hop busy; will resend");
-                    if self.pause().await {
-                        return Sent::Stopped;
-                    }
-                }
-                Ok(reply) => {
-                    self.backoff = self.cfg.retry_backoff;
-                    let terminal = link.peer();
-                    let delivered = Input::Delivered(Box::new(Delivery {
-                        item,
-                        terminal,
-                        reply: reply.body,
-                    }));
-                    return if self.engine.send(delivered).await.is_err() {
-                        Sent::Stopped
-                    } else {
-                        Sent::Answered
-                    };
-                }
-                Err(e) => {
-                    self.link = None;
-                    failures += 1;
-                    if matches!(e, LinkError::Mismatched { .. }) {
-                        tracing::error!(error = %e, "next hop answered another frame; reconnecting");
-                    } else {
-                        tracing::warn!(error = %e, failures, "delivery failed; reconnecting");
-                    }
-                    if self.pause().await {
-                        return Sent::Stopped;
-                    }
-                }
-            }
-        }
-    }
+/// The outcome of one step on a connection.
+enum Exchanged {
+    /// The oldest entry was answered and handed to the engine.
+    Answered,
+    Stopped,
+}
 
-    /// Waits the current backoff, then doubles it; true when stopping.
-    async fn pause(&mut self) -> bool {
-        let stop = sleep_or_stop(&self.shutdown, self.backoff).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        stop
-    }
-
-    async fn ask_engine(&self, item: &OutboxItem) -> Option<Verdict> {
-        let (tx, rx) = oneshot::channel();
-        let ask = Input::Undeliverable(Box::new(Undeliverable {
-            item: item.clone(),
-            verdict: tx,
-        }));
-        self.engine.send(ask).await.ok()?;
-        tokio::select! {
-            () = self.shutdown.cancelled() => None,
-            v = rx => v.ok(),
+/// Puts every pending entry not yet on the wire onto it, then reads one
+/// reply, which must answer the oldest entry.
+async fn exchange(
+    c: &mut Conn,
+    pending: &mut VecDeque<OutboxItem>,
+    engine: &mpsc::Sender<Input>,
+    shutdown: &CancellationToken,
+) -> Result<Exchanged, Trouble> {
+    while c.sent < pending.len() {
+        let Some(item) = pending.get(c.sent) else {
+            break;
+        };
+        let write = c.writer.send(&item.bytes);
+        let written = tokio::select! {
+            () = shutdown.cancelled() => return Ok(Exchanged::Stopped),
+            r = write => r,
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "delivery failed; reconnecting");
+            return Err(Trouble::Failure);
         }
+        c.sent += 1;
+    }
+    let read = c.reader.next_reply();
+    let reply = match tokio::select! {
+        () = shutdown.cancelled() => return Ok(Exchanged::Stopped),
+        r = read => r,
+    } {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!(error = %e, "no reply; reconnecting");
+            return Err(Trouble::Failure);
+        }
+    };
+    let Some(front) = pending.front() else {
+        return Err(Trouble::Failure);
+    };
+    if reply.body.in_reply_to() != Some(&front.meta.message_id) {
+        tracing::error!(want = %front.meta.message_id, got = ?reply.body.in_reply_to(), "next hop answered another frame; reconnecting");
+        return Err(Trouble::Failure);
+    }
+    if is_transient_refusal(&reply.body) {
+        tracing::info!(seq = front.seq, "next hop busy; will resend");
+        return Err(Trouble::NotNow);
+    }
+    let Some(item) = pending.pop_front() else {
+        return Err(Trouble::Failure);
+    };
+    c.sent -= 1;
+    let delivered = Input::Delivered(Box::new(Delivery {
+        item,
+        terminal: c.peer,
+        reply: reply.body,
+    }));
+    if engine.send(delivered).await.is_err() {
+        return Ok(Exchanged::Stopped);
+    }
+    Ok(Exchanged::Answered)
+}
+
+async fn ask_engine(
+    engine: &mpsc::Sender<Input>,
+    shutdown: &CancellationToken,
+    item: &OutboxItem,
+) -> Option<Verdict> {
+    let (tx, rx) = oneshot::channel();
+    let ask = Input::Undeliverable(Box::new(Undeliverable {
+        item: item.clone(),
+        verdict: tx,
+    }));
+    engine.send(ask).await.ok()?;
+    tokio::select! {
+        () = shutdown.cancelled() => None,
+        v = rx => v.ok(),
     }
 }
 

@@ -229,72 +229,132 @@ async fn connection(
         addr,
         listener: ctx.config.listener,
     };
-    loop {
-        let read = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = read_frame(&mut tls, ctx.config.max_frame, ctx.config.io_timeout) => r,
-        };
-        let frame = match read {
-            Ok(frame) => frame,
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Timeout(_)) => {
-                tracing::debug!("idle connection closed");
-                return;
-            }
-            Err(ReadError::Io(e)) => {
-                tracing::debug!(error = %e, "connection ended");
-                return;
-            }
-            Err(ReadError::Truncated { got, expected }) => {
-                // Nothing can be answered: the frame never ended.
-                tracing::info!(got, expected, "truncated frame; closing");
-                note_refused(ctx, addr, Some(party), "frame", None, Reason::Malformed).await;
-                return;
-            }
-            Err(ReadError::TooLarge(e)) => {
-                tracing::warn!(error = %e, "oversized frame; closing");
-                let _ = send_refusal(&mut tls, ctx, None, Reason::TooLarge, &e.to_string()).await;
-                note_refused(ctx, addr, Some(party), "frame", None, Reason::TooLarge).await;
-                return;
-            }
-            Err(ReadError::Decode(e)) => {
-                tracing::info!(reason = %e.reason, text = %e.text, "undecodable frame refused");
-                let id = e.message_id.clone();
-                if send_refusal(&mut tls, ctx, id.clone(), e.reason, &e.text)
-                    .await
-                    .is_err()
-                {
+    // Pipelining: the reader goes on reading while earlier frames wait for
+    // their commit; the writer answers strictly in arrival order. The queue
+    // between them bounds the frames in flight on one connection.
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let (queue, mut answers) = mpsc::channel::<Pending>(MAX_IN_FLIGHT_PER_CONNECTION);
+    let writer_gone = CancellationToken::new();
+    let reader_stop = writer_gone.clone();
+    let reader = async move {
+        // Owns the queue: when the reader ends, the writer finishes what
+        // is in flight and stops.
+        let queue = queue;
+        loop {
+            let read = tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = reader_stop.cancelled() => return,
+                r = read_frame(&mut rd, ctx.config.max_frame, ctx.config.io_timeout) => r,
+            };
+            let pending = match read {
+                Ok(frame) => submit(ctx, &peer, frame),
+                Err(ReadError::Closed) => return,
+                Err(ReadError::Timeout(_)) => {
+                    tracing::debug!("idle connection closed");
                     return;
                 }
-                note_refused(ctx, addr, Some(party.clone()), "frame", id, e.reason).await;
-                continue;
+                Err(ReadError::Io(e)) => {
+                    tracing::debug!(error = %e, "connection ended");
+                    return;
+                }
+                Err(ReadError::Truncated { got, expected }) => {
+                    // Nothing can be answered: the frame never ended.
+                    tracing::info!(got, expected, "truncated frame; closing");
+                    note_refused(
+                        ctx,
+                        addr,
+                        Some(party.clone()),
+                        "frame",
+                        None,
+                        Reason::Malformed,
+                    )
+                    .await;
+                    return;
+                }
+                Err(ReadError::TooLarge(e)) => {
+                    // Answered, then the stream cannot be trusted: close.
+                    tracing::warn!(error = %e, "oversized frame; closing");
+                    note_refused(
+                        ctx,
+                        addr,
+                        Some(party.clone()),
+                        "frame",
+                        None,
+                        Reason::TooLarge,
+                    )
+                    .await;
+                    let body = refusal_body(None, Reason::TooLarge, &e.to_string());
+                    let _ = queue.send(Pending::Ready(Box::new(body))).await;
+                    return;
+                }
+                Err(ReadError::Decode(e)) => {
+                    tracing::info!(reason = %e.reason, text = %e.text, "undecodable frame refused");
+                    let id = e.message_id.clone();
+                    note_refused(
+                        ctx,
+                        addr,
+                        Some(party.clone()),
+                        "frame",
+                        id.clone(),
+                        e.reason,
+                    )
+                    .await;
+                    Pending::Ready(Box::new(refusal_body(id, e.reason, &e.text)))
+                }
+            };
+            if queue.send(pending).await.is_err() {
+                return;
             }
-        };
-        let id = frame.header.id.clone();
-        let (tx, rx) = oneshot::channel();
-        let input = Input::Frame(Box::new(FrameInput {
-            peer: peer.clone(),
-            frame,
-            reply: tx,
-        }));
-        let body = match ctx.engine.try_send(input) {
-            Ok(()) => match rx.await {
-                Ok(body) => body,
-                Err(_) => refusal_body(Some(id.clone()), Reason::Internal, "the box is stopping"),
-            },
-            Err(_) => refusal_body(
-                Some(id.clone()),
-                Reason::Busy,
-                "the box is at its queue limit; send again later",
-            ),
-        };
-        let reply = Frame::new(ctx.ids.next(), ctx.own.clone(), now_millis(), body);
-        if write_bytes(&mut tls, &reply.encode(), ctx.config.io_timeout)
-            .await
-            .is_err()
-        {
-            return;
         }
+    };
+    let writer = async {
+        while let Some(pending) = answers.recv().await {
+            let body = match pending {
+                Pending::Ready(body) => *body,
+                Pending::Engine(id, rx) => rx.await.unwrap_or_else(|_| {
+                    refusal_body(Some(id), Reason::Internal, "the box is stopping")
+                }),
+            };
+            let reply = Frame::new(ctx.ids.next(), ctx.own.clone(), now_millis(), body);
+            if write_bytes(&mut wr, &reply.encode(), ctx.config.io_timeout)
+                .await
+                .is_err()
+            {
+                writer_gone.cancel();
+                return;
+            }
+        }
+    };
+    tokio::join!(reader, writer);
+}
+
+/// Frames one connection may have waiting for their answers.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
+
+/// An answer the writer of a connection owes, in arrival order.
+enum Pending {
+    /// The engine will answer after its commit.
+    Engine(MessageId, oneshot::Receiver<Body>),
+    /// Answered already (refused before the engine).
+    Ready(Box<Body>),
+}
+
+/// Hands a decoded frame to the engine, or answers busy at once.
+fn submit(ctx: &ServerContext, peer: &Peer, frame: Frame) -> Pending {
+    let id = frame.header.id.clone();
+    let (tx, rx) = oneshot::channel();
+    let input = Input::Frame(Box::new(FrameInput {
+        peer: peer.clone(),
+        frame,
+        reply: tx,
+    }));
+    match ctx.engine.try_send(input) {
+        Ok(()) => Pending::Engine(id, rx),
+        Err(_) => Pending::Ready(Box::new(refusal_body(
+            Some(id),
+            Reason::Busy,
+            "the box is at its queue limit; send again later",
+        ))),
     }
 }
 
