@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DEMO_DIR ?= var/demo
 
-.PHONY: all build demo test lint fmt check-tools clean
+.PHONY: all build demo test lint fmt check-tools clean fuzz
 
 all: build
 
@@ -30,6 +30,24 @@ test: lint
 
 fmt: check-tools
 	$(CARGO) fmt --all
+
+# Every fuzz target of fuzz/ (its own workspace, never built by `test`) for
+# FUZZ_SECONDS each, default 60: `make fuzz FUZZ_SECONDS=600`. Installs
+# cargo-fuzz from crates.io if missing; RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain take the sanitizer flags cargo-fuzz passes. Runs every target,
+# then fails naming those that crashed (inputs in fuzz/artifacts/).
+# docs/fuzzing.md says how a crash becomes a regression test.
+fuzz: check-tools
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@crashed=; for t in $$(RUSTC_BOOTSTRAP=1 $(CARGO) fuzz list); do \
+	  dict=; [ -f fuzz/$$t.dict ] && dict=-dict=fuzz/$$t.dict; \
+	  [ $$t = screen ] && dict=-dict=fuzz/frame_decode.dict; \
+	  echo "== fuzz $$t for $(or $(FUZZ_SECONDS),60) s"; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- \
+	    -max_total_time=$(or $(FUZZ_SECONDS),60) -timeout=10 $$dict \
+	    || crashed="$$crashed $$t"; \
+	done; \
+	if [ -n "$$crashed" ]; then echo "fuzz: crashed:$$crashed (see fuzz/artifacts/)"; exit 1; fi
 
 clean:
 	$(CARGO) clean

@@ -221,11 +221,7 @@ impl SignedPermit {
     /// long or not a permit, or [`Reason::MyNumber`]/[`Reason::BasicFour`]
     /// when they carry personal data.
     pub fn fields(&self) -> Result<PermitFields, DecodeError> {
-        let invalid = |text: String| DecodeError {
-            reason: Reason::PermitInvalid,
-            text,
-            message_id: None,
-        };
+        let invalid = |text: String| DecodeError::new(Reason::PermitInvalid, text);
         if self.signed.len() > MAX_PERMIT_BYTES {
             return Err(invalid(format!(
                 "permit is {} bytes; at most {MAX_PERMIT_BYTES}",
@@ -565,10 +561,12 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
+    /// The text is cut to [`MAX_TEXT`] bytes and withheld if it would
+    /// repeat a My Number (see [`refusal_text`]).
     pub fn new(reason: Reason, text: impl Into<String>) -> Self {
         DecodeError {
             reason,
-            text: truncate(&text.into(), MAX_TEXT).to_owned(),
+            text: refusal_text(reason, &text.into()),
             message_id: None,
         }
     }
@@ -588,7 +586,7 @@ impl DecodeError {
         };
         DecodeError {
             reason,
-            text,
+            text: refusal_text(reason, &text),
             message_id,
         }
     }
@@ -606,6 +604,23 @@ impl DecodeError {
             return DecodeError::new(reason, format!("{type_name}: missing field {field}"));
         }
         DecodeError::new(Reason::InvalidField, format!("{type_name}: {message}"))
+    }
+}
+
+/// A refusal text as it is sent back and logged: cut to [`MAX_TEXT`] bytes,
+/// and replaced by the reason's description when it (or the cut) would
+/// hold a My Number. serde's messages quote the value they refuse, and
+/// cutting a long digit run can leave twelve digits with a valid check
+/// digit; neither may reach the sender or the log (§2.2 ③).
+fn refusal_text(reason: Reason, text: &str) -> String {
+    let cut = truncate(text, MAX_TEXT);
+    if screen::contains_my_number(cut) {
+        format!(
+            "{}; the detail is withheld because it would repeat personal data",
+            reason.describe()
+        )
+    } else {
+        cut.to_owned()
     }
 }
 

@@ -110,18 +110,22 @@ pub fn screen(value: &Value) -> Option<Finding> {
 /// Deeper than this is refused by the decoder's recursion limit anyway.
 const MAX_DEPTH: usize = 64;
 
+/// How a finding's path names a map key it must not repeat.
+const KEY_PLACEHOLDER: &str = "<key>";
+
 fn screen_at(value: &Value, path: &mut String, depth: usize) -> Option<Finding> {
     if depth > MAX_DEPTH {
         return None;
     }
     match value {
         Value::Text(t) => contains_my_number(t).then(|| Finding::MyNumber { path: path.clone() }),
-        Value::Integer(i) => {
-            // A My Number sent as a CBOR integer is still a My Number.
-            let n: i128 = (*i).into();
-            let s = n.to_string();
-            (s.len() == 12 && is_my_number(s.as_bytes()))
-                .then(|| Finding::MyNumber { path: path.clone() })
+        // A My Number sent as a number is still a My Number: numbers are
+        // screened by the decimal text they are logged and echoed as, like
+        // the same digits sent as text (so `-123456789018` is refused too).
+        Value::Integer(i) => contains_my_number(&i128::from(*i).to_string())
+            .then(|| Finding::MyNumber { path: path.clone() }),
+        Value::Float(f) => {
+            contains_my_number(&f.to_string()).then(|| Finding::MyNumber { path: path.clone() })
         }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
@@ -138,17 +142,21 @@ fn screen_at(value: &Value, path: &mut String, depth: usize) -> Option<Finding> 
         Value::Map(entries) => {
             for (k, v) in entries {
                 let len = path.len();
-                let key = match k {
-                    Value::Text(t) => t.clone(),
-                    other => format!("{other:?}"),
-                };
                 if !path.is_empty() {
                     path.push('.');
                 }
-                path.push_str(&key);
-                let lowered = key.to_lowercase();
-                if BASIC_FOUR_KEYS.iter().any(|b| *b == lowered) {
-                    return Some(Finding::BasicFourKey { path: path.clone() });
+                // The path goes into refusals and logs, so a key that holds
+                // a My Number, or is not text (its debug form would repeat
+                // whatever it holds), is named `<key>`, never written out.
+                match k {
+                    Value::Text(t) if !contains_my_number(t) => {
+                        path.push_str(t);
+                        let lowered = t.to_lowercase();
+                        if BASIC_FOUR_KEYS.iter().any(|b| *b == lowered) {
+                            return Some(Finding::BasicFourKey { path: path.clone() });
+                        }
+                    }
+                    _ => path.push_str(KEY_PLACEHOLDER),
                 }
                 if let Some(found) = screen_at(k, path, depth + 1) {
                     return Some(found);
