@@ -2,10 +2,6 @@
 //! `docs/fuzzing.md`): the configuration file, service hours and stored
 //! outbox entries. Each asserts a typed error, never a panic. Proto-only
 //! regressions live in `crates/proto/tests/fuzz_regressions.rs`.
-//!
-//! A test marked `#[ignore]` names a finding not fixed yet in a file this
-//! suite does not own; it passes once the fix is in (remove the `ignore`
-//! with the fix).
 
 use std::path::Path;
 
@@ -55,7 +51,6 @@ fn invalid_field(extra: &str) -> String {
 /// or more overflowed: a panic in debug and test builds, where a typed
 /// error is due. Fix in `src/relay/hours.rs`: `.then(|| h * 60 + m)`.
 #[test]
-#[ignore = "finding 5: overflow in src/relay/hours.rs minute(); remove with the fix"]
 fn fuzz_window_with_a_huge_hour_is_an_error_not_an_overflow() {
     for text in [
         "1093:00-21:00",

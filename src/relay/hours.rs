@@ -58,7 +58,8 @@ pub struct HoursError {
 fn minute(text: &str) -> Option<Minute> {
     let (h, m) = text.split_once(':')?;
     let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
-    (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+    // Lazily: an hour like 9999 must be refused, not overflow.
+    (m < 60 && (h < 24 || (h == 24 && m == 0))).then(|| h * 60 + m)
 }
 
 impl FromStr for Window {
@@ -101,7 +102,15 @@ impl FromStr for Date {
         let year: i32 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(err)?;
         let month: u8 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(err)?;
         let day: u8 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(err)?;
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+        let days_in_month = match month {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            1..=12 => 31,
+            _ => return Err(err()),
+        };
+        if !(1..=days_in_month).contains(&day) {
             return Err(err());
         }
         Ok(Date { year, month, day })
@@ -285,6 +294,10 @@ mod tests {
             assert!(bad.parse::<Window>().is_err(), "{bad}");
         }
         assert!("2026-13-01".parse::<Date>().is_err());
+        assert!("2026-02-31".parse::<Date>().is_err());
+        assert!("2028-02-29".parse::<Date>().is_ok());
+        assert!("2100-02-29".parse::<Date>().is_err());
+        assert!("9999:00-10000:00".parse::<Window>().is_err());
         assert_eq!(
             "2026-01-01".parse::<Date>().map(|d| d.to_string()),
             Ok("2026-01-01".to_owned())
