@@ -179,7 +179,13 @@ async fn an_unreachable_ims_closes_the_process_after_the_retries_and_the_core_is
     let (a, b) = agencies();
     let serial = bound_serial(&bed).await;
     // The IMS goes away: the permit the box relays to it cannot arrive.
+    // Restarting the box then queues its undeliverable "started" notice —
+    // an entry kept forever — ahead of the permit: giving up must still
+    // find the permit behind it.
     bed.nodes[0].ims.shutdown().await;
+    let mut bed = bed;
+    bed.stop_box(0).await;
+    bed.start_box(0).await.expect("box restarts");
     let (ims_party, box_party) = (Party::ims(a.clone()), Party::is(a.clone()));
     let mut link = bed
         .pki

@@ -218,19 +218,21 @@ async fn worker(
                 () = signal.wake.notified() => continue,
             }
         }
-        // Too many failures in a row: ask the engine about the oldest entry.
+        // Too many failures in a row: ask the engine about every entry in
+        // the window, not just the oldest (which may be one it keeps
+        // forever, like a status notice): entries an open process depends
+        // on are given up, the rest kept.
         if failures > cfg.retry_count {
-            let Some(front) = pending.front() else {
-                continue;
-            };
-            match ask_engine(&engine, &shutdown, front).await {
-                Some(Verdict::GiveUp) => {
-                    pending.pop_front();
-                    conn = None;
+            let mut kept = VecDeque::with_capacity(pending.len());
+            for item in pending.drain(..) {
+                match ask_engine(&engine, &shutdown, &item).await {
+                    Some(Verdict::GiveUp) => {}
+                    Some(Verdict::Keep) => kept.push_back(item),
+                    None => return,
                 }
-                Some(Verdict::Keep) => {}
-                None => return,
             }
+            pending = kept;
+            conn = None;
             failures = 0;
             continue;
         }

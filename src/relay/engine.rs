@@ -680,13 +680,24 @@ impl Relay {
         for (serial, waiting) in expired {
             let text = format!("no {waiting} in time; the process is closed");
             tracing::warn!(%serial, waiting, "process timed out");
+            // A serial that never reached the core (issued or bound, no
+            // permit requested) concerns only the IMS.
+            let reached_core = self
+                .processes
+                .get(&serial)
+                .is_some_and(|p| p.role == ProcRole::Provider || p.step >= Step::PermitRequested);
+            let tell: &[Destination] = if reached_core {
+                &[Destination::Ims, Destination::Core]
+            } else {
+                &[Destination::Ims]
+            };
             outbox.extend(self.close_and_tell(
                 batch,
                 now,
                 &serial,
                 Reason::Timeout,
                 &text,
-                &[Destination::Ims, Destination::Core],
+                tell,
             )?);
         }
         Ok(Handled {
@@ -834,13 +845,13 @@ impl Relay {
             let notice = Body::ProcessError(ProcessError {
                 serial: serial.clone(),
                 reason: Reason::PeerRefused,
-                text: format!(
+                text: cut(&format!(
                     "{} refused {}: {} {}",
                     item.destination.party_label(&self.cfg.agency),
                     meta.type_name,
                     r.reason,
                     r.text
-                ),
+                )),
             });
             outbox.push(self.enqueue(batch, now, notify, notice)?);
         }
@@ -1803,6 +1814,15 @@ impl Relay {
             outcome,
         }
     }
+}
+
+/// `text` cut to [`MAX_TEXT`] bytes on a character boundary.
+fn cut(text: &str) -> String {
+    let mut end = text.len().min(MAX_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// A digest of what a frame says, apart from its id and send time: a

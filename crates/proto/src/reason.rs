@@ -57,10 +57,10 @@ reason_codes! {
     Identity = "E_IDENTITY",
     /// This party may not send this message type over this link.
     Role = "E_ROLE",
-    /// A plaintext header field holds a 12-digit number with a valid My
-    /// Number check digit (§2.2 ③).
+    /// A plaintext field (header, body fields, permit) holds a 12-digit
+    /// number with a valid My Number check digit (§2.2 ③).
     MyNumber = "E_MY_NUMBER",
-    /// The header carries a basic-four field (name, address, sex, birth date).
+    /// A plaintext field is a basic-four field (name, address, sex, birth date).
     BasicFour = "E_BASIC_FOUR",
     /// No process with this serial is known to the box (R-COM-1).
     UnknownSerial = "E_UNKNOWN_SERIAL",
@@ -100,7 +100,8 @@ reason_codes! {
     Store = "E_STORE",
     /// The next hop could not be reached after every retry (R-COM-2).
     PeerUnreachable = "E_PEER_UNREACHABLE",
-    /// The next hop answered that it is stopped (R-COM-2).
+    /// The party the process waits on announced that it is stopping
+    /// (`box_status stopping`, R-COM-2).
     PeerStopped = "E_PEER_STOPPED",
     /// The next hop refused the relayed message; the text says why.
     PeerRefused = "E_PEER_REFUSED",
@@ -134,8 +135,8 @@ impl Reason {
             Reason::InvalidField => "a field has an invalid value",
             Reason::Identity => "the sender does not match its certificate",
             Reason::Role => "this party may not send this message here",
-            Reason::MyNumber => "a header field holds a My Number",
-            Reason::BasicFour => "the header holds a basic-four field",
+            Reason::MyNumber => "a field holds a My Number",
+            Reason::BasicFour => "a field is a basic-four field",
             Reason::UnknownSerial => "no process with this serial",
             Reason::WrongPrefix => "the prefix differs from the one bound to the serial",
             Reason::OutOfSequence => "the message does not fit the process step",
@@ -153,7 +154,7 @@ impl Reason {
             Reason::NotInService => "outside service hours",
             Reason::Store => "the store could not commit",
             Reason::PeerUnreachable => "the next hop could not be reached",
-            Reason::PeerStopped => "the next hop is stopped",
+            Reason::PeerStopped => "the party the process waits on is stopping",
             Reason::PeerRefused => "the next hop refused the message",
             Reason::Timeout => "a step was not answered in time",
             Reason::Internal => "internal error",
