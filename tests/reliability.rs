@@ -1,7 +1,8 @@
 //! Keeping promises when things go wrong: duplicate frames are answered
 //! again but never handled twice (DESIGN "Wire format"); a step that is not
 //! answered in time closes its process and tells the parties (R-COM-2); an
-//! unreachable next hop is retried, then the process is closed (R-COM-2);
+//! unreachable or too slow next hop is retried, then the process is closed
+//! (R-COM-2);
 //! a peer announcing it stops closes what waits on it; the box announces
 //! its start and stop (R-COM-3); outside service hours new processes are
 //! refused (R-AV-1).
@@ -406,5 +407,100 @@ async fn pipelined_frames_on_one_connection_are_answered_in_order() {
     // Fewer commits than frames: the engine batched them.
     let stats = bed.nodes[0].running().stats();
     assert!(stats.inputs > stats.batches, "{stats:?}");
+    bed.shutdown().await;
+}
+
+/// An intermediate server that answers every frame, but only after
+/// `delay`: slower than the box's reply timeout.
+async fn slow_ims(bed: &Testbed, delay: Duration) -> std::net::SocketAddr {
+    let (a, _) = agencies();
+    let tls = bed
+        .pki
+        .material(&Party::ims(a))
+        .expect("tls")
+        .server_config()
+        .expect("server config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let own = Party::ims(agencies().0);
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, own) = (acceptor.clone(), own.clone());
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut n = 0u32;
+                while let Ok(frame) =
+                    ifrelay::net::read_frame(&mut stream, 1 << 22, Duration::from_secs(30)).await
+                {
+                    tokio::time::sleep(delay).await;
+                    n += 1;
+                    let reply = Frame::new(
+                        id(&format!("slow-{n}")),
+                        own.clone(),
+                        0,
+                        Body::Accepted(ifrelay_proto::Accepted {
+                            in_reply_to: frame.header.id,
+                        }),
+                    );
+                    let _ = ifrelay::net::write_bytes(&mut stream, &reply.encode(), delay).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_slower_than_the_reply_timeout_counts_as_unreachable() {
+    let (_dir, mut bed) = bed_with(|f| {
+        f.timeouts.retry_count = 2;
+        f.timeouts.retry_backoff_ms = 20;
+        f.timeouts.reply_ms = 150;
+        f.timeouts.shutdown_grace_ms = 300;
+    })
+    .await;
+    let (a, b) = agencies();
+    let serial = bound_serial(&bed).await;
+    // Box A's IMS becomes a slow one: it answers after 1 s.
+    let slow = slow_ims(&bed, Duration::from_secs(1)).await;
+    let path = bed.nodes[0].config_path.clone();
+    let mut file =
+        ConfigFile::parse(&std::fs::read_to_string(&path).expect("read")).expect("parse");
+    file.ims.address = slow.to_string();
+    std::fs::write(&path, file.to_toml_string().expect("toml")).expect("write");
+    bed.stop_box(0).await;
+    bed.start_box(0).await.expect("restart");
+    let (ims, box_a) = (Party::ims(a.clone()), Party::is(a.clone()));
+    let mut link = bed
+        .pki
+        .link(&ims, &box_a, bed.nodes[0].running().agency_side)
+        .await
+        .expect("link");
+    let request = Frame::new(
+        id("slow-permit-1"),
+        ims.clone(),
+        0,
+        Body::PermitRequest(PermitRequest {
+            serial: serial.clone(),
+            prefix: prefix(&a, &b, "JM010"),
+        }),
+    );
+    let reply = link.request(&request).await.expect("permit request");
+    assert!(matches!(reply.body, Body::Accepted(_)), "{reply:?}");
+    // The permit cannot be handed over in time: after the retries the
+    // process is closed and the core told.
+    let core = &bed.core;
+    eventually("the core hears the IMS did not answer in time", || {
+        core.stats()
+            .process_errors
+            .iter()
+            .any(|(_, e)| e.serial == serial && e.reason == Reason::PeerUnreachable)
+    })
+    .await;
     bed.shutdown().await;
 }
