@@ -4,6 +4,7 @@
 //! the workspace crates: `ifrelay-proto` (wire format), `ifrelay-store`
 //! (redb store), `ifrelay-tls` (certificates and TLS).
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod net;
