@@ -1,10 +1,11 @@
 # ifrelay — the two commands staff and CI need:
 #   make demo   two boxes, their intermediate servers and the core on loopback
 #   make test   formatting, lints and every test
+#   make bench  performance on loopback (docs/performance.md); last line is the summary
 CARGO ?= cargo
 DEMO_DIR ?= var/demo
 
-.PHONY: all build demo test lint fmt check-tools clean fuzz
+.PHONY: all build demo test lint fmt check-tools clean bench fuzz
 
 all: build
 
@@ -27,6 +28,13 @@ lint: check-tools
 
 test: lint
 	$(CARGO) test --workspace --locked
+
+# BENCH_ARGS: --quick for a short smoke run, --wait-quiet SECS to wait for
+# an idle machine first. Writes var/bench/ and var/bench/report.txt.
+BENCH_ARGS ?=
+
+bench: check-tools
+	$(CARGO) run --release --locked --quiet --bin ifrelay-bench -- $(BENCH_ARGS)
 
 fmt: check-tools
 	$(CARGO) fmt --all

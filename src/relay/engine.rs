@@ -184,6 +184,14 @@ impl StepTimeouts {
     }
 }
 
+/// How [`Relay::advance`] stores the process.
+#[derive(Debug, Clone, Copy)]
+enum Save {
+    Keep,
+    /// Close it instead when the requester side is done.
+    OrClose,
+}
+
 /// A refusal: reason code and text for the sender.
 #[derive(Debug)]
 struct Refusal {
@@ -1112,14 +1120,15 @@ impl Relay {
         let mut p = p.clone();
         p.step = Step::PermitRequested;
         p.updated_at = now;
-        self.save(batch, p)?;
-        out.push(self.enqueue(
+        self.advance(
             batch,
             now,
+            p,
+            Save::Keep,
             Destination::Core,
             Body::PermitRequest(m.clone()),
-        )?);
-        Ok(accepted())
+            out,
+        )
     }
 
     fn permit(
@@ -1172,9 +1181,15 @@ impl Relay {
         p.permit = Some(m.permit.clone());
         p.permit_fields = Some(fields);
         p.updated_at = now;
-        self.save(batch, p)?;
-        out.push(self.enqueue(batch, now, Destination::Ims, Body::Permit(m.clone()))?);
-        Ok(accepted())
+        self.advance(
+            batch,
+            now,
+            p,
+            Save::Keep,
+            Destination::Ims,
+            Body::Permit(m.clone()),
+            out,
+        )
     }
 
     fn permit_refused(
@@ -1237,9 +1252,15 @@ impl Relay {
         p.updated_at = now;
         let record = self.record(RecordKind::Query, &p, None)?;
         batch.append_record(now, record)?;
-        self.save(batch, p)?;
-        out.push(self.enqueue(batch, now, Destination::Core, Body::Query(m.clone()))?);
-        Ok(accepted())
+        self.advance(
+            batch,
+            now,
+            p,
+            Save::Keep,
+            Destination::Core,
+            Body::Query(m.clone()),
+            out,
+        )
     }
 
     fn query_accepted_from_core(
@@ -1260,9 +1281,15 @@ impl Relay {
         let mut p = p.clone();
         p.query_accepted = true;
         p.updated_at = now;
-        self.save(batch, p)?;
-        out.push(self.enqueue(batch, now, Destination::Ims, Body::QueryAccepted(m.clone()))?);
-        Ok(accepted())
+        self.advance(
+            batch,
+            now,
+            p,
+            Save::Keep,
+            Destination::Ims,
+            Body::QueryAccepted(m.clone()),
+            out,
+        )
     }
 
     fn provision_from_peer(
@@ -1307,9 +1334,15 @@ impl Relay {
         p.updated_at = now;
         let record = self.record(RecordKind::Provision, &p, Some(now))?;
         batch.append_record(now, record)?;
-        self.save(batch, p)?;
-        out.push(self.enqueue(batch, now, Destination::Ims, Body::Provision(m.clone()))?);
-        Ok(accepted())
+        self.advance(
+            batch,
+            now,
+            p,
+            Save::Keep,
+            Destination::Ims,
+            Body::Provision(m.clone()),
+            out,
+        )
     }
 
     fn provision_received_from_ims(
@@ -1336,9 +1369,15 @@ impl Relay {
         let mut p = p.clone();
         p.provision_received = true;
         p.updated_at = now;
-        self.save(batch, p)?;
-        out.push(self.enqueue(batch, now, dest, Body::ProvisionReceived(m.clone()))?);
-        Ok(accepted())
+        self.advance(
+            batch,
+            now,
+            p,
+            Save::Keep,
+            dest,
+            Body::ProvisionReceived(m.clone()),
+            out,
+        )
     }
 
     fn query_complete(
@@ -1359,14 +1398,15 @@ impl Relay {
         let mut p = p.clone();
         p.query_complete = true;
         p.updated_at = now;
-        self.save_or_close(batch, p)?;
-        out.push(self.enqueue(
+        self.advance(
             batch,
             now,
+            p,
+            Save::OrClose,
             Destination::Core,
             Body::QueryComplete(m.clone()),
-        )?);
-        Ok(accepted())
+            out,
+        )
     }
 
     // ------------------------------------------------ provider side
@@ -1427,9 +1467,15 @@ impl Relay {
         p.query_requested_at = Some(now);
         let record = self.record(RecordKind::Query, &p, None)?;
         batch.append_record(now, record)?;
-        self.save(batch, p)?;
-        out.push(self.enqueue(batch, now, Destination::Ims, Body::Query(m.clone()))?);
-        Ok(accepted())
+        self.advance(
+            batch,
+            now,
+            p,
+            Save::Keep,
+            Destination::Ims,
+            Body::Query(m.clone()),
+            out,
+        )
     }
 
     fn query_accepted_from_ims(
@@ -1450,14 +1496,15 @@ impl Relay {
         let mut p = p.clone();
         p.query_accepted = true;
         p.updated_at = now;
-        self.save(batch, p)?;
-        out.push(self.enqueue(
+        self.advance(
             batch,
             now,
+            p,
+            Save::Keep,
             Destination::Core,
             Body::QueryAccepted(m.clone()),
-        )?);
-        Ok(accepted())
+            out,
+        )
     }
 
     fn provision_from_ims(
@@ -1500,9 +1547,15 @@ impl Relay {
         p.updated_at = now;
         let record = self.record(RecordKind::Provision, &p, Some(now))?;
         batch.append_record(now, record)?;
-        self.save(batch, p)?;
-        out.push(self.enqueue(batch, now, dest, Body::Provision(m.clone()))?);
-        Ok(accepted())
+        self.advance(
+            batch,
+            now,
+            p,
+            Save::Keep,
+            dest,
+            Body::Provision(m.clone()),
+            out,
+        )
     }
 
     fn provision_received_from_peer(
@@ -1532,14 +1585,15 @@ impl Relay {
         let mut p = p.clone();
         p.provision_received = true;
         p.updated_at = now;
-        self.save(batch, p)?;
-        out.push(self.enqueue(
+        self.advance(
             batch,
             now,
+            p,
+            Save::Keep,
             Destination::Ims,
             Body::ProvisionReceived(m.clone()),
-        )?);
-        Ok(accepted())
+            out,
+        )
     }
 
     // ------------------------------------------------ both sides
@@ -1675,6 +1729,27 @@ impl Relay {
             ));
         }
         Ok(p)
+    }
+
+    /// The common end of a step: store the process (or close it when it
+    /// is done), queue `body` for `dest`, answer `accepted`.
+    #[allow(clippy::too_many_arguments)]
+    fn advance(
+        &mut self,
+        batch: &mut Batch<'_>,
+        now: Millis,
+        p: Process,
+        save: Save,
+        dest: Destination,
+        body: Body,
+        out: &mut Vec<Destination>,
+    ) -> Result<Body, Fault> {
+        match save {
+            Save::Keep => self.save(batch, p)?,
+            Save::OrClose => self.save_or_close(batch, p)?,
+        }
+        out.push(self.enqueue(batch, now, dest, body)?);
+        Ok(accepted())
     }
 
     fn save(&mut self, batch: &mut Batch<'_>, p: Process) -> Result<(), StoreError> {
