@@ -23,13 +23,18 @@
 //!   [`NetOptions::dedup_capacity`] ids (default
 //!   [`DEFAULT_DEDUP_CAPACITY`], 100,000) are kept, oldest forgotten first;
 //!   0 turns suppression off;
-//! - frames to one destination leave in the order they were queued, one at
-//!   a time, over one link that is re-dialled on error; a frame is resent
-//!   byte for byte (same message id) after a connection failure, a lost
-//!   reply or a transient refusal ([`Reason::is_transient`]), with
-//!   exponential backoff capped at [`NetOptions::max_backoff`], until it
-//!   is answered, [`NetOptions::attempts`] are spent or
-//!   [`NetOptions::give_up_after`] has passed;
+//! - frames to one destination leave in the order they were queued over
+//!   one link that is re-dialled on error, pipelined: up to 32 are on the
+//!   wire at once and the peer's in-order replies are matched with the
+//!   oldest unanswered. On a connection failure, a lost or mismatched
+//!   reply or a transient refusal ([`Reason::is_transient`]) the link is
+//!   dropped and everything unanswered is resent byte for byte (same
+//!   message ids), oldest first (from the refused frame on), with
+//!   exponential backoff capped at [`NetOptions::max_backoff`]; the peer
+//!   answers what it already handled from its duplicate memory. A frame is
+//!   tried until it is answered, [`NetOptions::attempts`] are spent or
+//!   [`NetOptions::give_up_after`] has passed; frames sent behind one
+//!   refused for now are not charged an attempt for it;
 //! - every task is spawned on the node's [`TaskTracker`] and ends when its
 //!   [`CancellationToken`] is cancelled.
 
@@ -53,7 +58,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::SimError;
-use crate::net::{now_millis, read_frame, write_bytes, IdGen, Link, LinkError, ReadError};
+use crate::net::{
+    now_millis, read_frame, write_bytes, IdGen, Link, LinkError, LinkReader, LinkWriter, ReadError,
+};
 
 /// How many (sender, message id) pairs a listener remembers by default
 /// for duplicate suppression.
@@ -223,6 +230,78 @@ pub type Delivery = Result<Frame, DeliveryError>;
 struct Job {
     frame: Frame,
     done: Option<oneshot::Sender<Delivery>>,
+}
+
+/// Frames an outbox keeps in flight to one destination: the peer answers
+/// in order, so up to this many wait on it at once instead of one.
+const OUTBOX_WINDOW: usize = 32;
+
+/// A queued frame being delivered, with its attempt bookkeeping.
+struct Outgoing {
+    frame: Frame,
+    /// The frame encoded once: every resend is the same bytes.
+    bytes: Vec<u8>,
+    done: Option<oneshot::Sender<Delivery>>,
+    /// Attempts that count towards [`NetOptions::attempts`].
+    made: u32,
+    /// When it is given up ([`NetOptions::give_up_after`] after its first
+    /// counted attempt).
+    deadline: Option<tokio::time::Instant>,
+    /// Times it was written to a link.
+    writes: u32,
+    last: String,
+    /// The last answer, when it was a transient refusal.
+    refusal: Option<(Reason, String)>,
+}
+
+impl Outgoing {
+    fn new(job: Job) -> Self {
+        Outgoing {
+            bytes: job.frame.encode(),
+            frame: job.frame,
+            done: job.done,
+            made: 0,
+            deadline: None,
+            writes: 0,
+            last: String::from("no attempt made"),
+            refusal: None,
+        }
+    }
+
+    /// Counts one attempt.
+    fn attempted(&mut self, give_up_after: Option<Duration>) {
+        if self.made == 0 {
+            self.deadline = give_up_after.map(|d| tokio::time::Instant::now() + d);
+        }
+        self.made = self.made.saturating_add(1);
+    }
+
+    /// Takes back the attempt counted when it was written, because it
+    /// never got an answer of its own (an earlier frame was refused for
+    /// now and the link dropped).
+    fn unattempted(&mut self) {
+        self.made = self.made.saturating_sub(1);
+        if self.made == 0 {
+            self.deadline = None;
+        }
+    }
+
+    /// Notes an attempt that brought back no reply.
+    fn failed(&mut self, last: &str) {
+        last.clone_into(&mut self.last);
+        self.refusal = None;
+    }
+}
+
+/// An outbox's link, split for pipelining.
+struct OutConn {
+    reader: LinkReader,
+    writer: LinkWriter,
+    /// How many of the pending frames are on the wire.
+    sent: usize,
+    /// Whether it has answered a frame (a failure then may just mean the
+    /// peer closed it while it sat idle).
+    answered: bool,
 }
 
 /// Stripes serialising the handling of copies of one frame (by a hash of
@@ -703,43 +782,185 @@ impl Node {
     }
 
     async fn outbox(self: Arc<Self>, to: Party, addr: SocketAddr, mut rx: mpsc::Receiver<Job>) {
-        let mut link: Option<Link> = None;
-        loop {
-            let job = tokio::select! {
-                () = self.cancel.cancelled() => break,
-                j = rx.recv() => match j {
-                    Some(j) => j,
-                    None => break,
-                },
-            };
-            let result = tokio::select! {
-                () = self.cancel.cancelled() => Err(DeliveryError::Stopped),
-                r = self.attempt(&to, addr, &mut link, &job.frame) => r,
-            };
-            match &result {
-                Ok(_) => {}
-                Err(DeliveryError::Refused { reason, text }) => {
-                    tracing::info!(own = %self.own, %to, kind = job.frame.body.type_name(), %reason, %text, "peer refused");
-                    lock(&self.peer_refusals).push(PeerRefusal {
-                        to: to.clone(),
-                        message_type: job.frame.body.type_name(),
-                        serial: job.frame.body.serial().cloned(),
-                        reason: *reason,
-                        text: text.clone(),
-                    });
-                    self.bump();
-                }
-                Err(e) => {
-                    tracing::warn!(own = %self.own, %to, kind = job.frame.body.type_name(), error = %e, "delivery failed");
-                    self.deliveries_failed.fetch_add(1, Ordering::Relaxed);
-                    self.bump();
+        let attempts = self.opts.attempts.max(1);
+        let first_delay = self.opts.backoff.min(self.opts.max_backoff);
+        // Queued frames taken from `rx` and not yet settled, oldest first;
+        // the first `conn.sent` of them are on the wire.
+        let mut pending: VecDeque<Outgoing> = VecDeque::with_capacity(OUTBOX_WINDOW);
+        let mut conn: Option<OutConn> = None;
+        let mut delay = first_delay;
+        let mut pause = false;
+        let mut open = true;
+        'run: loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            while open && pending.len() < OUTBOX_WINDOW {
+                match rx.try_recv() {
+                    Ok(job) => pending.push_back(Outgoing::new(job)),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
             }
-            if let Some(done) = job.done {
-                let _ = done.send(result);
+            if pending.is_empty() {
+                if !open {
+                    break;
+                }
+                tokio::select! {
+                    () = self.cancel.cancelled() => break,
+                    j = rx.recv() => match j {
+                        Some(job) => pending.push_back(Outgoing::new(job)),
+                        None => open = false,
+                    },
+                }
+                continue;
+            }
+            let Some(c) = conn.as_mut() else {
+                // Before each further attempt: give up what has spent its
+                // attempts or its time, then pause, then dial.
+                if self.give_up_exhausted(&to, &mut pending, attempts) {
+                    delay = first_delay;
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+                if pause {
+                    let now = tokio::time::Instant::now();
+                    let wait = pending
+                        .iter()
+                        .filter(|e| e.made > 0)
+                        .filter_map(|e| e.deadline)
+                        .min()
+                        .map_or(delay, |d| delay.min(d.saturating_duration_since(now)));
+                    tokio::select! {
+                        () = self.cancel.cancelled() => break,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    delay = delay.saturating_mul(2).min(self.opts.max_backoff);
+                }
+                pause = true;
+                let dialled = tokio::select! {
+                    () = self.cancel.cancelled() => break,
+                    r = self.connect(&to, addr) => r,
+                };
+                match dialled {
+                    Ok(link) => {
+                        let (reader, writer) = link.into_split();
+                        conn = Some(OutConn {
+                            reader,
+                            writer,
+                            sent: 0,
+                            answered: false,
+                        });
+                    }
+                    Err(e) => {
+                        // An attempt for every frame that would have gone.
+                        let last = e.to_string();
+                        for entry in &mut pending {
+                            entry.attempted(self.opts.give_up_after);
+                            entry.failed(&last);
+                        }
+                    }
+                }
+                continue;
+            };
+            // Put every pending frame not yet on the wire onto it.
+            while c.sent < pending.len() {
+                let Some(entry) = pending.get_mut(c.sent) else {
+                    break;
+                };
+                if entry.writes > 0 {
+                    self.note_resent();
+                }
+                entry.writes += 1;
+                entry.attempted(self.opts.give_up_after);
+                let written = tokio::select! {
+                    () = self.cancel.cancelled() => break 'run,
+                    r = c.writer.send(&entry.bytes) => r,
+                };
+                if let Err(e) = written {
+                    let last = e.to_string();
+                    for entry in pending.iter_mut().take(c.sent + 1) {
+                        entry.failed(&last);
+                    }
+                    pause = !c.answered;
+                    conn = None;
+                    continue 'run;
+                }
+                c.sent += 1;
+            }
+            // Then read one reply, which must answer the oldest.
+            let read = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                r = c.reader.next_reply() => r,
+            };
+            let want = pending.front().map(|e| e.frame.header.id.clone());
+            let reply = match read {
+                Ok(reply) if reply.body.in_reply_to() == want.as_ref() => reply,
+                outcome => {
+                    let last = match outcome {
+                        Err(e) => e.to_string(),
+                        Ok(reply) => LinkError::Mismatched {
+                            want: want.unwrap_or_else(|| self.neutral_id.clone()),
+                            got: reply.body.in_reply_to().cloned(),
+                        }
+                        .to_string(),
+                    };
+                    for entry in pending.iter_mut().take(c.sent) {
+                        entry.failed(&last);
+                    }
+                    // A link that sat idle may have been closed by the
+                    // peer: re-dial at once rather than after a pause.
+                    pause = !c.answered;
+                    conn = None;
+                    continue;
+                }
+            };
+            let Some(front) = pending.front_mut() else {
+                conn = None;
+                continue;
+            };
+            let result = match &reply.body {
+                Body::Refused(r) if r.reason.is_transient() => {
+                    // "Not now": back off and send again from this frame
+                    // on, over a new link; the frames behind it were not
+                    // answered, so their sending does not count as an
+                    // attempt (the peer answers any it already handled
+                    // from its duplicate memory).
+                    front.last = format!("{}: {}", r.reason, r.text);
+                    front.refusal = Some((r.reason, r.text.clone()));
+                    for entry in pending.iter_mut().take(c.sent).skip(1) {
+                        entry.unattempted();
+                    }
+                    pause = true;
+                    conn = None;
+                    continue;
+                }
+                // A resend of a frame whose first reply was lost, to a
+                // peer that refuses rather than replays duplicates.
+                Body::Refused(r) if r.reason == Reason::Duplicate && front.writes > 1 => Ok(reply),
+                Body::Refused(r) => Err(DeliveryError::Refused {
+                    reason: r.reason,
+                    text: r.text.clone(),
+                }),
+                _ => Ok(reply),
+            };
+            c.sent -= 1;
+            c.answered = true;
+            delay = first_delay;
+            if let Some(entry) = pending.pop_front() {
+                self.settle(&to, entry, result);
             }
         }
-        // Whatever is still queued is answered, so no waiter hangs.
+        // Frames under way and whatever is still queued are answered, so
+        // no waiter hangs.
+        for entry in pending.drain(..) {
+            if entry.made > 0 {
+                self.settle(&to, entry, Err(DeliveryError::Stopped));
+            } else if let Some(done) = entry.done {
+                let _ = done.send(Err(DeliveryError::Stopped));
+            }
+        }
         rx.close();
         while let Ok(job) = rx.try_recv() {
             if let Some(done) = job.done {
@@ -748,95 +969,65 @@ impl Node {
         }
     }
 
-    /// Sends one frame over the destination's link, re-dialling and
-    /// resending the same bytes with backoff after a connection failure, a
-    /// lost reply or a transient refusal, within the node's attempt count
-    /// and `give_up_after`.
-    async fn attempt(
+    /// Settles every pending frame (none on the wire) that has spent its
+    /// attempts, or its time after at least one attempt. True when any was.
+    fn give_up_exhausted(
         &self,
         to: &Party,
-        addr: SocketAddr,
-        link: &mut Option<Link>,
-        frame: &Frame,
-    ) -> Delivery {
-        let attempts = self.opts.attempts.max(1);
-        let deadline = self
-            .opts
-            .give_up_after
-            .map(|d| tokio::time::Instant::now() + d);
-        let bytes = frame.encode();
-        let mut last = String::from("no attempt made");
-        // The last answer, when it was a transient refusal.
-        let mut refusal: Option<(Reason, String)> = None;
-        let mut delay = self.opts.backoff.min(self.opts.max_backoff);
-        let mut pause = false;
-        let mut sent_before = false;
-        let mut made = 0;
-        while made < attempts {
-            let now = tokio::time::Instant::now();
-            if made > 0 && deadline.is_some_and(|d| now >= d) {
-                break;
+        pending: &mut VecDeque<Outgoing>,
+        attempts: u32,
+    ) -> bool {
+        let now = tokio::time::Instant::now();
+        let spent = |e: &Outgoing| {
+            e.made >= attempts || (e.made > 0 && e.deadline.is_some_and(|d| now >= d))
+        };
+        if !pending.iter().any(spent) {
+            return false;
+        }
+        let mut kept = VecDeque::with_capacity(pending.len());
+        for mut entry in pending.drain(..) {
+            if !spent(&entry) {
+                kept.push_back(entry);
+                continue;
             }
-            if pause {
-                let wait = deadline.map_or(delay, |d| delay.min(d.saturating_duration_since(now)));
-                tokio::time::sleep(wait).await;
-                delay = delay.saturating_mul(2).min(self.opts.max_backoff);
-            }
-            pause = true;
-            made += 1;
-            let reused = link.is_some();
-            let current = match link {
-                Some(l) => l,
-                None => match self.connect(to, addr).await {
-                    Ok(l) => link.insert(l),
-                    Err(e) => {
-                        last = e.to_string();
-                        refusal = None;
-                        continue;
-                    }
-                },
+            let result = match entry.refusal.take() {
+                // The peer kept answering a transient refusal: that is its
+                // answer.
+                Some((reason, text)) => Err(DeliveryError::Refused { reason, text }),
+                None => Err(DeliveryError::Unreachable {
+                    attempts: entry.made,
+                    last: std::mem::take(&mut entry.last),
+                }),
             };
-            if sent_before {
-                self.note_resent();
+            self.settle(to, entry, result);
+        }
+        *pending = kept;
+        true
+    }
+
+    /// Records how delivery of one queued frame ended and tells its waiter.
+    fn settle(&self, to: &Party, entry: Outgoing, result: Delivery) {
+        match &result {
+            Ok(_) => {}
+            Err(DeliveryError::Refused { reason, text }) => {
+                tracing::info!(own = %self.own, %to, kind = entry.frame.body.type_name(), %reason, %text, "peer refused");
+                lock(&self.peer_refusals).push(PeerRefusal {
+                    to: to.clone(),
+                    message_type: entry.frame.body.type_name(),
+                    serial: entry.frame.body.serial().cloned(),
+                    reason: *reason,
+                    text: text.clone(),
+                });
+                self.bump();
             }
-            sent_before = true;
-            match current.request_encoded(&frame.header.id, &bytes).await {
-                Ok(reply) => match &reply.body {
-                    Body::Refused(r) if r.reason.is_transient() => {
-                        last = format!("{}: {}", r.reason, r.text);
-                        refusal = Some((r.reason, r.text.clone()));
-                    }
-                    // A retry of a frame whose first reply was lost, to a
-                    // peer that refuses rather than replays duplicates.
-                    Body::Refused(r) if r.reason == Reason::Duplicate && made > 1 => {
-                        return Ok(reply)
-                    }
-                    Body::Refused(r) => {
-                        return Err(DeliveryError::Refused {
-                            reason: r.reason,
-                            text: r.text.clone(),
-                        })
-                    }
-                    _ => return Ok(reply),
-                },
-                Err(e) => {
-                    *link = None;
-                    last = e.to_string();
-                    refusal = None;
-                    // A link that sat idle may have been closed by the
-                    // peer: re-dial at once rather than after a pause.
-                    pause = !reused;
-                }
+            Err(e) => {
+                tracing::warn!(own = %self.own, %to, kind = entry.frame.body.type_name(), error = %e, "delivery failed");
+                self.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+                self.bump();
             }
         }
-        match refusal {
-            // The peer kept answering a transient refusal: that is its
-            // answer.
-            Some((reason, text)) => Err(DeliveryError::Refused { reason, text }),
-            None => Err(DeliveryError::Unreachable {
-                attempts: made,
-                last,
-            }),
+        if let Some(done) = entry.done {
+            let _ = done.send(result);
         }
     }
 
