@@ -56,6 +56,41 @@ async fn bound_serial(bed: &Testbed) -> Serial {
     issued.serial
 }
 
+/// Sends a permit request for `serial` as box A's IMS over a fresh link
+/// (its simulator may be gone) and expects it accepted.
+async fn request_permit_directly(bed: &Testbed, serial: &Serial, message_id: &str) {
+    let (a, b) = agencies();
+    let (ims, box_a) = (Party::ims(a.clone()), Party::is(a.clone()));
+    let mut link = bed
+        .pki
+        .link(&ims, &box_a, bed.nodes[0].running().agency_side)
+        .await
+        .expect("link");
+    let request = Frame::new(
+        id(message_id),
+        ims,
+        0,
+        Body::PermitRequest(PermitRequest {
+            serial: serial.clone(),
+            prefix: prefix(&a, &b, "JM010"),
+        }),
+    );
+    let reply = link.request(&request).await.expect("permit request");
+    assert!(matches!(reply.body, Body::Accepted(_)), "{reply:?}");
+}
+
+/// Waits until the core has a `process_error` with `reason` for `serial`.
+async fn core_hears(bed: &Testbed, serial: &Serial, reason: Reason, what: &str) {
+    let core = &bed.core;
+    eventually(what, || {
+        core.stats()
+            .process_errors
+            .iter()
+            .any(|(_, e)| &e.serial == serial && e.reason == reason)
+    })
+    .await;
+}
+
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check() {
@@ -177,7 +212,6 @@ async fn an_unreachable_ims_closes_the_process_after_the_retries_and_the_core_is
         f.timeouts.shutdown_grace_ms = 300;
     })
     .await;
-    let (a, b) = agencies();
     let serial = bound_serial(&bed).await;
     // The IMS goes away: the permit the box relays to it cannot arrive.
     // Restarting the box then queues its undeliverable "started" notice —
@@ -187,30 +221,13 @@ async fn an_unreachable_ims_closes_the_process_after_the_retries_and_the_core_is
     let mut bed = bed;
     bed.stop_box(0).await;
     bed.start_box(0).await.expect("box restarts");
-    let (ims_party, box_party) = (Party::ims(a.clone()), Party::is(a.clone()));
-    let mut link = bed
-        .pki
-        .link(&ims_party, &box_party, bed.nodes[0].running().agency_side)
-        .await
-        .expect("link");
-    let request = Frame::new(
-        id("perm-1"),
-        ims_party.clone(),
-        0,
-        Body::PermitRequest(PermitRequest {
-            serial: serial.clone(),
-            prefix: prefix(&a, &b, "JM010"),
-        }),
-    );
-    let reply = link.request(&request).await.expect("permit request");
-    assert!(matches!(reply.body, Body::Accepted(_)), "{reply:?}");
-    let core = &bed.core;
-    eventually("the core hears the IMS was unreachable", || {
-        core.stats()
-            .process_errors
-            .iter()
-            .any(|(_, e)| e.serial == serial && e.reason == Reason::PeerUnreachable)
-    })
+    request_permit_directly(&bed, &serial, "perm-1").await;
+    core_hears(
+        &bed,
+        &serial,
+        Reason::PeerUnreachable,
+        "the IMS was unreachable",
+    )
     .await;
     let reader = bed.nodes[0].running().reader();
     assert_eq!(reader.process_count().expect("count"), 0);
@@ -464,7 +481,6 @@ async fn a_peer_slower_than_the_reply_timeout_counts_as_unreachable() {
         f.timeouts.shutdown_grace_ms = 300;
     })
     .await;
-    let (a, b) = agencies();
     let serial = bound_serial(&bed).await;
     // Box A's IMS becomes a slow one: it answers after 1 s.
     let slow = slow_ims(&bed, Duration::from_secs(1)).await;
@@ -475,32 +491,15 @@ async fn a_peer_slower_than_the_reply_timeout_counts_as_unreachable() {
     std::fs::write(&path, file.to_toml_string().expect("toml")).expect("write");
     bed.stop_box(0).await;
     bed.start_box(0).await.expect("restart");
-    let (ims, box_a) = (Party::ims(a.clone()), Party::is(a.clone()));
-    let mut link = bed
-        .pki
-        .link(&ims, &box_a, bed.nodes[0].running().agency_side)
-        .await
-        .expect("link");
-    let request = Frame::new(
-        id("slow-permit-1"),
-        ims.clone(),
-        0,
-        Body::PermitRequest(PermitRequest {
-            serial: serial.clone(),
-            prefix: prefix(&a, &b, "JM010"),
-        }),
-    );
-    let reply = link.request(&request).await.expect("permit request");
-    assert!(matches!(reply.body, Body::Accepted(_)), "{reply:?}");
+    request_permit_directly(&bed, &serial, "slow-permit-1").await;
     // The permit cannot be handed over in time: after the retries the
     // process is closed and the core told.
-    let core = &bed.core;
-    eventually("the core hears the IMS did not answer in time", || {
-        core.stats()
-            .process_errors
-            .iter()
-            .any(|(_, e)| e.serial == serial && e.reason == Reason::PeerUnreachable)
-    })
+    core_hears(
+        &bed,
+        &serial,
+        Reason::PeerUnreachable,
+        "the IMS did not answer in time",
+    )
     .await;
     bed.shutdown().await;
 }
