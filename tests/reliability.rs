@@ -140,6 +140,15 @@ async fn a_resent_frame_gets_the_same_answer_and_is_handled_once() {
         .iter()
         .any(|e| e.entry.message_id.as_deref() == Some("dup-1") && e.entry.outcome == "duplicate"));
 
+    // The same id under another sender's name is an identity lie first.
+    let mut forged = request.clone();
+    forged.header.from = Party::ims(agencies().1);
+    let reply = link.request(&forged).await.expect("answered");
+    assert!(
+        matches!(&reply.body, Body::Refused(r) if r.reason == Reason::Identity),
+        "{reply:?}"
+    );
+
     // The same id for a different frame is refused.
     let other = Frame::new(
         id("dup-1"),

@@ -493,6 +493,30 @@ impl Relay {
                 let back = |peer, frame, reply| {
                     Some(Input::Frame(Box::new(FrameInput { peer, frame, reply })))
                 };
+                // Who sends comes first: a frame that lies about its
+                // sender is refused as such, even under a known id.
+                if frame.header.from != peer.party {
+                    let text = format!(
+                        "frame claims to be from {} but the certificate names {}",
+                        frame.header.from, peer.party
+                    );
+                    tracing::info!(peer = %peer.party, addr = %peer.addr, %text, "frame refused");
+                    let entry = self.access_in(now, &peer, &frame, Reason::Identity.to_string());
+                    if let Err(e) = batch.append_access(entry) {
+                        return Err(Box::new((e, back(peer, frame, reply))));
+                    }
+                    let body = Body::Refused(Refused {
+                        in_reply_to: Some(frame.header.id.clone()),
+                        reason: Reason::Identity,
+                        text,
+                    });
+                    return Ok(Handled {
+                        reply: Some((reply, body)),
+                        outbox: Vec::new(),
+                        refused: Some(Reason::Identity),
+                        verdict: None,
+                    });
+                }
                 let sender = party_label(&peer.party);
                 let print = fingerprint(&frame);
                 // A frame already accepted is answered again, never handled
@@ -880,16 +904,6 @@ impl Relay {
         peer: &Peer,
         frame: &Frame,
     ) -> Result<(Body, Vec<Destination>), Fault> {
-        if frame.header.from != peer.party {
-            return Err(refuse(
-                Reason::Identity,
-                format!(
-                    "frame claims to be from {} but the certificate names {}",
-                    frame.header.from, peer.party
-                ),
-            )
-            .into());
-        }
         self.check_role(peer, &frame.body)?;
         let starts_process = matches!(
             (&peer.party.role, &frame.body),
