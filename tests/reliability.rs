@@ -512,3 +512,24 @@ async fn a_peer_slower_than_the_reply_timeout_counts_as_unreachable() {
     .await;
     bed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_permit_is_refused_and_the_flow_ends_with_a_notice() {
+    let (_dir, bed) = bed_with(|f| f.timeouts.permit_ms = 500).await;
+    let (a, b) = agencies();
+    // The core issues permits that are out of date when they arrive.
+    bed.core.set_permit_ttl(Duration::from_millis(0));
+    let result = bed.nodes[0].ims.run_query(prefix(&a, &b, "JM010")).await;
+    let err = result.expect_err("no flow on an expired permit");
+    // The box refused the permit (R-PRM-2), so the step timed out and the
+    // IMS was told.
+    assert_eq!(err.reason(), Some(Reason::Timeout), "{err}");
+    let refusals = bed.core.stats().peer_refusals;
+    assert!(
+        refusals.iter().any(|r| r.message_type == "permit"
+            && r.reason == Reason::PermitInvalid
+            && r.text.contains("expired")),
+        "{refusals:?}"
+    );
+    bed.shutdown().await;
+}

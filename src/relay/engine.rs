@@ -1160,7 +1160,7 @@ impl Relay {
             )
             .into());
         }
-        let fields = self.verify_permit(&m.permit)?;
+        let fields = self.verify_permit(&m.permit, now)?;
         if fields.serial != m.serial || Some(&fields.prefix) != p.prefix.as_ref() {
             return Err(refuse(
                 Reason::PermitInvalid,
@@ -1258,6 +1258,9 @@ impl Relay {
                 "the query carries another permit than the one issued for its serial",
             )
             .into());
+        }
+        if let Some(fields) = &p.permit_fields {
+            check_expiry(fields, now)?;
         }
         let mut p = p.clone();
         p.step = Step::QueryRelayed;
@@ -1440,7 +1443,7 @@ impl Relay {
             .into());
         }
         check_query_format(m)?;
-        let fields = self.verify_permit(&m.permit)?;
+        let fields = self.verify_permit(&m.permit, now)?;
         if fields.serial != m.serial
             || fields.prefix != m.prefix
             || fields.provider_route.agency != self.cfg.agency
@@ -1787,7 +1790,9 @@ impl Relay {
         Ok(())
     }
 
-    fn verify_permit(&self, permit: &SignedPermit) -> Result<PermitFields, Refusal> {
+    /// Checks the core's signature, the issuer and the validity window
+    /// (R-PRM-2).
+    fn verify_permit(&self, permit: &SignedPermit, now: Millis) -> Result<PermitFields, Refusal> {
         let key = self
             .prefix
             .as_ref()
@@ -1808,6 +1813,7 @@ impl Relay {
                 "the permit was not issued by the core",
             ));
         }
+        check_expiry(&fields, now)?;
         Ok(fields)
     }
 
@@ -1959,6 +1965,21 @@ fn waits_on(p: &Process, peer: &Party) -> bool {
         }
         _ => false,
     }
+}
+
+/// A permit is good only until its `expires_at`.
+fn check_expiry(fields: &PermitFields, now: Millis) -> Result<(), Refusal> {
+    if now > fields.expires_at {
+        return Err(refuse(
+            Reason::PermitInvalid,
+            format!(
+                "the permit {} expired {} ms ago; ask for a new one",
+                fields.permit_id,
+                now - fields.expires_at
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// R-QRY-6: the query's own format, beyond what decoding checked.
