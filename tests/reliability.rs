@@ -56,6 +56,14 @@ async fn bound_serial(bed: &Testbed) -> Serial {
     issued.serial
 }
 
+/// The reply must be a refusal with `reason`.
+fn assert_refused(reply: &Frame, reason: Reason) {
+    assert!(
+        matches!(&reply.body, Body::Refused(r) if r.reason == reason),
+        "wanted {reason}: {reply:?}"
+    );
+}
+
 /// Sends a permit request for `serial` as box A's IMS over a fresh link
 /// (its simulator may be gone) and expects it accepted.
 async fn request_permit_directly(bed: &Testbed, serial: &Serial, message_id: &str) {
@@ -144,10 +152,7 @@ async fn a_resent_frame_gets_the_same_answer_and_is_handled_once() {
     let mut forged = request.clone();
     forged.header.from = Party::ims(agencies().1);
     let reply = link.request(&forged).await.expect("answered");
-    assert!(
-        matches!(&reply.body, Body::Refused(r) if r.reason == Reason::Identity),
-        "{reply:?}"
-    );
+    assert_refused(&reply, Reason::Identity);
 
     // The same id for a different frame is refused.
     let other = Frame::new(
@@ -159,10 +164,7 @@ async fn a_resent_frame_gets_the_same_answer_and_is_handled_once() {
         }),
     );
     let reply = link.request(&other).await.expect("answered");
-    assert!(
-        matches!(&reply.body, Body::Refused(r) if r.reason == Reason::Duplicate),
-        "{reply:?}"
-    );
+    assert_refused(&reply, Reason::Duplicate);
     bed.shutdown().await;
 }
 
