@@ -520,7 +520,7 @@ async fn an_expired_permit_is_refused_and_the_flow_ends_with_a_notice() {
     let (_dir, bed) = bed_with(|f| f.timeouts.permit_ms = 500).await;
     let (a, b) = agencies();
     // The core issues permits that are out of date when they arrive.
-    bed.core.set_permit_ttl(Duration::from_millis(0));
+    bed.core.issue_expired_permits(Duration::from_secs(1));
     let result = bed.nodes[0].ims.run_query(prefix(&a, &b, "JM010")).await;
     let err = result.expect_err("no flow on an expired permit");
     // The box refused the permit (R-PRM-2), so the step timed out and the

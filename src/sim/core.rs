@@ -96,7 +96,9 @@ struct CoreState {
     version: u64,
     boxes: HashMap<AgencyCode, SocketAddr>,
     refuse: HashSet<BusinessCode>,
-    permit_ttl: Duration,
+    /// Milliseconds from issue to expiry; negative issues permits that are
+    /// already out of date (tests of R-PRM-2).
+    permit_lifetime_ms: i64,
     processes: HashMap<Serial, CoreProcess>,
     stats: CoreStats,
 }
@@ -188,7 +190,7 @@ impl CoreSim {
                 version: 0,
                 boxes: HashMap::new(),
                 refuse: HashSet::new(),
-                permit_ttl: DEFAULT_PERMIT_TTL,
+                permit_lifetime_ms: lifetime_ms(DEFAULT_PERMIT_TTL),
                 processes: HashMap::new(),
                 stats: CoreStats::default(),
             }),
@@ -236,7 +238,13 @@ impl CoreSim {
 
     /// Sets how long permits issued from now on are valid.
     pub fn set_permit_ttl(&self, ttl: Duration) {
-        lock(&self.inner.state).permit_ttl = ttl;
+        lock(&self.inner.state).permit_lifetime_ms = lifetime_ms(ttl);
+    }
+
+    /// Makes permits issued from now on expire `ago` before their issue
+    /// time, so every receiver sees them expired whatever its clock tick.
+    pub fn issue_expired_permits(&self, ago: Duration) {
+        lock(&self.inner.state).permit_lifetime_ms = -lifetime_ms(ago);
     }
 
     /// Signs `fields` with the core's key, as for a real permit (tests of
@@ -497,7 +505,6 @@ impl CoreInner {
         let body = match st.permit_verdict(from, &req.prefix) {
             Ok(provider_addr) => {
                 let now = now_millis();
-                let ttl = i64::try_from(st.permit_ttl.as_millis()).unwrap_or(i64::MAX);
                 let fields = PermitFields {
                     permit_id: self.next_permit_id(),
                     issuer: Party::core(),
@@ -512,7 +519,7 @@ impl CoreInner {
                         endpoint: provider_addr.to_string(),
                     },
                     issued_at: now,
-                    expires_at: now.saturating_add(ttl),
+                    expires_at: now.saturating_add(st.permit_lifetime_ms),
                 };
                 let permit = self.sign(&fields);
                 st.processes.insert(
@@ -723,6 +730,10 @@ impl CoreState {
             )
         })
     }
+}
+
+fn lifetime_ms(span: Duration) -> i64 {
+    i64::try_from(span.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
