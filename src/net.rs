@@ -120,17 +120,55 @@ pub async fn write_bytes<S: AsyncWrite + Unpin>(
     bytes: &[u8],
     limit: Duration,
 ) -> std::io::Result<()> {
-    let write = async {
-        stream.write_all(bytes).await?;
-        stream.flush().await
-    };
-    tokio::time::timeout(limit, write).await.map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("peer did not take {} bytes within {limit:?}", bytes.len()),
-        )
-    })?
+    write_unflushed(stream, bytes, limit).await?;
+    flush_within(stream, limit).await
 }
+
+/// Writes frame bytes without flushing, within `limit`. On a buffered
+/// stream several frames then leave in one TLS record and one system call
+/// at the next [`flush_within`].
+///
+/// # Errors
+/// The I/O error of the write, or `TimedOut`.
+pub async fn write_unflushed<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(limit, stream.write_all(bytes))
+        .await
+        .map_err(|_| {
+            timed_out(format!(
+                "peer did not take {} bytes within {limit:?}",
+                bytes.len()
+            ))
+        })?
+}
+
+/// Flushes what earlier writes left buffered, within `limit`.
+///
+/// # Errors
+/// The I/O error of the flush, or `TimedOut`.
+pub async fn flush_within<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(limit, stream.flush())
+        .await
+        .map_err(|_| {
+            timed_out(format!(
+                "peer did not take buffered frames within {limit:?}"
+            ))
+        })?
+}
+
+fn timed_out(text: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, text)
+}
+
+/// Frames buffered before a write reaches the socket: enough for a window
+/// of small frames in one go; a larger frame bypasses the buffer.
+pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Why a link could not deliver a frame and bring back its reply.
 #[derive(Debug, thiserror::Error)]
@@ -283,17 +321,38 @@ impl LinkReader {
 
 /// The sending half of a split [`Link`].
 pub struct LinkWriter {
-    wr: tokio::io::WriteHalf<TlsStream<TcpStream>>,
+    wr: tokio::io::BufWriter<tokio::io::WriteHalf<TlsStream<TcpStream>>>,
     timeout: Duration,
 }
 
 impl LinkWriter {
-    /// Writes one encoded frame.
+    /// Writes one encoded frame and flushes it.
     ///
     /// # Errors
     /// [`LinkError::Write`].
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
         write_bytes(&mut self.wr, bytes, self.timeout)
+            .await
+            .map_err(LinkError::Write)
+    }
+
+    /// Buffers one encoded frame; it leaves at the next [`Self::flush`]
+    /// (or earlier, when the buffer fills).
+    ///
+    /// # Errors
+    /// [`LinkError::Write`].
+    pub async fn queue(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        write_unflushed(&mut self.wr, bytes, self.timeout)
+            .await
+            .map_err(LinkError::Write)
+    }
+
+    /// Sends what [`Self::queue`] buffered.
+    ///
+    /// # Errors
+    /// [`LinkError::Write`].
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        flush_within(&mut self.wr, self.timeout)
             .await
             .map_err(LinkError::Write)
     }
@@ -311,7 +370,7 @@ impl Link {
                 reply_timeout: self.reply_timeout,
             },
             LinkWriter {
-                wr,
+                wr: tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr),
                 timeout: self.reply_timeout,
             },
         )

@@ -305,11 +305,15 @@ async fn exchange(
     engine: &mpsc::Sender<Input>,
     shutdown: &CancellationToken,
 ) -> Result<Exchanged, Trouble> {
-    while c.sent < pending.len() {
-        let Some(item) = pending.get(c.sent) else {
-            break;
+    if c.sent < pending.len() {
+        // The whole unsent window leaves in one flush: fewer TLS records
+        // and system calls than a flush per frame.
+        let write = async {
+            for item in pending.iter().skip(c.sent) {
+                c.writer.queue(&item.bytes).await?;
+            }
+            c.writer.flush().await
         };
-        let write = c.writer.send(&item.bytes);
         let written = tokio::select! {
             () = shutdown.cancelled() => return Ok(Exchanged::Stopped),
             r = write => r,
@@ -318,7 +322,7 @@ async fn exchange(
             tracing::warn!(error = %e, "delivery failed; reconnecting");
             return Err(Trouble::Failure);
         }
-        c.sent += 1;
+        c.sent = pending.len();
     }
     let read = c.reader.next_reply();
     let reply = match tokio::select! {

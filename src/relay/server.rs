@@ -24,7 +24,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::engine::{FrameInput, Input, Listener, Peer};
-use crate::net::{now_millis, read_frame, write_bytes, IdGen, ReadError};
+use crate::net::{
+    flush_within, now_millis, read_frame, write_bytes, write_unflushed, IdGen, ReadError,
+    WRITE_BUFFER_BYTES,
+};
 
 /// Who may connect to a listener, and the limits of its connections.
 #[derive(Debug, Clone)]
@@ -232,7 +235,7 @@ async fn connection(
     // Pipelining: the reader goes on reading while earlier frames wait for
     // their commit; the writer answers strictly in arrival order. The queue
     // between them bounds the frames in flight on one connection.
-    let (mut rd, mut wr) = tokio::io::split(tls);
+    let (mut rd, wr) = tokio::io::split(tls);
     let (queue, mut answers) = mpsc::channel::<Pending>(MAX_IN_FLIGHT_PER_CONNECTION);
     let writer_gone = CancellationToken::new();
     let reader_stop = writer_gone.clone();
@@ -308,24 +311,53 @@ async fn connection(
         }
     };
     let writer = async {
-        while let Some(pending) = answers.recv().await {
+        let mut wr = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr);
+        let limit = ctx.config.io_timeout;
+        // Answers that are ready one after another share one flush; the
+        // writer flushes before it waits for anything.
+        loop {
+            let pending = match answers.try_recv() {
+                Ok(p) => p,
+                Err(_) => {
+                    if flush_within(&mut wr, limit).await.is_err() {
+                        break;
+                    }
+                    match answers.recv().await {
+                        Some(p) => p,
+                        None => return,
+                    }
+                }
+            };
             let body = match pending {
                 Pending::Ready(body) => *body,
-                Pending::Engine(id, rx) => rx.await.unwrap_or_else(|_| {
-                    refusal_body(Some(id), Reason::Internal, "the box is stopping")
-                }),
+                Pending::Engine(id, mut rx) => match rx.try_recv() {
+                    Ok(body) => body,
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        if flush_within(&mut wr, limit).await.is_err() {
+                            break;
+                        }
+                        rx.await.unwrap_or_else(|_| stopping_refusal(id))
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => stopping_refusal(id),
+                },
             };
             let reply = Frame::new(ctx.ids.next(), ctx.own.clone(), now_millis(), body);
-            if write_bytes(&mut wr, &reply.encode(), ctx.config.io_timeout)
+            if write_unflushed(&mut wr, &reply.encode(), limit)
                 .await
                 .is_err()
             {
-                writer_gone.cancel();
-                return;
+                break;
             }
         }
+        writer_gone.cancel();
     };
     tokio::join!(reader, writer);
+}
+
+/// The answer to a frame whose engine reply never came: the engine
+/// dropped it on its way down.
+fn stopping_refusal(id: MessageId) -> Body {
+    refusal_body(Some(id), Reason::Internal, "the box is stopping")
 }
 
 /// Frames one connection may have waiting for their answers.
