@@ -525,6 +525,8 @@ fn difference(before: &Option<Vec<Counters>>, after: &Option<Vec<Counters>>) -> 
         sum.batches += d.batches;
         sum.inputs += d.inputs;
         sum.commit_failures += d.commit_failures;
+        sum.handling_us += d.handling_us;
+        sum.committing_us += d.committing_us;
     }
     Some(sum)
 }
@@ -893,6 +895,26 @@ impl BenchReport {
         for l in &self.levels {
             if let Some(e) = &l.run.first_error {
                 let _ = writeln!(o, "  first failure at {} flows/IMS: {e}", l.per_ims);
+            }
+        }
+        if self.levels.iter().any(|l| l.engine.is_some()) {
+            let _ = writeln!(
+                o,
+                "  where each box's engine thread spends the run (share of wall time, mean of both boxes; the rest it waits for input):"
+            );
+        }
+        for l in &self.levels {
+            if let Some(c) = l.engine.filter(|c| c.batches > 0) {
+                let wall_us = l.run.elapsed.as_secs_f64() * 1e6 * 2.0;
+                let _ = writeln!(
+                    o,
+                    "  {:>9}: handling inputs {:.0} %, committing {:.0} % (mean commit {:.2} ms, mean handling {:.1} us per input)",
+                    l.per_ims,
+                    100.0 * c.handling_us as f64 / wall_us,
+                    100.0 * c.committing_us as f64 / wall_us,
+                    c.committing_us as f64 / 1e3 / c.batches as f64,
+                    c.handling_us as f64 / c.inputs.max(1) as f64,
+                );
             }
         }
         let _ = writeln!(

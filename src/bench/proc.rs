@@ -75,6 +75,9 @@ pub struct Counters {
     /// replies recorded.
     pub inputs: u64,
     pub commit_failures: u64,
+    /// Engine time handling inputs, and in commits (µs).
+    pub handling_us: u64,
+    pub committing_us: u64,
 }
 
 impl Counters {
@@ -84,6 +87,8 @@ impl Counters {
             batches: self.batches.saturating_sub(before.batches),
             inputs: self.inputs.saturating_sub(before.inputs),
             commit_failures: self.commit_failures.saturating_sub(before.commit_failures),
+            handling_us: self.handling_us.saturating_sub(before.handling_us),
+            committing_us: self.committing_us.saturating_sub(before.committing_us),
         }
     }
 
@@ -97,6 +102,8 @@ impl Counters {
                 "batches" => c.batches = v,
                 "inputs" => c.inputs = v,
                 "commit_failures" => c.commit_failures = v,
+                "handling_us" => c.handling_us = v,
+                "committing_us" => c.committing_us = v,
                 _ => {}
             }
         }
@@ -105,8 +112,8 @@ impl Counters {
 
     fn line(&self) -> String {
         format!(
-            "stats batches={} inputs={} commit_failures={}",
-            self.batches, self.inputs, self.commit_failures
+            "stats batches={} inputs={} commit_failures={} handling_us={} committing_us={}",
+            self.batches, self.inputs, self.commit_failures, self.handling_us, self.committing_us
         )
     }
 }
@@ -383,6 +390,8 @@ pub fn serve_box(config_path: &Path) -> Result<(), BenchError> {
                         batches: s.batches,
                         inputs: s.inputs,
                         commit_failures: s.commit_failures,
+                        handling_us: s.handling_us,
+                        committing_us: s.committing_us,
                     };
                     let _ = writeln!(out, "{}", c.line()).and_then(|()| out.flush());
                 }
@@ -418,6 +427,8 @@ mod tests {
             batches: 7,
             inputs: 91,
             commit_failures: 1,
+            handling_us: 300,
+            committing_us: 900,
         };
         assert_eq!(Counters::parse(&c.line()), Some(c));
         assert_eq!(Counters::parse("ready"), None);
@@ -425,7 +436,10 @@ mod tests {
             batches: 2,
             inputs: 1,
             commit_failures: 0,
+            handling_us: 100,
+            committing_us: 400,
         });
         assert_eq!((d.batches, d.inputs), (5, 90));
+        assert_eq!((d.handling_us, d.committing_us), (200, 500));
     }
 }

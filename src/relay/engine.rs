@@ -231,6 +231,10 @@ pub struct EngineStats {
     pub batches: u64,
     pub inputs: u64,
     pub commit_failures: u64,
+    /// Microseconds spent handling inputs inside batches (before commit).
+    pub handling_us: u64,
+    /// Microseconds spent in commits (writing pages and the fsync).
+    pub committing_us: u64,
     pub refused: HashMap<Reason, u64>,
 }
 
@@ -389,6 +393,7 @@ impl Engine {
                 return;
             }
         };
+        let started = std::time::Instant::now();
         let mut done: Vec<Handled> = Vec::with_capacity(inputs.len());
         let mut failure: Option<StoreError> = None;
         let mut unhandled: Vec<Input> = Vec::new();
@@ -406,6 +411,7 @@ impl Engine {
                 }
             }
         }
+        let handled = std::time::Instant::now();
         let result = match failure {
             Some(e) => {
                 drop(store_batch);
@@ -413,6 +419,11 @@ impl Engine {
             }
             None => store_batch.commit(),
         };
+        {
+            let mut stats = self.relay.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.handling_us += micros(handled.duration_since(started));
+            stats.committing_us += micros(handled.elapsed());
+        }
         match result {
             Ok(()) => {
                 let mut stats = self.relay.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -1912,6 +1923,10 @@ impl Relay {
 }
 
 /// `text` cut to [`MAX_TEXT`] bytes on a character boundary.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 fn cut(text: &str) -> String {
     let mut end = text.len().min(MAX_TEXT);
     while !text.is_char_boundary(end) {
