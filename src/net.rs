@@ -107,8 +107,20 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
     idle: Duration,
 ) -> Result<Frame, ReadError> {
     let body = read_body(stream, max, idle).await?;
-    Frame::decode_body(&body).map_err(ReadError::Decode)
+    if body.len() <= DECODE_INLINE_BYTES {
+        return Frame::decode_body(&body).map_err(ReadError::Decode);
+    }
+    // A large frame of many tiny CBOR items can take a second of CPU to
+    // decode; off the runtime's workers it cannot stall other connections.
+    tokio::task::spawn_blocking(move || Frame::decode_body(&body))
+        .await
+        .map_err(|e| ReadError::Io(std::io::Error::other(format!("decoder task failed: {e}"))))?
+        .map_err(ReadError::Decode)
 }
+
+/// Frames up to this size are decoded on the task that read them; larger
+/// ones on the blocking pool.
+pub const DECODE_INLINE_BYTES: usize = 64 * 1024;
 
 /// Writes pre-encoded frame bytes (prefix included) and flushes, within
 /// `limit`: a peer that reads nothing cannot hold the writer.
@@ -410,5 +422,60 @@ impl IdGen {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         MessageId::new(format!("{}-{n}", self.prefix))
             .expect("invariant: prefix validated with the longest counter in IdGen::new")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ifrelay_proto::message::{Distribution, Masters};
+    use ifrelay_proto::Body;
+
+    fn distribution(key_len: usize) -> Frame {
+        Frame::new(
+            MessageId::new("d-1").expect("id"),
+            Party::core(),
+            1,
+            Body::Distribution(Distribution {
+                version: 1,
+                prefixes: Vec::new(),
+                masters: Masters::default(),
+                core_key: vec![7; key_len],
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn frames_on_both_sides_of_the_inline_limit_decode_alike() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let small = distribution(32);
+        let large = distribution(DECODE_INLINE_BYTES + 1);
+        assert!(large.encode().len() > DECODE_INLINE_BYTES);
+        write_bytes(&mut a, &small.encode(), Duration::from_secs(5))
+            .await
+            .expect("write");
+        write_bytes(&mut a, &large.encode(), Duration::from_secs(5))
+            .await
+            .expect("write");
+        let idle = Duration::from_secs(5);
+        assert_eq!(
+            read_frame(&mut b, 1 << 20, idle).await.expect("small"),
+            small
+        );
+        assert_eq!(
+            read_frame(&mut b, 1 << 20, idle).await.expect("large"),
+            large
+        );
+        // A large body that is not CBOR still gets its decode error.
+        let mut junk = u32::try_from(DECODE_INLINE_BYTES + 8)
+            .expect("fits")
+            .to_be_bytes()
+            .to_vec();
+        junk.extend(std::iter::repeat_n(0xffu8, DECODE_INLINE_BYTES + 8));
+        write_bytes(&mut a, &junk, idle).await.expect("write");
+        match read_frame(&mut b, 1 << 20, idle).await {
+            Err(ReadError::Decode(e)) => assert_eq!(e.reason, ifrelay_proto::Reason::Malformed),
+            other => panic!("expected a decode error, got {other:?}"),
+        }
     }
 }

@@ -194,8 +194,12 @@ fn stored_outbox_entries_refuse_short_and_undecodable_bytes() {
         let err = OutboxItem::from_stored(1, "core", bytes.clone()).expect_err("refused");
         assert_eq!(err, "stored frame shorter than its prefix", "{bytes:?}");
     }
-    // A 2 GiB prefix over garbage: the body is decoded, and refused.
+    // A 2 GiB prefix over one byte: refused for the lying prefix before
+    // anything is decoded.
     let err = OutboxItem::from_stored(1, "core", vec![0x80, 0, 0, 0, 0xff]).expect_err("refused");
+    assert!(err.contains("length prefix says 2147483648"), "{err}");
+    // A true prefix over garbage: the body is decoded, and refused.
+    let err = OutboxItem::from_stored(1, "core", vec![0, 0, 0, 1, 0xff]).expect_err("refused");
     assert!(err.starts_with("E_MALFORMED"), "{err}");
     let err = OutboxItem::from_stored(1, "mars", vec![0; 8]).expect_err("refused");
     assert!(err.contains("unknown destination"), "{err}");

@@ -122,9 +122,18 @@ impl OutboxItem {
     /// A text saying why the entry cannot be used.
     pub fn from_stored(seq: u64, destination: &str, bytes: Vec<u8>) -> Result<Self, String> {
         let destination = Destination::parse(destination)?;
-        let body = bytes
-            .get(ifrelay_proto::frame::LENGTH_PREFIX..)
+        let (prefix, body) = bytes
+            .split_first_chunk::<{ ifrelay_proto::frame::LENGTH_PREFIX }>()
             .ok_or_else(|| "stored frame shorter than its prefix".to_owned())?;
+        // The bytes go on the wire as stored: a prefix that does not match
+        // the body would desynchronise the peer's framing.
+        if usize::try_from(u32::from_be_bytes(*prefix)).ok() != Some(body.len()) {
+            return Err(format!(
+                "stored frame's length prefix says {} bytes, the body has {}",
+                u32::from_be_bytes(*prefix),
+                body.len()
+            ));
+        }
         let frame = Frame::decode_body(body).map_err(|e| e.to_string())?;
         Ok(OutboxItem::new(seq, destination, &frame, bytes))
     }
@@ -148,5 +157,23 @@ mod tests {
         }
         assert!(Destination::parse("mars").is_err());
         assert!(Destination::parse("is/271004").is_err());
+    }
+
+    #[test]
+    fn a_stored_frame_whose_prefix_lies_is_refused() {
+        let frame = Frame::new(
+            ifrelay_proto::MessageId::new("m-1").expect("id"),
+            ifrelay_proto::Party::core(),
+            1,
+            ifrelay_proto::Body::SerialRequest(ifrelay_proto::message::SerialRequest {
+                purpose: ifrelay_proto::message::SerialPurpose::Query,
+            }),
+        );
+        let good = frame.encode();
+        assert!(OutboxItem::from_stored(1, "core", good.clone()).is_ok());
+        let mut lying = good;
+        lying[3] = lying[3].wrapping_add(1);
+        let e = OutboxItem::from_stored(1, "core", lying).expect_err("prefix mismatch");
+        assert!(e.contains("length prefix"), "{e}");
     }
 }

@@ -701,9 +701,18 @@ impl Frame {
     /// A [`DecodeError`] with the reason code to answer and, where it could
     /// be read, the frame's message id.
     pub fn decode_body(bytes: &[u8]) -> Result<Frame, DecodeError> {
+        let mut rest = bytes;
         let value: Value =
-            ciborium::de::from_reader_with_recursion_limit(bytes, RECURSION_LIMIT)
+            ciborium::de::from_reader_with_recursion_limit(&mut rest, RECURSION_LIMIT)
                 .map_err(|e| DecodeError::new(Reason::Malformed, format!("not CBOR: {e}")))?;
+        // One frame is one map; bytes after it would be read by nobody and
+        // could hide anything, so the frame is refused.
+        if !rest.is_empty() {
+            return Err(DecodeError::new(
+                Reason::Malformed,
+                format!("{} bytes follow the frame's CBOR map", rest.len()),
+            ));
+        }
         let Value::Map(entries) = value else {
             return Err(DecodeError::new(
                 Reason::Malformed,
@@ -959,6 +968,20 @@ mod tests {
         let mut h = header("serial_request");
         h.push(("purpose", Value::Text("lunch".into())));
         assert_eq!(reason_of(&map(h)), Reason::InvalidField);
+    }
+
+    #[test]
+    fn bytes_after_the_map_are_refused() {
+        let whole = frame(Body::SerialRequest(SerialRequest {
+            purpose: SerialPurpose::Query,
+        }))
+        .encode_body();
+        assert!(Frame::decode_body(&whole).is_ok());
+        let mut longer = whole.clone();
+        longer.push(0x00);
+        let e = Frame::decode_body(&longer).expect_err("trailing byte");
+        assert_eq!(e.reason, Reason::Malformed);
+        assert!(e.text.contains("1 bytes follow"), "{}", e.text);
     }
 
     #[test]
