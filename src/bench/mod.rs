@@ -166,6 +166,8 @@ pub struct Level {
     /// Cores used during the run: box A, box B, this process (simulators
     /// and load), and every other process of the machine.
     pub cpu: Vec<(String, f64)>,
+    /// Disk writes of the whole machine during the run.
+    pub disk: Option<DiskRate>,
 }
 
 impl Level {
@@ -198,6 +200,8 @@ pub struct Latency {
     pub engine: Option<Counters>,
     /// Cores used during the run, as in [`Level::cpu`].
     pub cpu: Vec<(String, f64)>,
+    /// As in [`Level::disk`].
+    pub disk: Option<DiskRate>,
 }
 
 impl Latency {
@@ -267,6 +271,18 @@ fn progress(text: &str) {
     let _ = writeln!(out, "-- {text}").and_then(|()| out.flush());
 }
 
+fn flush_dirty(when: &str) {
+    match machine::flush_dirty_pages() {
+        Some(kib) => progress(&format!(
+            "sync {when}: {:.1} MiB of dirty pages written out",
+            kib as f64 / 1024.0
+        )),
+        None => progress(&format!(
+            "sync {when} failed; other writers may disturb the run"
+        )),
+    }
+}
+
 /// Runs the benchmark.
 ///
 /// # Errors
@@ -288,6 +304,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     } else {
         None
     };
+    flush_dirty("before the run");
     progress("probing the machine");
     let mut machine = machine::probe(&dir, opts.fsyncs);
     machine.others_before = others_before;
@@ -319,13 +336,16 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         // Let the 200 ms counter lines catch up with the last commits.
         tokio::time::sleep(Duration::from_millis(450)).await;
         let engine = difference(&before, &engine_counters(&net.boxes));
-        let cpu = cpu_difference(&cpu_before, &cpu_snapshot(&net.boxes, me), machine.cpus);
+        let cpu_after = cpu_snapshot(&net.boxes, me);
+        let cpu = cpu_difference(&cpu_before, &cpu_after, machine.cpus);
+        let disk = disk_difference(&cpu_before, &cpu_after);
         flows_completed += run.completed;
         levels.push(Level {
             per_ims,
             run,
             engine,
             cpu,
+            disk,
         });
     }
 
@@ -333,6 +353,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let mut rates = vec![opts.latency_frames_per_s];
     rates.extend(opts.latency_reference_frames_per_s);
     for rate in rates {
+        flush_dirty("before the latency phase");
         progress(&format!(
             "latency: open loop at {rate} relayed frames/s offered for {:?}",
             opts.latency_window
@@ -489,7 +510,9 @@ async fn latency_run(
         opts.drain,
     )
     .await;
-    let cpu = cpu_difference(&cpu_before, &cpu_snapshot(&net.boxes, me), cpus);
+    let cpu_after = cpu_snapshot(&net.boxes, me);
+    let cpu = cpu_difference(&cpu_before, &cpu_after, cpus);
+    let disk = disk_difference(&cpu_before, &cpu_after);
     tokio::time::sleep(Duration::from_millis(450)).await;
     let engine = difference(&before, &engine_counters(&net.boxes));
     let mut hops = load::hop_samples(&run.timings);
@@ -508,6 +531,7 @@ async fn latency_run(
         steps,
         engine,
         cpu,
+        disk,
     }
 }
 
@@ -527,6 +551,7 @@ fn difference(before: &Option<Vec<Counters>>, after: &Option<Vec<Counters>>) -> 
         sum.commit_failures += d.commit_failures;
         sum.handling_us += d.handling_us;
         sum.committing_us += d.committing_us;
+        sum.slow_commits += d.slow_commits;
     }
     Some(sum)
 }
@@ -536,6 +561,7 @@ struct CpuSnapshot {
     at: Instant,
     processes: Vec<(String, Option<Duration>)>,
     system: Option<(u64, u64)>,
+    disk: Option<machine::DiskWrites>,
 }
 
 fn cpu_snapshot(boxes: &[proc::BoxProcess], me: u32) -> CpuSnapshot {
@@ -548,7 +574,38 @@ fn cpu_snapshot(boxes: &[proc::BoxProcess], me: u32) -> CpuSnapshot {
         at: Instant::now(),
         processes,
         system: machine::system_ticks(),
+        disk: machine::disk_writes(),
     }
+}
+
+/// Disk writes of the whole machine between two snapshots, per second.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskRate {
+    pub requests_per_s: f64,
+    pub bytes_per_s: f64,
+}
+
+impl DiskRate {
+    /// "N MiB/s in N writes/s = N KiB in N writes per relayed frame".
+    fn describe(&self, relayed_frames_per_s: f64) -> String {
+        let per = relayed_frames_per_s.max(1e-9);
+        format!(
+            "{:.1} MiB/s in {:.0} writes/s = {:.1} KiB in {:.1} writes per relayed frame",
+            self.bytes_per_s / 1_048_576.0,
+            self.requests_per_s,
+            self.bytes_per_s / 1024.0 / per,
+            self.requests_per_s / per
+        )
+    }
+}
+
+fn disk_difference(before: &CpuSnapshot, after: &CpuSnapshot) -> Option<DiskRate> {
+    let (b, a) = (before.disk?, after.disk?);
+    let wall = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
+    Some(DiskRate {
+        requests_per_s: a.requests.saturating_sub(b.requests) as f64 / wall,
+        bytes_per_s: a.bytes.saturating_sub(b.bytes) as f64 / wall,
+    })
 }
 
 /// Cores used between two snapshots by each process, and by every other
@@ -908,11 +965,13 @@ impl BenchReport {
                 let wall_us = l.run.elapsed.as_secs_f64() * 1e6 * 2.0;
                 let _ = writeln!(
                     o,
-                    "  {:>9}: handling inputs {:.0} %, committing {:.0} % (mean commit {:.2} ms, mean handling {:.1} us per input)",
+                    "  {:>9}: handling inputs {:.0} %, committing {:.0} % (mean commit {:.2} ms, {} of {} ms or more; mean handling {:.1} us per input)",
                     l.per_ims,
                     100.0 * c.handling_us as f64 / wall_us,
                     100.0 * c.committing_us as f64 / wall_us,
                     c.committing_us as f64 / 1e3 / c.batches as f64,
+                    c.slow_commits,
+                    crate::relay::engine::SLOW_COMMIT.as_millis(),
                     c.handling_us as f64 / c.inputs.max(1) as f64,
                 );
             }
@@ -942,6 +1001,22 @@ impl BenchReport {
         );
         for l in &self.levels {
             let _ = writeln!(o, "  {:>9}: {}", l.per_ims, cores(&l.cpu));
+        }
+        if self.levels.iter().any(|l| l.disk.is_some()) {
+            let _ = writeln!(
+                o,
+                "  disk writes during each run (whole machine: the boxes' stores and anything else):"
+            );
+        }
+        for l in &self.levels {
+            if let Some(d) = l.disk {
+                let _ = writeln!(
+                    o,
+                    "  {:>9}: {}",
+                    l.per_ims,
+                    d.describe(l.run.frames_per_s())
+                );
+            }
         }
         if let Some(b) = self.best() {
             let _ = writeln!(
@@ -980,15 +1055,24 @@ impl BenchReport {
         if let Some(c) = l.engine.filter(|c| c.batches > 0) {
             let _ = writeln!(
                 o,
-                "  commits/s {:.0}, inputs per commit {:.2}",
+                "  commits/s {:.0}, inputs per commit {:.2}, commits of {} ms or more: {}",
                 load::per_s(c.batches, l.run.elapsed),
-                c.inputs as f64 / c.batches as f64
+                c.inputs as f64 / c.batches as f64,
+                crate::relay::engine::SLOW_COMMIT.as_millis(),
+                c.slow_commits
             );
         }
         if let Some(e) = &l.run.first_error {
             let _ = writeln!(o, "  first failure: {e}");
         }
         let _ = writeln!(o, "  CPU used, in cores: {}", cores(&l.cpu));
+        if let Some(d) = l.disk {
+            let _ = writeln!(
+                o,
+                "  disk writes (whole machine): {}",
+                d.describe(l.achieved_frames_per_s())
+            );
+        }
         let _ = writeln!(
             o,
             "  per hop = one synchronous step: IMS sends a frame to its box, the box commits and replies"

@@ -78,6 +78,8 @@ pub struct Counters {
     /// Engine time handling inputs, and in commits (µs).
     pub handling_us: u64,
     pub committing_us: u64,
+    /// Commits of 20 ms or more (`EngineStats::slow_commits`).
+    pub slow_commits: u64,
 }
 
 impl Counters {
@@ -89,6 +91,7 @@ impl Counters {
             commit_failures: self.commit_failures.saturating_sub(before.commit_failures),
             handling_us: self.handling_us.saturating_sub(before.handling_us),
             committing_us: self.committing_us.saturating_sub(before.committing_us),
+            slow_commits: self.slow_commits.saturating_sub(before.slow_commits),
         }
     }
 
@@ -104,6 +107,7 @@ impl Counters {
                 "commit_failures" => c.commit_failures = v,
                 "handling_us" => c.handling_us = v,
                 "committing_us" => c.committing_us = v,
+                "slow_commits" => c.slow_commits = v,
                 _ => {}
             }
         }
@@ -112,8 +116,13 @@ impl Counters {
 
     fn line(&self) -> String {
         format!(
-            "stats batches={} inputs={} commit_failures={} handling_us={} committing_us={}",
-            self.batches, self.inputs, self.commit_failures, self.handling_us, self.committing_us
+            "stats batches={} inputs={} commit_failures={} handling_us={} committing_us={} slow_commits={}",
+            self.batches,
+            self.inputs,
+            self.commit_failures,
+            self.handling_us,
+            self.committing_us,
+            self.slow_commits
         )
     }
 }
@@ -392,6 +401,7 @@ pub fn serve_box(config_path: &Path) -> Result<(), BenchError> {
                         commit_failures: s.commit_failures,
                         handling_us: s.handling_us,
                         committing_us: s.committing_us,
+                        slow_commits: s.slow_commits,
                     };
                     let _ = writeln!(out, "{}", c.line()).and_then(|()| out.flush());
                 }
@@ -429,6 +439,7 @@ mod tests {
             commit_failures: 1,
             handling_us: 300,
             committing_us: 900,
+            slow_commits: 3,
         };
         assert_eq!(Counters::parse(&c.line()), Some(c));
         assert_eq!(Counters::parse("ready"), None);
@@ -438,8 +449,10 @@ mod tests {
             commit_failures: 0,
             handling_us: 100,
             committing_us: 400,
+            slow_commits: 1,
         });
         assert_eq!((d.batches, d.inputs), (5, 90));
         assert_eq!((d.handling_us, d.committing_us), (200, 500));
+        assert_eq!(d.slow_commits, 2);
     }
 }

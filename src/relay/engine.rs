@@ -35,6 +35,8 @@ use crate::net::{now_millis, IdGen};
 
 /// Most inputs handled in one commit.
 pub const MAX_BATCH: usize = 256;
+/// A commit this long counts in [`EngineStats::slow_commits`].
+pub const SLOW_COMMIT: Duration = Duration::from_millis(20);
 
 /// How long a message id is remembered for duplicate suppression: longer
 /// than any sender keeps retrying one frame.
@@ -235,6 +237,9 @@ pub struct EngineStats {
     pub handling_us: u64,
     /// Microseconds spent in commits (writing pages and the fsync).
     pub committing_us: u64,
+    /// Commits that took [`SLOW_COMMIT`] or longer (a stalled disk shows
+    /// here first).
+    pub slow_commits: u64,
     pub refused: HashMap<Reason, u64>,
 }
 
@@ -423,6 +428,9 @@ impl Engine {
             let mut stats = self.relay.stats.lock().unwrap_or_else(|p| p.into_inner());
             stats.handling_us += micros(handled.duration_since(started));
             stats.committing_us += micros(handled.elapsed());
+            if handled.elapsed() >= SLOW_COMMIT {
+                stats.slow_commits += 1;
+            }
         }
         match result {
             Ok(()) => {
