@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use ifrelay::config::ConfigFile;
+use ifrelay::sim::ims::FlowErrorKind;
 use ifrelay::testbed::{agencies, prefix, Testbed};
 use ifrelay_proto::{
     Body, BoxStatus, Frame, MessageId, Party, PermitRequest, PrefixCheck, PrefixResult, Reason,
@@ -516,16 +517,20 @@ async fn a_peer_slower_than_the_reply_timeout_counts_as_unreachable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_permit_is_refused_and_the_flow_ends_with_a_notice() {
+async fn an_expired_permit_is_refused_and_the_ims_told_at_once() {
     let (_dir, bed) = bed_with(|f| f.timeouts.permit_ms = 500).await;
     let (a, b) = agencies();
     // The core issues permits that are out of date when they arrive.
     bed.core.issue_expired_permits(Duration::from_secs(1));
     let result = bed.nodes[0].ims.run_query(prefix(&a, &b, "JM010")).await;
     let err = result.expect_err("no flow on an expired permit");
-    // The box refused the permit (R-PRM-2), so the step timed out and the
-    // IMS was told.
-    assert_eq!(err.reason(), Some(Reason::Timeout), "{err}");
+    // The box refused the permit (R-PRM-2) and closed the process at once,
+    // telling the IMS why instead of letting its permit timer run out.
+    assert_eq!(err.reason(), Some(Reason::PermitInvalid), "{err}");
+    assert!(
+        matches!(&err.kind, FlowErrorKind::ProcessError { text, .. } if text.contains("expired")),
+        "{err}"
+    );
     let refusals = bed.core.stats().peer_refusals;
     assert!(
         refusals.iter().any(|r| r.message_type == "permit"

@@ -212,7 +212,22 @@ fn refuse(reason: Reason, text: impl Into<String>) -> Refusal {
 #[derive(Debug)]
 enum Fault {
     Refuse(Refusal),
+    /// Refused, and the process it belonged to was closed with notices
+    /// already in the outbox (the batch keeps them).
+    RefuseAndTell(Refusal, Vec<Destination>),
     Store(StoreError),
+}
+
+impl Fault {
+    /// The refusal and the notices already queued with it, or the store
+    /// error that stopped the handling.
+    fn into_refusal(self) -> Result<(Refusal, Vec<Destination>), StoreError> {
+        match self {
+            Fault::Refuse(r) => Ok((r, Vec::new())),
+            Fault::RefuseAndTell(r, outbox) => Ok((r, outbox)),
+            Fault::Store(e) => Err(e),
+        }
+    }
 }
 
 impl From<Refusal> for Fault {
@@ -601,7 +616,11 @@ impl Relay {
                             verdict: None,
                         })
                     }
-                    Err(Fault::Refuse(r)) => {
+                    Err(fault) => {
+                        let (r, outbox) = match fault.into_refusal() {
+                            Ok(refusal) => refusal,
+                            Err(e) => return Err(Box::new((e, back(peer, frame, reply)))),
+                        };
                         tracing::info!(peer = %peer.party, addr = %peer.addr, r#type = frame.body.type_name(), reason = %r.reason, text = %r.text, "frame refused");
                         let entry = self.access_in(now, &peer, &frame, r.reason.to_string());
                         if let Err(e) = batch.append_access(entry) {
@@ -614,12 +633,11 @@ impl Relay {
                         });
                         Ok(Handled {
                             reply: Some((reply, body)),
-                            outbox: Vec::new(),
+                            outbox,
                             refused: Some(r.reason),
                             verdict: None,
                         })
                     }
-                    Err(Fault::Store(e)) => Err(Box::new((e, back(peer, frame, reply)))),
                 }
             }
             Input::Refused {
@@ -1179,36 +1197,25 @@ impl Relay {
             )
             .into());
         }
-        let fields = self.verify_permit(&m.permit, now)?;
-        if fields.serial != m.serial || Some(&fields.prefix) != p.prefix.as_ref() {
-            return Err(refuse(
-                Reason::PermitInvalid,
-                "the permit's serial or prefix differs from the request",
-            )
-            .into());
-        }
-        if fields.route.agency != self.cfg.agency {
-            return Err(refuse(
-                Reason::PermitInvalid,
-                format!(
-                    "the permit routes to {}, not to this box",
-                    fields.route.agency
-                ),
-            )
-            .into());
-        }
-        // The provision-received notice will go to this route: refuse a
-        // permit whose provider route is unusable now, not after the
-        // provision has been relayed.
-        if fields.provider_route.agency != fields.prefix.provider {
-            return Err(refuse(
-                Reason::PermitInvalid,
-                "the permit's provider route names another agency than the provider",
-            )
-            .into());
-        }
-        self.peer_destination(&fields.provider_route)
-            .map_err(|r| refuse(Reason::PermitInvalid, r.text))?;
+        let fields = match self.usable_permit(p, m, now) {
+            Ok(fields) => fields,
+            Err(r) => {
+                // The process cannot go on without a usable permit, and the
+                // IMS would otherwise wait for its permit timer: close it
+                // now and tell the IMS why (R-PRM-2, R-COM-2). The core
+                // learns it from the refusal of its frame.
+                let text = format!("the core's permit was refused: {}", r.text);
+                let outbox = self.close_and_tell(
+                    batch,
+                    now,
+                    &m.serial,
+                    r.reason,
+                    &text,
+                    &[Destination::Ims],
+                )?;
+                return Err(Fault::RefuseAndTell(r, outbox));
+            }
+        };
         let mut p = p.clone();
         p.step = Step::Permitted;
         p.permit = Some(m.permit.clone());
@@ -1223,6 +1230,44 @@ impl Relay {
             Body::Permit(m.clone()),
             out,
         )
+    }
+
+    /// The checks a permit from the core must pass before it is relayed:
+    /// signature, issuer, expiry, binding to the request, and routes.
+    fn usable_permit(
+        &self,
+        p: &Process,
+        m: &PermitIssued,
+        now: Millis,
+    ) -> Result<PermitFields, Refusal> {
+        let fields = self.verify_permit(&m.permit, now)?;
+        if fields.serial != m.serial || Some(&fields.prefix) != p.prefix.as_ref() {
+            return Err(refuse(
+                Reason::PermitInvalid,
+                "the permit's serial or prefix differs from the request",
+            ));
+        }
+        if fields.route.agency != self.cfg.agency {
+            return Err(refuse(
+                Reason::PermitInvalid,
+                format!(
+                    "the permit routes to {}, not to this box",
+                    fields.route.agency
+                ),
+            ));
+        }
+        // The provision-received notice will go to this route: refuse a
+        // permit whose provider route is unusable now, not after the
+        // provision has been relayed.
+        if fields.provider_route.agency != fields.prefix.provider {
+            return Err(refuse(
+                Reason::PermitInvalid,
+                "the permit's provider route names another agency than the provider",
+            ));
+        }
+        self.peer_destination(&fields.provider_route)
+            .map_err(|r| refuse(Reason::PermitInvalid, r.text))?;
+        Ok(fields)
     }
 
     fn permit_refused(
