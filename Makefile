@@ -16,16 +16,21 @@ check-tools:
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 
+# The firmware alone (`-p ifrelay`: no test kit, no fault-injection hook).
 build: check-tools
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked -p ifrelay
 
-demo: check-tools
-	$(CARGO) run --release --locked --quiet --bin ifrelay -- demo --dir $(DEMO_DIR)
+# The demo runs the firmware built just above as real child processes.
+demo: build
+	$(CARGO) run --release --locked --quiet -p ifrelay-testkit --bin ifrelay-demo -- \
+	  --dir $(DEMO_DIR) --firmware target/release/ifrelay
 
 lint: check-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# `cargo test --workspace` builds the `ifrelay` binary beside the test
+# executables, where the test kit finds it.
 test: lint
 	$(CARGO) test --workspace --locked
 
@@ -33,8 +38,8 @@ test: lint
 # an idle machine first. Writes var/bench/ and var/bench/report.txt.
 BENCH_ARGS ?=
 
-bench: check-tools
-	$(CARGO) run --release --locked --quiet --bin ifrelay-bench -- $(BENCH_ARGS)
+bench: build
+	$(CARGO) run --release --locked --quiet -p ifrelay-testkit --bin ifrelay-bench -- $(BENCH_ARGS)
 
 fmt: check-tools
 	$(CARGO) fmt --all

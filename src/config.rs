@@ -1211,17 +1211,28 @@ fn check_store_path(path: &Path) -> Result<(), ConfigError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    // The nearest existing ancestor decides: the store creates the rest.
-    let mut existing = parent;
-    while !existing.exists() {
-        match existing.parent() {
-            Some(up) if !up.as_os_str().is_empty() => existing = up,
+    // `run` creates the store's directory (mode 0700) when its parent
+    // exists, and nothing further up: a missing mount point is a mistake
+    // to report, not a tree to make.
+    let existing = if parent.exists() {
+        parent
+    } else {
+        match parent.parent() {
+            Some(up) if up.as_os_str().is_empty() => Path::new("."),
+            Some(up) if up.exists() => up,
             _ => {
-                existing = Path::new(".");
-                break;
+                return Err(ConfigError::invalid(
+                    field,
+                    format!(
+                        "neither the store's directory {} nor its parent exists",
+                        parent.display()
+                    ),
+                    "create the parent directory (the box creates the store's directory itself), \
+                     or point store.path into a directory on the mirrored disks",
+                ))
             }
         }
-    }
+    };
     if !existing.is_dir() {
         return Err(ConfigError::invalid(
             field,
@@ -1247,7 +1258,7 @@ fn check_store_path(path: &Path) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ifrelay_tls::DevPki;
+    use ifrelay_devpki::DevPki;
 
     const BASE: &str = "/etc/ifrelay";
 
@@ -1736,8 +1747,14 @@ allow = ["10.1.0.2/32"]
             &with("store", "path", "\"plain/deeper/ifrelay.redb\""),
             "store.path",
         );
-        b.check(&with("store", "path", "\"new/deeper/ifrelay.redb\""))
+        // `run` creates the store's directory, but nothing above it.
+        b.check(&with("store", "path", "\"new/ifrelay.redb\""))
             .expect("creatable");
+        let err = b.refused(
+            &with("store", "path", "\"new/deeper/ifrelay.redb\""),
+            "store.path",
+        );
+        assert!(err.to_string().contains("create the parent"), "{err}");
     }
 
     #[cfg(unix)]

@@ -2,15 +2,15 @@
 //!
 //! The binary (`src/main.rs`) is CLI plus glue; the logic lives here and in
 //! the workspace crates: `ifrelay-proto` (wire format), `ifrelay-store`
-//! (redb store), `ifrelay-tls` (certificates and TLS).
+//! (redb store), `ifrelay-tls` (certificates and TLS). This crate holds
+//! only what the box runs; the simulators, testbed, demo and benchmark are
+//! in `ifrelay-testkit`, which the firmware never links.
 
-pub mod bench;
 pub mod config;
-pub mod demo;
+pub mod critical;
+pub mod exit;
+pub mod logging;
 pub mod net;
 pub mod relay;
 pub mod report;
-pub mod scenarios;
-pub mod sim;
 pub mod supervisor;
-pub mod testbed;

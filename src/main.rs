@@ -1,83 +1,99 @@
 //! `ifrelay`: CLI plus glue. Reads the configuration, sets up logging and
 //! the runtime, and starts the box (or one of the maintenance commands).
-//!
-//! Exit codes: 0 done, 2 usage error, 78 invalid configuration (EX_CONFIG),
-//! 1 any other failure (printed once with its cause chain).
+//! Exit codes are in [`ifrelay::exit`] and `docs/config.md`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ifrelay::config::{Config, EXIT_CONFIG};
-use ifrelay::supervisor::RunningBox;
+use clap::{Parser, Subcommand};
+use ifrelay::config::Config;
+use ifrelay::exit;
+use ifrelay::supervisor::{Exit, RunningBox, StartError};
 
-const USAGE: &str = "\
-usage:
-  ifrelay run --config FILE        run the box until SIGINT/SIGTERM
-  ifrelay check-config FILE        validate a configuration file and exit
-  ifrelay verify-store FILE        verify the hash chains of a store file
-  ifrelay demo [--dir DIR] [--seconds S] [--flows N] [--no-crash]
-                                   two boxes (child processes), their intermediate
-                                   servers and the core system on loopback; traffic
-                                   for S seconds (default 8) or N flows per
-                                   direction, one box killed and restarted halfway;
-                                   prints a summary
-";
+/// Firmware of the Interface System appliance: relays every message
+/// between the core system, other agencies' interface systems and the
+/// municipality's intermediate server, and keeps the provision records and
+/// access log.
+#[derive(Debug, Parser)]
+#[command(name = "ifrelay", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the box until SIGTERM or SIGINT.
+    ///
+    /// Exit codes: 0 stopped on request, 78 invalid configuration, 74 the
+    /// store or its directory cannot be opened, 70 a critical task died
+    /// (the service manager restarts the box), 1 any other failure.
+    Run {
+        /// The configuration file (docs/config.md).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file, its certificates and the store's
+    /// directory, and exit (0 valid, 78 invalid).
+    CheckConfig {
+        /// The configuration file (docs/config.md).
+        #[arg(value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Verify the hash chains of a store file, read-only (safe while the
+    /// box runs).
+    ///
+    /// Exit codes: 0 intact, 1 damaged (the report names each defect), 3
+    /// inconclusive (the store changed during every pass: retry when the
+    /// box is idle), 74 not a readable store.
+    VerifyStore {
+        /// The store file (`store.path` of the configuration).
+        #[arg(value_name = "FILE")]
+        store: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    init_tracing();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args.as_slice() {
-        ["run", "--config", file] => run(PathBuf::from(file)),
-        ["check-config", file] => match Config::load(&PathBuf::from(file)) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; clap knows which.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    ifrelay::logging::init();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { config } => match Config::load(&config) {
             Ok(cfg) => {
-                println!("configuration OK: box {} ({})", cfg.agency, file);
+                println!(
+                    "configuration OK: box {} ({})",
+                    cfg.agency,
+                    config.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),
         },
-        ["verify-store", file] => verify_store(PathBuf::from(file)),
-        ["demo", rest @ ..] => demo(rest),
-        ["help" | "--help" | "-h"] => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprint!("{USAGE}");
-            ExitCode::from(2)
-        }
+        Command::VerifyStore { store } => verify_store(store),
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn config_error(e: &ifrelay::config::ConfigError) -> ExitCode {
     eprintln!("ifrelay: invalid configuration: {e}");
-    ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1))
+    ExitCode::from(exit::CONFIG)
 }
 
-fn failure(e: &dyn std::error::Error) -> ExitCode {
+/// Prints `e` and each cause once, one per line.
+fn failure(e: &dyn std::error::Error, code: u8) -> ExitCode {
     eprintln!("ifrelay: {e}");
     let mut source = e.source();
     while let Some(cause) = source {
         eprintln!("  caused by: {cause}");
         source = cause.source();
     }
-    ExitCode::FAILURE
-}
-
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ifrelay")
-        .build()
+    ExitCode::from(code)
 }
 
 fn run(file: PathBuf) -> ExitCode {
@@ -86,45 +102,54 @@ fn run(file: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let rt = match runtime() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ifrelay")
+        .build()
+    {
         Ok(rt) => rt,
-        Err(e) => return failure(&e),
+        Err(e) => return failure(&e, exit::FAILURE),
     };
     rt.block_on(async move {
-        let running = match RunningBox::start(&config).await {
+        let mut running = match RunningBox::start(&config).await {
             Ok(b) => b,
-            Err(e) => return failure(&e),
+            Err(e) => {
+                let code = match e {
+                    StartError::Store { .. } | StartError::StoreDir { .. } => exit::IO,
+                    _ => exit::FAILURE,
+                };
+                return failure(&e, code);
+            }
         };
         let token = running.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;
             token.cancel();
         });
-        running.stopped().await;
+        let why = running.wait().await;
         running.shutdown().await;
-        ExitCode::SUCCESS
+        match why {
+            Exit::Requested => ExitCode::SUCCESS,
+            Exit::TaskDied(died) => {
+                eprintln!("ifrelay: {died}; exiting so the service manager restarts the box");
+                ExitCode::from(exit::SOFTWARE)
+            }
+        }
     })
 }
 
 async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
     tracing::info!("stop requested");
 }
@@ -132,7 +157,7 @@ async fn wait_for_signal() {
 fn verify_store(file: PathBuf) -> ExitCode {
     let store = match ifrelay_store::Store::open(&file, 16 << 20) {
         Ok(s) => s,
-        Err(e) => return failure(&e),
+        Err(e) => return failure(&e, exit::IO),
     };
     match store.reader().verify_chains() {
         Ok(report) => {
@@ -143,49 +168,6 @@ fn verify_store(file: PathBuf) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Err(e) => failure(&e),
-    }
-}
-
-fn demo(rest: &[&str]) -> ExitCode {
-    let mut options = ifrelay::demo::DemoOptions::default();
-    let mut args = rest.iter();
-    while let Some(arg) = args.next() {
-        let ok = match *arg {
-            "--dir" => args
-                .next()
-                .map(|d| options.dir = PathBuf::from(d))
-                .is_some(),
-            "--seconds" => args
-                .next()
-                .and_then(|n| n.parse().ok())
-                .map(|n| options.seconds = n)
-                .is_some(),
-            "--flows" => args
-                .next()
-                .and_then(|n| n.parse().ok())
-                .map(|n| options.max_flows = Some(n))
-                .is_some(),
-            "--no-crash" => {
-                options.crash = false;
-                true
-            }
-            _ => false,
-        };
-        if !ok {
-            eprint!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    }
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return failure(&e),
-    };
-    match rt.block_on(ifrelay::demo::run(options)) {
-        Ok(summary) => {
-            print!("{summary}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => failure(e.as_ref()),
+        Err(e) => failure(&e, exit::IO),
     }
 }

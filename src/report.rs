@@ -1,8 +1,7 @@
-//! Human-readable renderings shared by the CLI and the demo: chain
-//! verification reports and latency summaries.
+//! Human-readable rendering of a chain verification report, shared by
+//! `ifrelay verify-store` and the demo's summary.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use ifrelay_store::{ChainReport, ChainSummary};
 
@@ -56,36 +55,4 @@ fn hex_prefix(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
-}
-
-/// Percentile (0.0..=1.0) of `samples` by nearest rank; `None` when empty.
-pub fn percentile(samples: &mut [Duration], p: f64) -> Option<Duration> {
-    if samples.is_empty() {
-        return None;
-    }
-    samples.sort_unstable();
-    let rank = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-    Some(samples[rank - 1])
-}
-
-/// `12.3 ms` style rendering.
-pub fn millis(d: Option<Duration>) -> String {
-    d.map_or_else(
-        || "-".to_owned(),
-        |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentile_uses_nearest_rank() {
-        let mut v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&mut v, 0.5), Some(Duration::from_millis(50)));
-        assert_eq!(percentile(&mut v, 0.99), Some(Duration::from_millis(99)));
-        assert_eq!(percentile(&mut v, 1.0), Some(Duration::from_millis(100)));
-        assert_eq!(percentile(&mut [], 0.5), None);
-    }
 }

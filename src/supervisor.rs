@@ -6,6 +6,11 @@
 //! engine after its current batch, and waits for every task within a grace
 //! period. Everything accepted is already durable, so stopping loses
 //! nothing: undelivered entries stay in the outbox for the next start.
+//!
+//! Every task the box cannot run without carries a [`critical::Guard`];
+//! [`RunningBox::wait`] returns as soon as one ends unexpectedly, and the
+//! binary then exits non-zero so the service manager restarts the box
+//! instead of it answering `E_BUSY` forever.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::critical::{self, TaskDied};
 use crate::relay::delivery::{self, DeliveryConfig};
 use crate::relay::engine::{Engine, EngineConfig, EngineStats, Input, Listener, StepTimeouts};
 use crate::relay::server::{self, ListenerConfig, ServerContext};
@@ -33,21 +39,78 @@ pub const TICK: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    #[error("store {path}: {source}")]
+    /// The store's directory is missing and cannot be created.
+    #[error(
+        "cannot create the store's directory {}; create its parent or fix store.path",
+        path.display()
+    )]
+    StoreDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store {path}")]
     Store {
         path: String,
+        #[source]
         source: Box<ifrelay_store::StoreError>,
     },
-    #[error("TLS: {0}")]
+    #[error("cannot load the box's TLS material")]
     Tls(#[from] ifrelay_tls::TlsError),
-    #[error("cannot listen on {addr} ({side}): {source}")]
+    #[error("cannot listen on {addr} ({side}); is another process using the port?")]
     Bind {
         addr: SocketAddr,
         side: &'static str,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot start the engine thread: {0}")]
-    Thread(std::io::Error),
+    #[error("cannot start the engine thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Why a running box stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// A signal or the console asked it to.
+    Requested,
+    /// A critical task ended; the process must exit non-zero.
+    TaskDied(TaskDied),
+}
+
+/// Creates the store's directory (mode 0700: records are personal data)
+/// when it is missing and its parent exists; nothing further up.
+fn ensure_store_dir(store_path: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = store_path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "created the store's directory");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(source) => Err(StartError::StoreDir {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// `IFRELAY_FAULT` names a critical task to kill, for the test that proves
+/// a dead task ends the process. Only in builds with the non-default
+/// `fault-injection` feature; release images are built without it.
+#[cfg(feature = "fault-injection")]
+fn fault(name: &str) -> bool {
+    std::env::var("IFRELAY_FAULT").is_ok_and(|v| v == name)
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn fault(_name: &str) -> bool {
+    false
 }
 
 /// A box that is running.
@@ -57,6 +120,7 @@ pub struct RunningBox {
     pub agency_side: SocketAddr,
     reader: StoreReader,
     stats: Arc<Mutex<EngineStats>>,
+    watch: critical::Watch,
     engine_tx: mpsc::Sender<Input>,
     engine_thread: Option<std::thread::JoinHandle<()>>,
     /// Cancelled by a signal or the console to ask for the shutdown.
@@ -96,6 +160,7 @@ impl RunningBox {
         agency_listener: tokio::net::TcpListener,
     ) -> Result<RunningBox, StartError> {
         let store_path = config.store.path.clone();
+        ensure_store_dir(&store_path)?;
         let store = Store::open(&store_path, config.store.cache_bytes()).map_err(|source| {
             StartError::Store {
                 path: store_path.display().to_string(),
@@ -140,10 +205,22 @@ impl RunningBox {
         let core_side = local(&core_listener, config.listen.core_side, "core side")?;
         let agency_side = local(&agency_listener, config.listen.agency_side, "agency side")?;
 
+        // Asked for by a signal or the console; tasks that end after it
+        // are stopping, not dying.
+        let stop_requested = CancellationToken::new();
+        let watch = critical::Watch::new(stop_requested.clone());
         let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
+        let engine_guard = watch.guard("relay engine");
         let engine_thread = std::thread::Builder::new()
             .name("relay-engine".into())
-            .spawn(move || engine.run(engine_rx))
+            .spawn(move || {
+                let _guard = engine_guard;
+                if fault("engine-panic") {
+                    std::thread::sleep(Duration::from_millis(500));
+                    panic!("fault injected: engine-panic");
+                }
+                engine.run(engine_rx);
+            })
             .map_err(StartError::Thread)?;
 
         // Two stages of stopping: listeners first, delivery after the drain.
@@ -162,9 +239,9 @@ impl RunningBox {
             max_frame: config.limits.max_frame_bytes,
             io_timeout: config.limits.io_timeout,
         };
-        for (tcp, listener) in [
-            (core_listener, Listener::CoreSide),
-            (agency_listener, Listener::AgencySide),
+        for (tcp, listener, task) in [
+            (core_listener, Listener::CoreSide, "core-side listener"),
+            (agency_listener, Listener::AgencySide, "agency-side listener"),
         ] {
             let ctx = Arc::new(ServerContext {
                 config: listener_config(listener),
@@ -173,14 +250,20 @@ impl RunningBox {
                 own: own.clone(),
                 ids: ids.clone(),
             });
-            listeners.spawn(server::serve(
-                tcp,
-                ctx,
-                stop_accepting.clone(),
-                listeners.clone(),
-            ));
+            let guard = watch.guard(task);
+            let serve = server::serve(tcp, ctx, stop_accepting.clone(), listeners.clone());
+            let exit_early = fault("core-listener-exit") && listener == Listener::CoreSide;
+            listeners.spawn(async move {
+                let _guard = guard;
+                if exit_early {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return;
+                }
+                serve.await;
+            });
         }
-        workers.spawn(delivery::dispatch(
+        let guard = watch.guard("delivery");
+        let dispatch = delivery::dispatch(
             DeliveryConfig {
                 agency: config.agency.clone(),
                 core: config.core.address,
@@ -197,11 +280,17 @@ impl RunningBox {
             engine_tx.clone(),
             stop_delivery.clone(),
             workers.clone(),
-        ));
+        );
+        workers.spawn(async move {
+            let _guard = guard;
+            dispatch.await;
+        });
         // The step timers of every process (R-COM-2) run on this tick.
         let tick_tx = engine_tx.clone();
         let tick_stop = stop_delivery.clone();
+        let guard = watch.guard("step-timer tick");
         workers.spawn(async move {
+            let _guard = guard;
             let mut every = tokio::time::interval(TICK);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -229,9 +318,10 @@ impl RunningBox {
             agency_side,
             reader,
             stats,
+            watch,
             engine_tx,
             engine_thread: Some(engine_thread),
-            stop_requested: CancellationToken::new(),
+            stop_requested,
             grace: config.timeouts.shutdown_grace,
             stop_accepting,
             stop_delivery,
@@ -255,9 +345,13 @@ impl RunningBox {
         self.stop_requested.clone()
     }
 
-    /// Waits until something asks for the shutdown.
-    pub async fn stopped(&self) {
-        self.stop_requested.cancelled().await;
+    /// Waits until something asks for the shutdown, or a critical task
+    /// ends; either way the caller then calls [`RunningBox::shutdown`].
+    pub async fn wait(&mut self) -> Exit {
+        tokio::select! {
+            () = self.stop_requested.cancelled() => Exit::Requested,
+            died = self.watch.died() => Exit::TaskDied(died),
+        }
     }
 
     /// The one shutdown path: stop accepting and end connections; announce

@@ -89,7 +89,7 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
 /// The DNS name that identifies `party` in its certificate.
 ///
 /// Only meaningful for a well-formed party (the core without an agency, an
-/// IS or IMS with one); [`server_name`] and [`crate::DevPki::issue`] refuse
+/// IS or IMS with one); [`server_name`] and `ifrelay_devpki::DevPki::issue` refuse
 /// the others, and [`party_from_dns`] never maps back to them.
 pub fn dns_name(party: &Party) -> String {
     let agency = party.agency.as_ref().map_or("", AgencyCode::as_str);

@@ -8,8 +8,9 @@
 //! - [`config`] owns loading PEM files and building the rustls server and
 //!   client configurations: TLS 1.3 only, the ring provider, client
 //!   certificates always required.
-//! - [`pki`] owns the development test PKI, generated at run time so that no
-//!   private key is ever committed.
+//!
+//! The development test PKI lives in the `ifrelay-devpki` crate, which the
+//! firmware never links.
 //!
 //! Invariant: every TLS configuration this crate builds authenticates both
 //! ends against the configured CA; there is no code path that accepts an
@@ -19,7 +20,6 @@
 
 pub mod config;
 pub mod identity;
-pub mod pki;
 
 pub use config::{
     client_config, load_certified_key, load_roots, provider, server_config, TlsError, TlsMaterial,
@@ -27,7 +27,6 @@ pub use config::{
 pub use identity::{
     connection_party, dns_name, party_from_dns, peer_party, server_name, verify_peer, IdentityError,
 };
-pub use pki::{DevPki, IssuedCert, PkiError};
 
 /// The rustls version this crate is built against, re-exported so callers
 /// name the same types (`ServerConfig`, `ClientConfig`, `CommonState`).

@@ -6,7 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ifrelay_proto::{AgencyCode, Party};
-use ifrelay_tls::{load_certified_key, load_roots, DevPki, TlsError, TlsMaterial};
+use ifrelay_devpki::DevPki;
+use ifrelay_tls::{load_certified_key, load_roots, TlsError, TlsMaterial};
 
 struct Files {
     _dir: tempfile::TempDir,

@@ -7,7 +7,8 @@ use ifrelay_proto::{AgencyCode, Party, Role};
 use ifrelay_tls::identity::{
     dns_name, party_from_dns, peer_party, server_name, verify_peer, IdentityError,
 };
-use ifrelay_tls::{DevPki, TlsError};
+use ifrelay_devpki::DevPki;
+use ifrelay_tls::TlsError;
 
 fn agency(code: &str) -> AgencyCode {
     AgencyCode::new(code).expect("valid agency code")
