@@ -6,11 +6,19 @@
 //! ([`crate::screen`]) sees every key, then into the typed struct of the
 //! `type`. Keys a type does not define are dropped, never relayed: the box
 //! re-encodes every frame it forwards from the typed value.
+//!
+//! The `type` values are spelt once, as the variant names of [`Body`]:
+//! [`MessageType`] is derived from them and is the only way a name is
+//! written (encoding) or looked up (decoding). The permit's own types live
+//! in [`crate::permit`] and are re-exported here.
 
 use ciborium::Value;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::permit::{
+    PermitFields, Route, SignedPermit, MAX_PERMIT_BYTES, PERMIT_SIGNING_CONTEXT,
+};
 use crate::reason::Reason;
 use crate::screen::{self, Finding};
 use crate::types::*;
@@ -149,96 +157,6 @@ pub struct PermitRequest {
     pub prefix: Prefix,
 }
 
-/// Where a provision must go: the requester's interface system.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    pub agency: AgencyCode,
-    /// `host:port` of the requester box's core-side listener. Not called
-    /// `address`: that key is refused as a basic-four field.
-    pub endpoint: String,
-}
-
-/// The fields a permit asserts; signed by the core (R-PRM-2).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PermitFields {
-    pub permit_id: PermitId,
-    /// Who issued it: always the core.
-    pub issuer: Party,
-    pub serial: Serial,
-    pub prefix: Prefix,
-    /// Where the provider's box sends the provision: the requester's box.
-    pub route: Route,
-    /// Where the requester's box sends "provision received": the
-    /// provider's box. Signed by the core like `route`, so neither box
-    /// has to trust an address the other one names.
-    pub provider_route: Route,
-    pub issued_at: Millis,
-    pub expires_at: Millis,
-}
-
-/// A permit as it travels: the CBOR encoding of [`PermitFields`] and the
-/// core's Ed25519 signature over `PERMIT_SIGNING_CONTEXT || signed`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedPermit {
-    #[serde(with = "serde_bytes")]
-    pub signed: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub sig: Vec<u8>,
-}
-
-/// Domain separation for permit signatures.
-pub const PERMIT_SIGNING_CONTEXT: &[u8] = b"ifrelay-permit-v1\0";
-
-/// Longest accepted encoded permit, in bytes.
-pub const MAX_PERMIT_BYTES: usize = 4096;
-
-impl SignedPermit {
-    /// Encodes and wraps `fields`; the caller signs [`Self::signing_input`].
-    pub fn unsigned(fields: &PermitFields) -> Self {
-        let mut signed = Vec::new();
-        // Writing into a Vec cannot fail for these plain types.
-        if ciborium::into_writer(fields, &mut signed).is_err() {
-            signed.clear();
-        }
-        SignedPermit {
-            signed,
-            sig: Vec::new(),
-        }
-    }
-
-    /// The bytes the core signs and the boxes verify.
-    pub fn signing_input(&self) -> Vec<u8> {
-        let mut input = Vec::with_capacity(PERMIT_SIGNING_CONTEXT.len() + self.signed.len());
-        input.extend_from_slice(PERMIT_SIGNING_CONTEXT);
-        input.extend_from_slice(&self.signed);
-        input
-    }
-
-    /// Decodes the signed fields (the signature is checked elsewhere).
-    ///
-    /// # Errors
-    /// [`DecodeError`] with [`Reason::PermitInvalid`] when the bytes are too
-    /// long or not a permit, or [`Reason::MyNumber`]/[`Reason::BasicFour`]
-    /// when they carry personal data.
-    pub fn fields(&self) -> Result<PermitFields, DecodeError> {
-        let invalid = |text: String| DecodeError::new(Reason::PermitInvalid, text);
-        if self.signed.len() > MAX_PERMIT_BYTES {
-            return Err(invalid(format!(
-                "permit is {} bytes; at most {MAX_PERMIT_BYTES}",
-                self.signed.len()
-            )));
-        }
-        let value: Value = ciborium::de::from_reader_with_recursion_limit(&self.signed[..], 16)
-            .map_err(|e| invalid(format!("permit is not CBOR: {e}")))?;
-        if let Some(finding) = screen::screen(&value) {
-            return Err(DecodeError::from_finding(finding, None));
-        }
-        value
-            .deserialized()
-            .map_err(|e| invalid(format!("permit fields: {e}")))
-    }
-}
-
 /// Core → IS → IMS: the permit (R-PRM-2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PermitIssued {
@@ -365,7 +283,36 @@ pub struct ProcessError {
 }
 
 /// Every message type, tagged by the header's `type`.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The variant names are the one spelling of the wire `type` values: the
+/// derive below makes [`MessageType`] from them (`SerialRequest` →
+/// `"serial_request"`), and both encoding ([`Body::type_name`]) and
+/// decoding ([`MessageType::from_str`](core::str::FromStr)) go through it.
+#[derive(Debug, Clone, PartialEq, strum::EnumDiscriminants)]
+#[strum_discriminants(
+    name(MessageType),
+    vis(pub),
+    derive(
+        Hash,
+        PartialOrd,
+        Ord,
+        strum::IntoStaticStr,
+        strum::EnumString,
+        strum::VariantNames,
+        strum::VariantArray
+    ),
+    strum(
+        serialize_all = "snake_case",
+        parse_err_ty = UnknownMessageType,
+        parse_err_fn = unknown_message_type
+    ),
+    non_exhaustive,
+    doc = "The `type` of a frame, without its body: a `Copy` name for \
+           tables (which party may send what), the access log and \
+           counters. Derived from [`Body`], so a new message type gets its \
+           wire name, its parser and its place in [`MessageType::ALL`] in \
+           one edit."
+)]
 #[non_exhaustive]
 pub enum Body {
     SerialRequest(SerialRequest),
@@ -388,51 +335,49 @@ pub enum Body {
     Refused(Refused),
 }
 
-/// Every `type` value, for documentation and tests.
-pub const MESSAGE_TYPES: &[&str] = &[
-    "serial_request",
-    "serial_issued",
-    "prefix_check",
-    "prefix_result",
-    "permit_request",
-    "permit",
-    "permit_refused",
-    "query",
-    "query_accepted",
-    "query_complete",
-    "provision",
-    "provision_received",
-    "provision_complete",
-    "distribution",
-    "box_status",
-    "process_error",
-    "accepted",
-    "refused",
-];
+impl MessageType {
+    /// Every message type, in declaration order.
+    pub const ALL: &'static [MessageType] = <MessageType as strum::VariantArray>::VARIANTS;
+
+    /// Every `type` value on the wire, in the order of [`Self::ALL`].
+    pub const NAMES: &'static [&'static str] = <MessageType as strum::VariantNames>::VARIANTS;
+
+    /// The `type` value on the wire and the access log's `operation`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl core::fmt::Display for MessageType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `type` value that names no message of this protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown message type; the known types are listed in MessageType::NAMES")]
+pub struct UnknownMessageType;
+
+/// The error [`MessageType::from_str`](core::str::FromStr) returns; the
+/// refused text is not kept (it may be long or hold personal data).
+fn unknown_message_type(_: &str) -> UnknownMessageType {
+    UnknownMessageType
+}
+
+/// Every `type` value, for documentation and tests; the same list as
+/// [`MessageType::NAMES`].
+pub const MESSAGE_TYPES: &[&str] = MessageType::NAMES;
 
 impl Body {
-    /// The `type` value on the wire.
+    /// The message type, without the body.
+    pub fn message_type(&self) -> MessageType {
+        MessageType::from(self)
+    }
+
+    /// The `type` value on the wire (`self.message_type().as_str()`).
     pub fn type_name(&self) -> &'static str {
-        match self {
-            Body::SerialRequest(_) => "serial_request",
-            Body::SerialIssued(_) => "serial_issued",
-            Body::PrefixCheck(_) => "prefix_check",
-            Body::PrefixResult(_) => "prefix_result",
-            Body::PermitRequest(_) => "permit_request",
-            Body::Permit(_) => "permit",
-            Body::PermitRefused(_) => "permit_refused",
-            Body::Query(_) => "query",
-            Body::QueryAccepted(_) => "query_accepted",
-            Body::QueryComplete(_) => "query_complete",
-            Body::Provision(_) => "provision",
-            Body::ProvisionReceived(_) => "provision_received",
-            Body::ProvisionComplete(_) => "provision_complete",
-            Body::Distribution(_) => "distribution",
-            Body::BoxStatus(_) => "box_status",
-            Body::ProcessError(_) => "process_error",
-            Body::Accepted(_) => "accepted",
-            Body::Refused(_) => "refused",
-        }
+        self.message_type().as_str()
     }
 
     /// The serial the message belongs to, if any.
@@ -513,37 +458,37 @@ impl Body {
     }
 
     fn from_value(type_name: &str, value: Value) -> Result<Body, DecodeError> {
-        fn typed<T: DeserializeOwned>(type_name: &str, value: Value) -> Result<T, DecodeError> {
+        fn typed<T: DeserializeOwned>(ty: MessageType, value: Value) -> Result<T, DecodeError> {
             value.deserialized::<T>().map_err(|e| {
                 let ciborium::value::Error::Custom(message) = e;
-                DecodeError::from_serde(type_name, &message)
+                DecodeError::from_serde(ty, &message)
             })
         }
-        Ok(match type_name {
-            "serial_request" => Body::SerialRequest(typed(type_name, value)?),
-            "serial_issued" => Body::SerialIssued(typed(type_name, value)?),
-            "prefix_check" => Body::PrefixCheck(typed(type_name, value)?),
-            "prefix_result" => Body::PrefixResult(typed(type_name, value)?),
-            "permit_request" => Body::PermitRequest(typed(type_name, value)?),
-            "permit" => Body::Permit(typed(type_name, value)?),
-            "permit_refused" => Body::PermitRefused(typed(type_name, value)?),
-            "query" => Body::Query(typed(type_name, value)?),
-            "query_accepted" => Body::QueryAccepted(typed(type_name, value)?),
-            "query_complete" => Body::QueryComplete(typed(type_name, value)?),
-            "provision" => Body::Provision(typed(type_name, value)?),
-            "provision_received" => Body::ProvisionReceived(typed(type_name, value)?),
-            "provision_complete" => Body::ProvisionComplete(typed(type_name, value)?),
-            "distribution" => Body::Distribution(typed(type_name, value)?),
-            "box_status" => Body::BoxStatus(typed(type_name, value)?),
-            "process_error" => Body::ProcessError(typed(type_name, value)?),
-            "accepted" => Body::Accepted(typed(type_name, value)?),
-            "refused" => Body::Refused(typed(type_name, value)?),
-            other => {
-                return Err(DecodeError::new(
-                    Reason::UnknownType,
-                    format!("unknown message type {:?}", truncate(other, 64)),
-                ))
-            }
+        let Ok(ty) = type_name.parse::<MessageType>() else {
+            return Err(DecodeError::new(
+                Reason::UnknownType,
+                format!("unknown message type {:?}", truncate(type_name, 64)),
+            ));
+        };
+        Ok(match ty {
+            MessageType::SerialRequest => Body::SerialRequest(typed(ty, value)?),
+            MessageType::SerialIssued => Body::SerialIssued(typed(ty, value)?),
+            MessageType::PrefixCheck => Body::PrefixCheck(typed(ty, value)?),
+            MessageType::PrefixResult => Body::PrefixResult(typed(ty, value)?),
+            MessageType::PermitRequest => Body::PermitRequest(typed(ty, value)?),
+            MessageType::Permit => Body::Permit(typed(ty, value)?),
+            MessageType::PermitRefused => Body::PermitRefused(typed(ty, value)?),
+            MessageType::Query => Body::Query(typed(ty, value)?),
+            MessageType::QueryAccepted => Body::QueryAccepted(typed(ty, value)?),
+            MessageType::QueryComplete => Body::QueryComplete(typed(ty, value)?),
+            MessageType::Provision => Body::Provision(typed(ty, value)?),
+            MessageType::ProvisionReceived => Body::ProvisionReceived(typed(ty, value)?),
+            MessageType::ProvisionComplete => Body::ProvisionComplete(typed(ty, value)?),
+            MessageType::Distribution => Body::Distribution(typed(ty, value)?),
+            MessageType::BoxStatus => Body::BoxStatus(typed(ty, value)?),
+            MessageType::ProcessError => Body::ProcessError(typed(ty, value)?),
+            MessageType::Accepted => Body::Accepted(typed(ty, value)?),
+            MessageType::Refused => Body::Refused(typed(ty, value)?),
         })
     }
 }
@@ -562,7 +507,7 @@ pub struct DecodeError {
 
 impl DecodeError {
     /// The text is cut to [`MAX_TEXT`] bytes and withheld if it would
-    /// repeat a My Number (see [`refusal_text`]).
+    /// repeat a My Number (the reason's description is sent instead).
     pub fn new(reason: Reason, text: impl Into<String>) -> Self {
         DecodeError {
             reason,
@@ -571,7 +516,7 @@ impl DecodeError {
         }
     }
 
-    fn from_finding(finding: Finding, message_id: Option<MessageId>) -> Self {
+    pub(crate) fn from_finding(finding: Finding, message_id: Option<MessageId>) -> Self {
         let (reason, text) = match finding {
             Finding::MyNumber { path } => (
                 Reason::MyNumber,
@@ -593,17 +538,17 @@ impl DecodeError {
 
     /// Maps serde's messages to reason codes; `missing field` becomes
     /// [`Reason::MissingField`], with the R-QRY-6 specialisations.
-    fn from_serde(type_name: &str, message: &str) -> Self {
+    fn from_serde(ty: MessageType, message: &str) -> Self {
         if let Some(rest) = message.strip_prefix("missing field `") {
             let field = rest.split('`').next().unwrap_or_default();
-            let reason = match (type_name, field) {
-                ("query", "permit") => Reason::NoPermit,
-                ("query", "public_key") => Reason::NoPublicKey,
+            let reason = match (ty, field) {
+                (MessageType::Query, "permit") => Reason::NoPermit,
+                (MessageType::Query, "public_key") => Reason::NoPublicKey,
                 _ => Reason::MissingField,
             };
-            return DecodeError::new(reason, format!("{type_name}: missing field {field}"));
+            return DecodeError::new(reason, format!("{ty}: missing field {field}"));
         }
-        DecodeError::new(Reason::InvalidField, format!("{type_name}: {message}"))
+        DecodeError::new(Reason::InvalidField, format!("{ty}: {message}"))
     }
 }
 
@@ -1057,32 +1002,66 @@ mod tests {
     }
 
     #[test]
-    fn permit_fields_round_trip_and_screen() {
-        let fields = PermitFields {
-            permit_id: code("P-1"),
-            issuer: Party::core(),
-            serial: code("S-1"),
-            prefix: sample_prefix(),
-            route: Route {
-                agency: code("131016"),
-                endpoint: "127.0.0.1:7443".into(),
-            },
-            provider_route: Route {
-                agency: code("271004"),
-                endpoint: "127.0.0.1:7444".into(),
-            },
-            issued_at: 1,
-            expires_at: 2,
-        };
-        let p = SignedPermit::unsigned(&fields);
-        assert_eq!(p.fields().expect("decodes"), fields);
-        let bad = SignedPermit {
-            signed: vec![0xff; 10],
-            sig: vec![],
-        };
-        assert_eq!(
-            bad.fields().expect_err("refused").reason,
-            Reason::PermitInvalid
-        );
+    fn message_type_names_are_the_frozen_wire_names() {
+        // Spelt out here on purpose: renaming a `Body` variant must not
+        // silently change what goes on the wire.
+        let wire = [
+            "serial_request",
+            "serial_issued",
+            "prefix_check",
+            "prefix_result",
+            "permit_request",
+            "permit",
+            "permit_refused",
+            "query",
+            "query_accepted",
+            "query_complete",
+            "provision",
+            "provision_received",
+            "provision_complete",
+            "distribution",
+            "box_status",
+            "process_error",
+            "accepted",
+            "refused",
+        ];
+        assert_eq!(MessageType::NAMES, wire);
+        assert_eq!(MESSAGE_TYPES, wire);
+        assert_eq!(MessageType::ALL.len(), wire.len());
+        for (ty, name) in MessageType::ALL.iter().zip(wire) {
+            assert_eq!(ty.as_str(), name);
+            assert_eq!(ty.to_string(), name);
+            assert_eq!(name.parse::<MessageType>(), Ok(*ty));
+        }
+        for not_a_name in ["SerialRequest", "Serial_Request", "serial-request", "", "x"] {
+            assert_eq!(
+                not_a_name.parse::<MessageType>(),
+                Err(UnknownMessageType),
+                "{not_a_name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_type_name_reaches_its_own_parser() {
+        // A frame with only the header: every known type gets past the
+        // `type` lookup to its own body parser (which then misses fields,
+        // or has none to miss); only an unknown one is refused as such.
+        for ty in MessageType::ALL {
+            match Frame::decode_body(&map(header(ty.as_str()))) {
+                Ok(f) => assert_eq!(f.body.message_type(), *ty),
+                Err(e) => assert!(
+                    matches!(e.reason, Reason::MissingField | Reason::NoPermit),
+                    "{ty}: {e}"
+                ),
+            }
+        }
+        let f = frame(Body::BoxStatus(BoxStatus {
+            event: StatusEvent::Started,
+        }));
+        assert_eq!(f.body.message_type(), MessageType::BoxStatus);
+        assert_eq!(f.body.type_name(), "box_status");
+        let back = Frame::decode_body(&f.encode_body()).expect("decodes");
+        assert_eq!(back.body.message_type(), MessageType::BoxStatus);
     }
 }
