@@ -2,32 +2,34 @@
 //! operations of the relay engine (group commit).
 //!
 //! Invariants:
-//! - Appends link to the batch's own copy of the chain heads; the store's
+//! - Appends link to the batch's own copy of the chain heads; the writer's
 //!   heads take that copy only after redb committed, so a failed commit or
 //!   a dropped batch leaves them (and the file) unchanged.
 //! - The chain marks, the outbox counter, the outbox index and per
 //!   destination counts, and the time index of the seen entries are written
 //!   inside the same transaction as the rows they describe.
 //! - Every commit uses `Durability::Immediate`: when `commit` returns `Ok`,
-//!   the batch survives a power cut (R-AV-2). The only exception is the
-//!   bulk fill for tests and benchmarks ([`Store::fill_outbox_for_test`]),
-//!   whose last commit is durable again.
+//!   the batch survives a power cut (R-AV-2).
+//! - A failed commit makes the writer reopen the file when redb latched an
+//!   I/O error, so the next batch starts on a working handle.
 
 use ifrelay_proto::{Millis, Serial};
-use redb::{Durability, ReadableTable, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
 use crate::chain::{chain_hash, ChainName};
-use crate::error::{db, from_cbor, to_cbor, StoreError};
+use crate::error::{db, from_cbor, to_cbor, ErrorChain, StoreError};
 use crate::model::{AccessEntry, Record, RecordBody, RecordBodyRef, SeenEntry};
-use crate::store::{Store, WriterState};
 use crate::tables;
+use crate::writer::{Writer, WriterState};
 
 /// One group commit: many operations, one transaction, one fsync.
 /// Dropping it without [`Batch::commit`] aborts everything in it.
 #[must_use = "a batch is aborted unless committed"]
 pub struct Batch<'a> {
-    store: &'a mut Store,
+    writer: &'a mut Writer,
     txn: WriteTransaction,
+    /// The batch's own copy of the chain heads and outbox counter; the
+    /// writer takes it only after the commit succeeded.
     state: WriterState,
 }
 
@@ -40,8 +42,9 @@ impl core::fmt::Debug for Batch<'_> {
 }
 
 impl<'a> Batch<'a> {
-    pub(crate) fn new(store: &'a mut Store, txn: WriteTransaction, state: WriterState) -> Self {
-        Batch { store, txn, state }
+    pub(crate) fn new(writer: &'a mut Writer, txn: WriteTransaction) -> Self {
+        let state = writer.state;
+        Batch { writer, txn, state }
     }
 
     /// Stores the engine's state of the process `serial`, replacing any.
@@ -162,7 +165,7 @@ impl<'a> Batch<'a> {
         let hash = chain_hash(chain, &prev, seq, body);
         let mut table = self
             .txn
-            .open_table(chain_table(chain))
+            .open_table(chain.table())
             .map_err(db("open chain table"))?;
         table
             .insert(seq, (prev, hash, body))
@@ -205,7 +208,7 @@ impl<'a> Batch<'a> {
 
     /// Queues up to `max` frames of `frames` for `destination` with the
     /// tables opened once; returns how many were queued. The fast path of
-    /// [`Store::fill_outbox_for_test`].
+    /// [`crate::Store::fill_outbox_for_test`].
     pub(crate) fn push_outbox_bulk<I>(
         &mut self,
         destination: &str,
@@ -419,7 +422,7 @@ impl<'a> Batch<'a> {
         }
         let mut table = self
             .txn
-            .open_table(chain_table(chain))
+            .open_table(chain.table())
             .map_err(db("open chain table"))?;
         let new_anchor = table
             .get(seq)
@@ -467,15 +470,6 @@ impl<'a> Batch<'a> {
         Ok(removed)
     }
 
-    /// Makes the commit of this batch non-durable ([`Durability::None`]):
-    /// visible at once, persisted only by a later durable commit. For the
-    /// bulk fill of tests and benchmarks only.
-    pub(crate) fn set_non_durable(&mut self) -> Result<(), StoreError> {
-        self.txn
-            .set_durability(Durability::None)
-            .map_err(db("set durability"))
-    }
-
     /// Commits the batch with one fsync. On success the store's chain heads
     /// advance; on failure nothing of the batch is visible, the heads are
     /// unchanged and the store reopens the file for the next batch.
@@ -487,19 +481,22 @@ impl<'a> Batch<'a> {
     /// # Errors
     /// [`StoreError::Db`] from redb; see [`StoreError::is_storage_full`].
     pub fn commit(self) -> Result<(), StoreError> {
-        let Batch { store, txn, state } = self;
-        let result = write_marks(&txn, &store.state, &state)
+        let Batch { writer, txn, state } = self;
+        let result = write_marks(&txn, &writer.state, &state)
             .and_then(|()| txn.commit().map_err(db("commit batch")));
         match result {
             Ok(()) => {
-                store.state = state;
+                writer.state = state;
                 Ok(())
             }
             Err(e) => {
-                let e = store.shared().track(Err(e));
-                if store.shared().needs_reopen_now() {
-                    if let Err(reopen) = store.reopen() {
-                        tracing::warn!(error = %reopen, "store: reopen after failed commit failed; the next batch retries");
+                let e = writer.shared().track(Err(e));
+                if writer.shared().needs_reopen_now() {
+                    if let Err(reopen) = writer.reopen() {
+                        tracing::warn!(
+                            error = %ErrorChain(&reopen),
+                            "store: reopen after failed commit failed; the next batch retries"
+                        );
                     }
                 }
                 e
@@ -580,11 +577,4 @@ fn count_sub(txn: &WriteTransaction, destination: &str, n: u64) -> Result<(), St
             .map_err(db("write outbox count"))?;
     }
     Ok(())
-}
-
-pub(crate) const fn chain_table(chain: ChainName) -> tables::ChainTable {
-    match chain {
-        ChainName::Records => tables::RECORDS,
-        ChainName::AccessLog => tables::ACCESS_LOG,
-    }
 }

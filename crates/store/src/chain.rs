@@ -23,6 +23,8 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::tables;
+
 /// At most this many defects are listed per chain; the walk goes on
 /// counting entries but a badly damaged table cannot exhaust memory.
 pub const MAX_REPORTED_DEFECTS: usize = 1000;
@@ -41,6 +43,14 @@ impl ChainName {
         match self {
             ChainName::Records => "records",
             ChainName::AccessLog => "access_log",
+        }
+    }
+
+    /// The table holding this chain's entries.
+    pub(crate) const fn table(self) -> tables::ChainTable {
+        match self {
+            ChainName::Records => tables::RECORDS,
+            ChainName::AccessLog => tables::ACCESS_LOG,
         }
     }
 
@@ -96,7 +106,7 @@ impl ChainMark {
         head_hash: [0; 32],
     };
 
-    pub(crate) fn to_row(self) -> crate::tables::ChainMarkRow {
+    pub(crate) fn to_row(self) -> tables::ChainMarkRow {
         (
             self.anchor_seq,
             self.anchor_hash,
@@ -105,7 +115,7 @@ impl ChainMark {
         )
     }
 
-    pub(crate) fn from_row(row: crate::tables::ChainMarkRow) -> Self {
+    pub(crate) fn from_row(row: tables::ChainMarkRow) -> Self {
         ChainMark {
             anchor_seq: row.0,
             anchor_hash: row.1,

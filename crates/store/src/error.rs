@@ -4,9 +4,16 @@
 //! operation that failed, so the cause chain reaches the log and
 //! [`StoreError::is_storage_full`] can tell a full disk (an alert, R-OPS-1)
 //! from corruption.
+//!
+//! Invariant: a message says what failed and what to do; it never repeats
+//! its cause. A cause kept as a `#[source]` is printed once, by whoever
+//! walks the chain (the binary's top level, [`ErrorChain`] in this
+//! crate's own log lines).
 
 use std::error::Error as _;
+use std::fmt;
 use std::io;
+use std::path::PathBuf;
 
 use crate::chain::ChainName;
 
@@ -16,7 +23,7 @@ use crate::chain::ChainName;
 pub enum StoreError {
     /// redb refused or failed an operation. On an I/O error the store
     /// reopens the file before the next batch.
-    #[error("store: {op} failed: {source}")]
+    #[error("store: {op} failed")]
     Db {
         /// What the store was doing.
         op: &'static str,
@@ -92,6 +99,70 @@ pub enum StoreError {
          shutdown); retry shortly"
     )]
     Unavailable,
+
+    /// A file to inspect read-only does not exist; nothing was created.
+    #[error("no store file at {}; check the path (verification never creates one)", path.display())]
+    NotFound { path: PathBuf },
+
+    /// A file to inspect read-only is a directory or another kind of
+    /// non-regular file.
+    #[error(
+        "{} is {what}, not a store file; give the path of the store file itself \
+         (ifrelay.redb)",
+        path.display()
+    )]
+    NotAFile { path: PathBuf, what: &'static str },
+
+    /// A file to inspect read-only is empty: the store never leaves an
+    /// empty file, so the path is wrong or the file was cut.
+    #[error(
+        "{} is empty, so it holds no store; check the path, or restore the store from a \
+         backup",
+        path.display()
+    )]
+    EmptyFile { path: PathBuf },
+
+    /// A file to inspect read-only is not a redb database at all.
+    #[error(
+        "{} is not a store file (it does not start with the redb signature); check the path",
+        path.display()
+    )]
+    NotAStore { path: PathBuf },
+
+    /// A file to inspect read-only cannot be opened or read.
+    #[error("cannot read {}; check that this user may read it", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A file to inspect read-only was left by a crash or power cut and no
+    /// box has it open: redb must repair it before it can be read, and a
+    /// read-only open never repairs.
+    #[error(
+        "{} was not closed cleanly and no box has it open, so it needs the repair the box \
+         runs when it opens its store; start the box once, then verify again (verification \
+         never repairs)",
+        path.display()
+    )]
+    NeedsRepair { path: PathBuf },
+
+    /// A file to inspect read-only is held by a program that does not
+    /// share it with readers: a firmware before read-only verification, a
+    /// program built with another redb version, or a tool with the file
+    /// open for writing.
+    #[error(
+        "{} is held by a program that does not share it with readers (an earlier firmware, \
+         another redb version, or a tool); stop that program, or verify a copy taken while \
+         it is stopped",
+        path.display()
+    )]
+    InUse {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
 }
 
 impl StoreError {
@@ -159,6 +230,22 @@ fn io_is_full(e: &io::Error) -> bool {
     false
 }
 
+/// Shows an error and every cause under it, `error: cause: cause`, for the
+/// log lines this crate writes itself, where no caller walks the chain.
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// Builds a mapper from any redb error to [`StoreError::Db`].
 pub(crate) fn db<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Db {
@@ -220,6 +307,26 @@ mod tests {
         };
         assert!(!other.is_storage_full());
         assert!(!StoreError::Unavailable.is_storage_full());
+    }
+
+    #[test]
+    fn a_message_does_not_repeat_its_cause() {
+        let cause = io::Error::other("disk on fire");
+        let err = StoreError::Db {
+            op: "commit batch",
+            source: redb::Error::Io(cause),
+        };
+        assert_eq!(err.to_string(), "store: commit batch failed");
+        assert!(err.source().is_some());
+        let chain = ErrorChain(&err).to_string();
+        assert_eq!(chain.matches("disk on fire").count(), 1, "{chain}");
+
+        let err = StoreError::Unreadable {
+            path: "/x/store.redb".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert!(err.source().is_some());
+        assert!(!err.to_string().contains("permission"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //! - [`StoreReader`] is a cheap, `Send + Sync` clone for readers on other
 //!   threads (search, export, verification, monitoring); it only ever uses
 //!   read transactions, so it never blocks the writer.
+//! - [`ReadOnlyStore`] opens a store file for inspection without ever
+//!   writing it — no create, repair, migration or index rebuild — also
+//!   while a box has it open and commits: `ifrelay verify-store`.
 //! - The outbox is indexed per destination, so delivery pages through a
 //!   backlog of any size ([`StoreReader::outbox_for`]) instead of loading
 //!   it at boot; accepted frames are remembered by `(sender, message id)`
@@ -22,6 +25,19 @@
 //!   resent frame gets its first reply again (duplicate suppression).
 //! - [`tables`] holds every `TableDefinition`, public for forensic tools and
 //!   tamper tests.
+//! - `fault` (cargo feature `fault-injection`, off by default): storage
+//!   that fails on command, for tests and fuzz targets.
+//!
+//! Modules, each importing only modules listed above it (no cycles):
+//! - `tables`, `model`, `fault`: none;
+//! - `chain`: tables; `error`: chain; `schema`: error, tables;
+//! - `shared` (the handle writer and readers share): error;
+//! - `verify` (the chain walk): chain, error, model, schema, tables;
+//! - `writer` (open, prepare, reopen): chain, error, schema, shared, tables;
+//! - `batch`: writer, chain, error, model, tables;
+//! - `reader`: shared, verify, chain, error, model, tables;
+//! - `readonly`: verify, schema, chain, error, tables;
+//! - `store`: writer, batch, reader, error, model, tables (and `fault`).
 //!
 //! Invariants kept here:
 //! - Sequence numbers of records, access log and outbox only grow, across
@@ -31,14 +47,22 @@
 //! - After an I/O error redb refuses every further operation on that handle;
 //!   the store then reopens the file before the next batch, so the box
 //!   recovers by itself once space returns.
+//! - Nothing reachable from [`ReadOnlyStore`] can write the file.
 
 mod batch;
 mod chain;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod model;
 mod reader;
+mod readonly;
+mod schema;
+mod shared;
 mod store;
 pub mod tables;
+mod verify;
+mod writer;
 
 pub use batch::Batch;
 pub use chain::{
@@ -51,4 +75,5 @@ pub use model::{
     RecordFilter, RecordKind, SeenEntry, Side,
 };
 pub use reader::StoreReader;
+pub use readonly::ReadOnlyStore;
 pub use store::Store;

@@ -11,14 +11,12 @@ use std::sync::Arc;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use crate::batch::chain_table;
-use crate::chain::{ChainMark, ChainName, ChainReport, ChainSummary, Walker};
+use crate::chain::ChainReport;
 use crate::error::{db, from_cbor, StoreError};
-use crate::model::{
-    AccessEntry, ChainedAccess, ChainedRecord, OutboxEntry, RecordBody, RecordFilter,
-};
-use crate::store::Shared;
+use crate::model::{ChainedAccess, ChainedRecord, OutboxEntry, RecordBody, RecordFilter};
+use crate::shared::Shared;
 use crate::tables;
+use crate::verify;
 
 /// A cheap, cloneable, `Send + Sync` handle for reading the store.
 #[derive(Debug, Clone)]
@@ -365,56 +363,8 @@ impl StoreReader {
     /// # Errors
     /// [`StoreError::Db`] when the file cannot be read.
     pub fn verify_chains(&self) -> Result<ChainReport, StoreError> {
-        self.read(|txn| {
-            let marks = txn
-                .open_table(tables::CHAIN_MARKS)
-                .map_err(db("open table chain_marks"))?;
-            let mark = |chain: ChainName| -> Result<ChainMark, StoreError> {
-                Ok(marks
-                    .get(chain.key())
-                    .map_err(db("read chain marks"))?
-                    .map_or(ChainMark::GENESIS, |g| ChainMark::from_row(g.value())))
-            };
-            let records = walk(txn, ChainName::Records, mark(ChainName::Records)?, |b| {
-                ciborium::from_reader::<RecordBody, _>(b)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })?;
-            let access_log = walk(
-                txn,
-                ChainName::AccessLog,
-                mark(ChainName::AccessLog)?,
-                |b| {
-                    ciborium::from_reader::<AccessEntry, _>(b)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                },
-            )?;
-            Ok(ChainReport {
-                records,
-                access_log,
-            })
-        })
+        self.read(verify::chains)
     }
-}
-
-/// Walks every stored row of `chain` in key order.
-fn walk(
-    txn: &ReadTransaction,
-    chain: ChainName,
-    mark: ChainMark,
-    check_body: impl Fn(&[u8]) -> Result<(), String>,
-) -> Result<ChainSummary, StoreError> {
-    let table = txn
-        .open_table(chain_table(chain))
-        .map_err(db("open chain table"))?;
-    let mut walker = Walker::new(chain, mark);
-    for row in table.iter().map_err(db("read chain"))? {
-        let (k, v) = row.map_err(db("read chain"))?;
-        let (prev, hash, body) = v.value();
-        walker.visit(k.value(), &prev, &hash, body, check_body(body));
-    }
-    Ok(walker.finish())
 }
 
 fn decode_record(

@@ -3,7 +3,8 @@
 //! Public for forensic tools and tamper tests, which open the file with redb
 //! directly (while no [`crate::Store`] has it open) to inspect or alter raw
 //! rows. The firmware itself only touches these tables through
-//! [`crate::Store`], [`crate::Batch`] and [`crate::StoreReader`].
+//! [`crate::Store`], [`crate::Batch`], [`crate::StoreReader`] and
+//! [`crate::ReadOnlyStore`].
 //!
 //! Layout (schema version [`SCHEMA_VERSION`]):
 //! - [`META`]: counters and versions, keyed by the `*_KEY` constants.

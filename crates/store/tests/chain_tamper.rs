@@ -4,7 +4,10 @@
 //! entry (middle, first, last), an inserted entry (wrong link, perfect link
 //! after the head, in the middle by renumbering), a renumbered or swapped
 //! entry, an edited anchor — is reported with the right kind at the right
-//! seq, without disturbing the other chain.
+//! seq, without disturbing the other chain. Every tampered file is verified
+//! twice, read-only (`ReadOnlyStore`, as `ifrelay verify-store` does) and
+//! through an open `Store`, and both must report the same; a tampered copy
+//! is reported damaged while the original stays intact.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -88,8 +91,21 @@ fn edited(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Tampers with the closed file, reopens, verifies, and checks that
-/// `chain` shows exactly `expected` while the other chain is intact.
+/// Verifies the closed file read-only, then through an opened store, and
+/// checks both agree.
+fn verify(t: &TempStore) -> ChainReport {
+    let read_only = t.read_only().unwrap().verify_chains().unwrap();
+    let store = t.open();
+    let report = store.reader().verify_chains().unwrap();
+    assert_eq!(
+        read_only, report,
+        "read-only and in-box verification differ"
+    );
+    report
+}
+
+/// Tampers with the closed file, verifies it, and checks that `chain`
+/// shows exactly `expected` while the other chain is intact.
 fn check(
     t: &TempStore,
     chain: ChainName,
@@ -97,8 +113,7 @@ fn check(
     expected: &[ChainDefect],
 ) {
     t.raw(tamper);
-    let store = t.open();
-    let report = store.reader().verify_chains().unwrap();
+    let report = verify(t);
     assert!(!report.is_intact());
     assert_eq!(summary(&report, chain).defects, expected, "{chain}");
     assert!(summary(&report, other(chain)).is_intact());
@@ -178,8 +193,7 @@ fn a_garbage_body_with_a_recomputed_hash_is_undecodable() {
             let h = chain_hash(chain, &p, 5, &b);
             put(txn, chain, 5, &(p, h, b));
         });
-        let store = t.open();
-        let report = store.reader().verify_chains().unwrap();
+        let report = verify(&t);
         let defects = &summary(&report, chain).defects;
         assert!(matches!(
             defects.as_slice(),
@@ -305,8 +319,7 @@ fn an_entry_inserted_in_the_middle_by_renumbering_the_rest_is_caught() {
             let h = chain_hash(chain, &p, 6, &b);
             put(txn, chain, 6, &(p, h, b));
         });
-        let store = t.open();
-        let report = store.reader().verify_chains().unwrap();
+        let report = verify(&t);
         let s = summary(&report, chain);
         let mut expected = vec![d(7, DefectKind::BrokenLink), d(7, DefectKind::HashMismatch)];
         for seq in 8..=11 {
@@ -381,6 +394,23 @@ fn an_edited_anchor_is_an_anchor_mismatch() {
 }
 
 #[test]
+fn a_tampered_copy_is_reported_damaged_read_only_and_the_original_stays_intact() {
+    let t = ten();
+    let copy = TempStore::new();
+    std::fs::copy(&t.path, &copy.path).unwrap();
+    copy.raw(|txn| {
+        let (p, h, b) = get(txn, ChainName::Records, 7);
+        put(txn, ChainName::Records, 7, &(p, h, edited(&b)));
+    });
+    let report = copy.read_only().unwrap().verify_chains().unwrap();
+    assert!(!report.is_intact());
+    assert_eq!(report.records.defects, [d(7, DefectKind::HashMismatch)]);
+    assert!(report.access_log.is_intact());
+    let original = t.read_only().unwrap().verify_chains().unwrap();
+    assert!(original.is_intact(), "{original:?}");
+}
+
+#[test]
 fn reading_an_undecodable_row_is_a_corrupt_error_not_a_panic() {
     let t = ten();
     t.raw(|txn| {
@@ -391,7 +421,7 @@ fn reading_an_undecodable_row_is_a_corrupt_error_not_a_panic() {
     let err = store.reader().records(1, 10).unwrap_err();
     assert!(
         matches!(err, ifrelay_store::StoreError::Corrupt { .. }),
-        "{err}"
+        "{err:?}"
     );
 }
 

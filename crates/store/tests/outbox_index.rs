@@ -342,7 +342,7 @@ fn an_index_row_naming_another_destinations_entry_is_reported_corrupt() {
     });
     let store = t.open();
     let err = store.reader().outbox_for("core", None, 10).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     // Entries after it still page.
     assert_eq!(
         seqs(&store.reader().outbox_for("core", Some(1), 2).unwrap()),
@@ -414,7 +414,7 @@ fn a_bulk_fill_is_durable_when_it_returns() {
         .unwrap();
     assert_eq!(filled, 1_000);
     // What a power cut would leave: the file as it is on disk now, without
-    // the clean close that would flush non-durable commits.
+    // a clean close.
     let copy = t.dir.path().join("copy.redb");
     std::fs::copy(&t.path, &copy).unwrap();
     std::mem::forget(store);

@@ -28,9 +28,9 @@ fn a_newer_schema_version_is_refused_and_left_alone() {
     assert!(
         matches!(err, StoreError::SchemaTooNew { found, supported }
             if found == tables::SCHEMA_VERSION + 1 && supported == tables::SCHEMA_VERSION),
-        "{err}"
+        "{err:?}"
     );
-    assert!(err.to_string().contains("newer"), "{err}");
+    assert!(err.to_string().contains("newer"), "{err:?}");
     // Untouched: the version is still the newer one.
     let v = t.raw(|txn| {
         txn.open_table(tables::META)
@@ -51,7 +51,7 @@ fn a_foreign_redb_file_is_refused() {
         txn.open_table(foreign).unwrap().insert("a", "b").unwrap();
     });
     let err = Store::open(&t.path, CACHE).unwrap_err();
-    assert!(matches!(err, StoreError::SchemaUnknown { .. }), "{err}");
+    assert!(matches!(err, StoreError::SchemaUnknown { .. }), "{err:?}");
     // Nothing was added to it.
     let names: Vec<String> = t.raw(|txn| {
         use redb::TableHandle;
@@ -74,7 +74,7 @@ fn a_meta_table_of_another_type_is_refused() {
             .unwrap();
     });
     let err = Store::open(&t.path, CACHE).unwrap_err();
-    assert!(matches!(err, StoreError::SchemaUnknown { .. }), "{err}");
+    assert!(matches!(err, StoreError::SchemaUnknown { .. }), "{err:?}");
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn an_older_unknown_schema_version_is_refused() {
             .unwrap();
     });
     let err = Store::open(&t.path, CACHE).unwrap_err();
-    assert!(matches!(err, StoreError::SchemaUnknown { .. }), "{err}");
+    assert!(matches!(err, StoreError::SchemaUnknown { .. }), "{err:?}");
 }
 
 #[test]
@@ -96,7 +96,7 @@ fn a_file_that_is_not_a_database_is_refused() {
     let t = TempStore::new();
     std::fs::write(&t.path, vec![0x42u8; 8192]).unwrap();
     let err = Store::open(&t.path, CACHE).unwrap_err();
-    assert!(matches!(err, StoreError::Db { .. }), "{err}");
+    assert!(matches!(err, StoreError::Db { .. }), "{err:?}");
 }
 
 #[test]

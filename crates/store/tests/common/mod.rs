@@ -1,6 +1,6 @@
 //! Shared fixtures of the store integration tests: sample records and
-//! access entries, opening a store in a temporary directory, and raw access
-//! to the file for tamper tests.
+//! access entries, opening a store (or a read-only view of it) in a
+//! temporary directory, and raw access to the file for tamper tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use ifrelay_proto::{
     AgencyCode, BusinessCode, InfoNameCode, ItemCode, PermitId, PersonCode, Prefix, Serial,
 };
-use ifrelay_store::{AccessEntry, Direction, Record, RecordKind, Side, Store};
+use ifrelay_store::{
+    AccessEntry, Direction, ReadOnlyStore, Record, RecordKind, Side, Store, StoreError,
+};
 
 /// Page cache for tests: small, as on the box.
 pub const CACHE: usize = 4 * 1024 * 1024;
@@ -27,6 +29,11 @@ impl TempStore {
 
     pub fn open(&self) -> Store {
         Store::open(&self.path, CACHE).unwrap()
+    }
+
+    /// Opens the file for inspection only (never writes).
+    pub fn read_only(&self) -> Result<ReadOnlyStore, StoreError> {
+        ReadOnlyStore::open(&self.path)
     }
 
     /// Runs `f` on a raw write transaction of the file (no store open).
