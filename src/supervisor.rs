@@ -25,8 +25,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::critical::{self, TaskDied};
+use crate::relay::channel::{Input, Listener};
 use crate::relay::delivery::{self, DeliveryConfig};
-use crate::relay::engine::{Engine, EngineConfig, EngineStats, Input, Listener, StepTimeouts};
+use crate::relay::engine::{Engine, EngineConfig, EngineStats, StepTimeouts};
 use crate::relay::server::{self, ListenerConfig, ServerContext};
 
 /// Inputs waiting for the engine; past this the box answers "busy".

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::channel::{Delivery, Input, Notice, Undeliverable, Verdict};
 use super::destination::{Destination, OutboxItem};
-use super::engine::{Delivery, Input, Undeliverable, Verdict};
 use crate::net::{Link, LinkReader, LinkWriter};
 
 /// Frames a worker keeps in flight to one destination (pipelining): the
@@ -54,17 +54,6 @@ pub struct DeliveryConfig {
     /// Failed attempts before the engine is asked what to do.
     pub retry_count: u32,
     pub max_frame: usize,
-}
-
-/// What the engine tells delivery after a commit.
-#[derive(Debug, Clone)]
-pub enum Notice {
-    /// New entries for this destination are durable.
-    Wake(Destination),
-    /// A commit failed: entries whose delivery was not recorded are still
-    /// in the outbox; every worker reads its outbox again from the start
-    /// (the next hop drops what it already has by message id).
-    Rewind,
 }
 
 /// Shared between the dispatcher and one worker.

@@ -70,7 +70,16 @@ impl Destination {
     }
 
     pub fn party_label(&self, own: &AgencyCode) -> String {
-        super::engine::party_label(&self.party(own))
+        party_label(&self.party(own))
+    }
+}
+
+/// `"core"`, `"is/131016"`, `"ims/131016"`: how a party is named in the
+/// access log and in logs.
+pub fn party_label(p: &Party) -> String {
+    match &p.agency {
+        Some(a) => format!("{}/{a}", p.role),
+        None => p.role.to_string(),
     }
 }
 

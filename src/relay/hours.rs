@@ -218,6 +218,14 @@ pub fn jst(ms: Millis) -> (Date, Minute, u8) {
     )
 }
 
+/// `yyyymmdd` of `ms` in Japan Standard Time (UTC+9), the date printed in
+/// serials.
+pub fn jst_date(ms: Millis) -> String {
+    let days = (ms / 1000 + 9 * 3600).div_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}{m:02}{d:02}")
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's algorithm).
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -271,6 +279,14 @@ mod tests {
         assert!(hours.is_open(at(2026, 11, 23, 9, 30)));
         // Not enforced: always open.
         assert!(ServiceHours::always().is_open(at(2026, 11, 23, 23, 0)));
+    }
+
+    #[test]
+    fn serial_dates_are_japan_time() {
+        // 2026-11-21T15:00:00Z is 2026-11-22 00:00 in Japan.
+        assert_eq!(jst_date(1_795_273_200_000), "20261122");
+        assert_eq!(jst_date(1_795_273_199_000), "20261121");
+        assert_eq!(jst_date(0), "19700101");
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! The relay: the engine that owns process state and the store, the TLS
 //! listeners that feed it, and the delivery workers that drain its outbox.
 //!
-//! Data flow: listener → [`engine::Input`] (bounded channel) → engine
+//! Data flow: listener → [`channel::Input`] (bounded channel) → engine
 //! thread (one write transaction per batch, then replies) → outbox items →
-//! [`delivery`] workers → next hop → [`engine::Input::Delivered`].
+//! [`delivery`] workers → next hop → [`channel::Input::Delivered`].
+//!
+//! Modules depend only downwards (the supervisor is above them all):
+//! `server`, `delivery` and `engine` use `channel`; `channel` uses
+//! `destination`; `engine` also uses `hours` and `process`; `hours`,
+//! `process` and `destination` use no other relay module. `crate::net`
+//! (framing and links) uses none of them.
 
+pub mod channel;
 pub mod delivery;
 pub mod destination;
 pub mod engine;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::engine::{FrameInput, Input, Listener, Peer};
+use super::channel::{FrameInput, Input, Listener, Peer};
 use crate::net::{
     flush_within, now_millis, read_frame, write_bytes, write_unflushed, IdGen, ReadError,
     WRITE_BUFFER_BYTES,

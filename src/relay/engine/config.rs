@@ -1,0 +1,62 @@
+//! Fixed facts about this box the engine needs, and the step timeouts.
+//!
+//! Invariant: [`StepTimeouts::deadline`] gives every open process exactly
+//! one deadline, measured from the event that started the step it waits
+//! in, so a process that never hears from a party is closed (R-COM-2).
+
+use std::time::Duration;
+
+use ifrelay_proto::{AgencyCode, Millis};
+
+use crate::relay::hours::ServiceHours;
+use crate::relay::process::{Process, Step};
+
+/// Fixed facts about this box the engine needs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub agency: AgencyCode,
+    /// Networks a peer interface system may be dialled at (R-SEC-5).
+    pub peer_allow: Vec<ipnet::IpNet>,
+    pub clock_synced: bool,
+    /// When new processes may start (R-AV-1).
+    pub hours: ServiceHours,
+    /// How long each step of a process may take (R-COM-2).
+    pub steps: StepTimeouts,
+}
+
+/// Longest wait for each step of a process; past it the process is closed
+/// with `E_TIMEOUT` and both the intermediate server and the core are told.
+#[derive(Debug, Clone, Copy)]
+pub struct StepTimeouts {
+    /// Permit request relayed → permit or refusal from the core.
+    pub permit: Duration,
+    /// Query relayed → query accepted.
+    pub query_accepted: Duration,
+    /// Query relayed → provision, receipt and completions all through.
+    pub provision_complete: Duration,
+    /// Serial issued, bound or permitted, but no query sent.
+    pub idle_process: Duration,
+}
+
+impl StepTimeouts {
+    /// When `p` times out, and which step it is waiting for.
+    pub fn deadline(&self, p: &Process) -> (Millis, &'static str) {
+        let after = |from: Millis, d: Duration| {
+            from.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        };
+        let queried = p.query_requested_at.unwrap_or(p.created_at);
+        match p.step {
+            Step::Issued | Step::Bound | Step::Permitted => {
+                (after(p.updated_at, self.idle_process), "query")
+            }
+            Step::PermitRequested => (after(p.updated_at, self.permit), "permit"),
+            Step::QueryRelayed if !p.query_accepted && !p.provision_relayed => {
+                (after(queried, self.query_accepted), "query accepted")
+            }
+            Step::QueryRelayed => (
+                after(queried, self.provision_complete),
+                "provision and completion",
+            ),
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The relay engine: the one writer of the store and the owner of every
+//! process's state.
+//!
+//! Inputs from all connections and delivery workers arrive on one bounded
+//! channel. The engine thread takes a batch of them, handles each against
+//! its in-memory state and one store write transaction, commits once
+//! (group commit, one fsync for the batch), and only then answers the
+//! senders and hands new outbox entries to delivery. A sender therefore
+//! hears "accepted" only for what is durable (DESIGN "Wire format").
+//!
+//! This file owns the batch loop and the commit; the submodules own one
+//! concern each, and only ever depend downwards (upper ones first):
+//!
+//! - [`harness`]: the engine driven synchronously, for tests and fuzzing;
+//! - `handle`: one input — identity, duplicates, roles, hours, the step;
+//! - `requester`, `provider`, `closing`, `status`, `timers`, `delivered`:
+//!   the steps and events, as methods on the state;
+//! - `state`: the state and the primitive changes (save, close, queue);
+//! - `permits`, `access`, `dedup`, `roles`, `prefix`, `reply`, `config`:
+//!   checks, log entries and values, with no state of their own.
+//!
+//! Invariants:
+//! - every input produces exactly one access-log entry in the same commit
+//!   as its effects (R-REC-5);
+//! - a refused input changes nothing but the access log;
+//! - when a commit fails, every input of the batch is answered
+//!   [`Reason::Store`] and the in-memory state is reloaded from the store
+//!   before the next batch, so memory never runs ahead of disk.
+//!
+//! [`Reason::Store`]: ifrelay_proto::Reason::Store
+
+mod access;
+mod closing;
+mod config;
+mod dedup;
+mod delivered;
+mod handle;
+mod permits;
+mod prefix;
+mod provider;
+mod reply;
+mod requester;
+mod roles;
+mod state;
+mod status;
+mod timers;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ifrelay_proto::{Body, Party, Reason};
+use ifrelay_store::{BootState, Store, StoreError};
+use tokio::sync::mpsc;
+
+pub use self::config::{EngineConfig, StepTimeouts};
+pub use self::dedup::SEEN_RETENTION;
+use self::prefix::PrefixState;
+use self::reply::store_refusal;
+use self::state::{Handled, Relay};
+use super::channel::{FrameInput, Input, Notice, Verdict};
+use super::destination::Destination;
+use super::process::Process;
+use crate::net::{now_millis, IdGen};
+
+/// Most inputs handled in one commit.
+pub const MAX_BATCH: usize = 256;
+/// A commit this long counts in [`EngineStats::slow_commits`].
+pub const SLOW_COMMIT: Duration = Duration::from_millis(20);
+
+/// Counters the supervisor exposes (status, demo, tests).
+#[derive(Debug, Default, Clone)]
+pub struct EngineStats {
+    pub batches: u64,
+    pub inputs: u64,
+    pub commit_failures: u64,
+    /// Microseconds spent handling inputs inside batches (before commit).
+    pub handling_us: u64,
+    /// Microseconds spent in commits (writing pages and the fsync).
+    pub committing_us: u64,
+    /// Commits that took [`SLOW_COMMIT`] or longer (a stalled disk shows
+    /// here first).
+    pub slow_commits: u64,
+    pub refused: HashMap<Reason, u64>,
+}
+
+/// The engine and its state. Runs on its own thread via [`Engine::run`].
+pub struct Engine {
+    store: Store,
+    relay: Relay,
+    /// A commit failed: reload from the store before the next batch.
+    needs_reload: bool,
+    deliver: mpsc::UnboundedSender<Notice>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+impl Engine {
+    /// Boots the store (bumping the serial epoch durably) and loads the
+    /// state. Delivery finds the outbox in the store by itself.
+    ///
+    /// # Errors
+    /// The store's error when it cannot boot.
+    pub fn boot(
+        mut store: Store,
+        cfg: EngineConfig,
+        deliver: mpsc::UnboundedSender<Notice>,
+        stats: Arc<Mutex<EngineStats>>,
+    ) -> Result<(Engine, Arc<IdGen>), StoreError> {
+        let boot = store.boot(now_millis())?;
+        let party = Party::is(cfg.agency.clone());
+        let ids = Arc::new(
+            IdGen::new(format!("is-{}-{}", cfg.agency, boot.epoch))
+                .expect("invariant: agency codes and digits make valid message ids"),
+        );
+        let mut engine = Engine {
+            store,
+            relay: Relay {
+                cfg,
+                party,
+                ids: ids.clone(),
+                epoch: boot.epoch,
+                serial_counter: 0,
+                prefix: None,
+                processes: HashMap::new(),
+            },
+            needs_reload: false,
+            deliver,
+            stats,
+        };
+        engine.load(boot);
+        Ok((engine, ids))
+    }
+
+    /// Replaces the in-memory state with `boot`'s.
+    fn load(&mut self, boot: BootState) {
+        self.relay.epoch = boot.epoch;
+        self.relay.serial_counter = 0;
+        self.relay.prefix = boot
+            .prefix
+            .and_then(|(_, bytes)| ciborium::from_reader(&bytes[..]).ok())
+            .map(|d| PrefixState::of(&d));
+        self.relay.processes = boot
+            .processes
+            .into_iter()
+            .filter_map(|(serial, bytes)| match Process::decode(&bytes) {
+                Ok(p) => Some((serial, p)),
+                Err(e) => {
+                    tracing::error!(%serial, error = %e, "stored process unreadable; skipped");
+                    None
+                }
+            })
+            .collect();
+        tracing::info!(
+            epoch = boot.epoch,
+            processes = self.relay.processes.len(),
+            outbox = boot.outbox_len,
+            "state loaded"
+        );
+    }
+
+    /// The engine loop; returns when [`Input::Stop`] arrives or every
+    /// sender is gone.
+    pub fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        let mut batch: Vec<Input> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let Some(first) = inputs.blocking_recv() else {
+                break;
+            };
+            let mut stop = matches!(first, Input::Stop);
+            if !stop {
+                batch.push(first);
+            }
+            while !stop && batch.len() < MAX_BATCH {
+                match inputs.try_recv() {
+                    Ok(Input::Stop) => stop = true,
+                    Ok(input) => batch.push(input),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.run_batch(&mut batch, now_millis());
+            }
+            if stop {
+                break;
+            }
+        }
+        tracing::info!("relay engine stopped");
+    }
+
+    /// Handles `inputs` at `now` in one write transaction, commits, then
+    /// answers: the one place where effects become visible.
+    fn run_batch(&mut self, inputs: &mut Vec<Input>, now: ifrelay_proto::Millis) {
+        if self.needs_reload {
+            match self.store.boot(now_millis()) {
+                Ok(boot) => {
+                    self.load(boot);
+                    self.needs_reload = false;
+                    // Deliveries the failed batch did not record are
+                    // still in the outbox: read it again from the start.
+                    let _ = self.deliver.send(Notice::Rewind);
+                    tracing::info!(epoch = self.relay.epoch, "store recovered; state reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store still unavailable");
+                    self.fail_all(inputs.drain(..), &e);
+                    return;
+                }
+            }
+        }
+        let mut store_batch = match self.store.begin() {
+            Ok(b) => b,
+            Err(e) => {
+                self.needs_reload = true;
+                self.fail_all(inputs.drain(..), &e);
+                return;
+            }
+        };
+        let started = Instant::now();
+        let mut done: Vec<Handled> = Vec::with_capacity(inputs.len());
+        let mut failure: Option<StoreError> = None;
+        let mut unhandled: Vec<Input> = Vec::new();
+        for input in inputs.drain(..) {
+            if failure.is_some() {
+                unhandled.push(input);
+                continue;
+            }
+            match self.relay.handle(&mut store_batch, now, input) {
+                Ok(h) => done.push(h),
+                Err(boxed) => {
+                    let (e, input) = *boxed;
+                    failure = Some(e);
+                    unhandled.extend(input);
+                }
+            }
+        }
+        let handled = Instant::now();
+        let result = match failure {
+            Some(e) => {
+                drop(store_batch);
+                Err(e)
+            }
+            None => store_batch.commit(),
+        };
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.handling_us += micros(handled.duration_since(started));
+            stats.committing_us += micros(handled.elapsed());
+            if handled.elapsed() >= SLOW_COMMIT {
+                stats.slow_commits += 1;
+            }
+        }
+        match result {
+            Ok(()) => {
+                let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+                let mut woken: Vec<Destination> = Vec::new();
+                stats.batches += 1;
+                stats.inputs += done.len() as u64;
+                for h in done {
+                    if let Some(reason) = h.refused {
+                        *stats.refused.entry(reason).or_default() += 1;
+                    }
+                    if let Some((tx, body)) = h.reply {
+                        let _ = tx.send(body);
+                    }
+                    if let Some((tx, verdict)) = h.verdict {
+                        let _ = tx.send(verdict);
+                    }
+                    for d in h.outbox {
+                        if !woken.contains(&d) {
+                            woken.push(d);
+                        }
+                    }
+                }
+                for d in woken {
+                    // If delivery is gone we are stopping; the entry stays
+                    // in the durable outbox for the next start.
+                    let _ = self.deliver.send(Notice::Wake(d));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, full = e.is_storage_full(), "commit failed; batch refused");
+                self.needs_reload = true;
+                for (tx, body) in done.into_iter().filter_map(|h| h.reply) {
+                    let mut refusal = store_refusal(&e);
+                    if let (Body::Refused(r), Some(id)) = (&mut refusal, body.in_reply_to()) {
+                        r.in_reply_to = Some(id.clone());
+                    }
+                    let _ = tx.send(refusal);
+                }
+                self.fail_all(unhandled.into_iter(), &e);
+            }
+        }
+    }
+
+    fn fail_all(&self, inputs: impl Iterator<Item = Input>, e: &StoreError) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.commit_failures += 1;
+        for input in inputs {
+            if let Input::Frame(input) = input {
+                let FrameInput { reply, frame, .. } = *input;
+                let mut body = store_refusal(e);
+                if let Body::Refused(r) = &mut body {
+                    r.in_reply_to = Some(frame.header.id.clone());
+                }
+                let _ = reply.send(body);
+            } else if let Input::Undeliverable(u) = input {
+                // Nothing was decided: the worker keeps the entry.
+                let _ = u.verdict.send(Verdict::Keep);
+            }
+            // A Delivered answer that was not recorded leaves its entry in
+            // the outbox; the rewind after the reload sends it again.
+            // Refused notes are lost with the batch; tracing has them.
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
