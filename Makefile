@@ -2,10 +2,11 @@
 #   make demo   two boxes, their intermediate servers and the core on loopback
 #   make test   formatting, lints and every test
 #   make bench  performance on loopback (docs/performance.md); last line is the summary
+SHELL := /bin/bash
 CARGO ?= cargo
 DEMO_DIR ?= var/demo
 
-.PHONY: all build demo test lint fmt check-tools clean bench fuzz
+.PHONY: all build demo test lint fmt check-tools clean bench fuzz firmware-deps
 
 all: build
 
@@ -25,9 +26,18 @@ demo: build
 	$(CARGO) run --release --locked --quiet -p ifrelay-testkit --bin ifrelay-demo -- \
 	  --dir $(DEMO_DIR) --firmware target/release/ifrelay
 
-lint: check-tools
+lint: check-tools firmware-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# The firmware ships only the box (R-SEC-7): none of the test kit, the
+# development PKI or the simulators' crypto may be among its dependencies.
+TEST_ONLY_CRATES = ifrelay-testkit ifrelay-devpki rcgen x25519-dalek chacha20poly1305 hkdf
+firmware-deps: check-tools
+	@found=$$($(CARGO) tree -p ifrelay -e normal --locked --prefix none --format '{p}' \
+	  | awk '{print $$1}' | sort -u | grep -Fx -f <(printf '%s\n' $(TEST_ONLY_CRATES)) || true); \
+	if [ -n "$$found" ]; then echo "firmware links test-only crates: $$found"; exit 1; fi; \
+	echo "firmware dependencies: no test-only crate"
 
 # `cargo test --workspace` builds the `ifrelay` binary beside the test
 # executables, where the test kit finds it.

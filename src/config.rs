@@ -90,7 +90,7 @@ const ONE_HOUR_MS: u64 = 60 * 60 * 1000;
 #[non_exhaustive]
 pub enum ConfigError {
     /// The configuration file itself cannot be read.
-    #[error("cannot read configuration file {}: {source}; check the path given and its permissions", path.display())]
+    #[error("cannot read configuration file {}; check the path given and its permissions", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -118,7 +118,7 @@ pub enum ConfigError {
         fix: String,
     },
     /// The configuration could not be written back as TOML.
-    #[error("cannot write the configuration as TOML: {0}")]
+    #[error("cannot write the configuration as TOML")]
     Serialize(#[from] toml::ser::Error),
 }
 
@@ -514,10 +514,15 @@ impl ConfigFile {
     }
 
     fn parse_from(text: &str, origin: Option<&Path>) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            origin: origin.map(Path::to_owned),
-            field: key_of_error(text, &e),
-            message: e.to_string().trim_end().to_owned(),
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field =
+                key_path(e.path(), e.inner()).or_else(|| key_at_span(text, e.inner().span()?));
+            ConfigError::Syntax {
+                origin: origin.map(Path::to_owned),
+                field,
+                message: e.into_inner().to_string().trim_end().to_owned(),
+            }
         })
     }
 
@@ -530,51 +535,59 @@ impl ConfigFile {
     }
 }
 
-/// Best-effort dotted key of a TOML/serde error, from its span: the
-/// enclosing `[section]` and the key on the line, or the field named by a
-/// "missing field"/"unknown field" message.
-fn key_of_error(text: &str, err: &toml::de::Error) -> Option<String> {
-    let named = |prefix: &str| {
-        err.message()
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split('`').next())
-            .map(str::to_owned)
-    };
-    let span = err.span()?;
+/// The dotted key of a refused value (`core.allow[1]`), from the path
+/// serde_path_to_error followed. For a missing key the path ends at the
+/// table that lacks it; serde names the key only in its standard message
+/// (`missing field `x``), so that one name is taken from there.
+fn key_path(path: &serde_path_to_error::Path, err: &toml::de::Error) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    if let Some(missing) = err
+        .message()
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(missing);
+    }
+    (!key.is_empty()).then_some(key)
+}
+
+/// The key on the line of a TOML *syntax* error (a number beyond `i64`, a
+/// stray character), which serde never saw: `[section]` above the span and
+/// the `key =` on its line.
+fn key_at_span(text: &str, span: std::ops::Range<usize>) -> Option<String> {
     let before = text.get(..span.start)?;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[span.start..]
-        .find('\n')
-        .map_or(text.len(), |i| span.start + i);
-    let line = text.get(line_start..line_end)?.trim();
+    let line = text.get(line_start..)?.lines().next()?.trim();
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
     let section = before[..line_start]
         .lines()
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-    let join = |section: Option<String>, key: String| match section {
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    Some(match section {
         Some(s) if !s.is_empty() => format!("{s}.{key}"),
-        _ => key,
-    };
-    if line.starts_with('[') {
-        let header = line
-            .trim_matches(|c| c == '[' || c == ']')
-            .trim()
-            .to_owned();
-        if let Some(missing) = named("missing field `") {
-            return Some(join(Some(header), missing));
-        }
-        return Some(header);
-    }
-    if let Some(missing) = named("missing field `") {
-        return Some(join(section, missing));
-    }
-    let key = line.split('=').next()?.trim().trim_matches('"').to_owned();
-    if key.is_empty() {
-        return None;
-    }
-    Some(join(section, key))
+        _ => key.to_owned(),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1194,8 +1207,13 @@ fn tls_error(err: TlsError) -> ConfigError {
         TlsError::BadCaCertificate { .. } => "tls.ca",
         _ => "tls.cert",
     };
-    // The TLS error already says what is wrong and what to do.
-    ConfigError::invalid(field, err.to_string(), "see docs/config.md, [tls]")
+    // The TLS error already says what is wrong and what to do; its cause
+    // (an I/O or rustls error) goes into the one message here.
+    ConfigError::invalid(
+        field,
+        crate::logging::Causes(&err).to_string(),
+        "see docs/config.md, [tls]",
+    )
 }
 
 fn check_store_path(path: &Path) -> Result<(), ConfigError> {
@@ -1214,14 +1232,14 @@ fn check_store_path(path: &Path) -> Result<(), ConfigError> {
     // `run` creates the store's directory (mode 0700) when its parent
     // exists, and nothing further up: a missing mount point is a mistake
     // to report, not a tree to make.
-    let existing = if parent.exists() {
-        parent
-    } else {
-        match parent.parent() {
-            Some(up) if up.as_os_str().is_empty() => Path::new("."),
-            Some(up) if up.exists() => up,
-            _ => {
-                return Err(ConfigError::invalid(
+    let existing =
+        if parent.exists() {
+            parent
+        } else {
+            match parent.parent() {
+                Some(up) if up.as_os_str().is_empty() => Path::new("."),
+                Some(up) if up.exists() => up,
+                _ => return Err(ConfigError::invalid(
                     field,
                     format!(
                         "neither the store's directory {} nor its parent exists",
@@ -1229,10 +1247,9 @@ fn check_store_path(path: &Path) -> Result<(), ConfigError> {
                     ),
                     "create the parent directory (the box creates the store's directory itself), \
                      or point store.path into a directory on the mirrored disks",
-                ))
+                )),
             }
-        }
-    };
+        };
     if !existing.is_dir() {
         return Err(ConfigError::invalid(
             field,

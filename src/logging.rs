@@ -53,3 +53,39 @@ fn stderr_is_journal() -> bool {
     };
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
+
+/// An error and its causes on one line, `what: why: why`, for log fields:
+/// error messages never embed their cause (it is returned by `source()`
+/// instead, so the binary prints each cause once), and a log line must
+/// still show all of them.
+pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the store")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_joined_once_each() {
+        let e = Outer(std::io::Error::other("disk on fire"));
+        assert_eq!(
+            Causes(&e).to_string(),
+            "cannot open the store: disk on fire"
+        );
+    }
+}

@@ -40,12 +40,12 @@ enum Command {
         #[arg(value_name = "FILE")]
         config: PathBuf,
     },
-    /// Verify the hash chains of a store file, read-only (safe while the
-    /// box runs).
+    /// Verify the hash chains of a store file, read-only: never creates,
+    /// repairs or writes anything, and is safe while the box runs.
     ///
-    /// Exit codes: 0 intact, 1 damaged (the report names each defect), 3
-    /// inconclusive (the store changed during every pass: retry when the
-    /// box is idle), 74 not a readable store.
+    /// Exit codes: 0 intact, 1 damaged (the report names each defect), 74
+    /// not a readable store (missing, not a store, newer schema, or left
+    /// unclean by a crash: start the box once, then verify again).
     VerifyStore {
         /// The store file (`store.path` of the configuration).
         #[arg(value_name = "FILE")]
@@ -59,7 +59,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // --help and --version are not errors; clap knows which.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     ifrelay::logging::init();
@@ -81,19 +85,23 @@ fn main() -> ExitCode {
 }
 
 fn config_error(e: &ifrelay::config::ConfigError) -> ExitCode {
-    eprintln!("ifrelay: invalid configuration: {e}");
+    print_chain("invalid configuration: ", e);
     ExitCode::from(exit::CONFIG)
 }
 
-/// Prints `e` and each cause once, one per line.
 fn failure(e: &dyn std::error::Error, code: u8) -> ExitCode {
-    eprintln!("ifrelay: {e}");
+    print_chain("", e);
+    ExitCode::from(code)
+}
+
+/// Prints `e` and each of its causes once, one per line.
+fn print_chain(what: &str, e: &dyn std::error::Error) {
+    eprintln!("ifrelay: {what}{e}");
     let mut source = e.source();
     while let Some(cause) = source {
         eprintln!("  caused by: {cause}");
         source = cause.source();
     }
-    ExitCode::from(code)
 }
 
 fn run(file: PathBuf) -> ExitCode {
@@ -154,12 +162,14 @@ async fn wait_for_signal() {
     tracing::info!("stop requested");
 }
 
+/// Verifies through a read-only handle: a mistyped path is an error, not
+/// a new empty store, and a running box keeps committing meanwhile.
 fn verify_store(file: PathBuf) -> ExitCode {
-    let store = match ifrelay_store::Store::open(&file, 16 << 20) {
+    let store = match ifrelay_store::ReadOnlyStore::open(&file) {
         Ok(s) => s,
         Err(e) => return failure(&e, exit::IO),
     };
-    match store.reader().verify_chains() {
+    match store.verify_chains() {
         Ok(report) => {
             print!("{}", ifrelay::report::chain_report(&report));
             if report.is_intact() {

@@ -26,7 +26,7 @@ pub enum ReadError {
     /// The peer closed the stream cleanly between frames.
     #[error("connection closed by peer")]
     Closed,
-    #[error("i/o error: {0}")]
+    #[error("the connection failed")]
     Io(#[from] std::io::Error),
     /// The stream cannot be resynchronised; answer and close.
     #[error(transparent)]
@@ -186,20 +186,21 @@ pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LinkError {
-    #[error("cannot connect to {party} at {addr}: {source}")]
+    #[error("cannot connect to {party} at {addr}")]
     Connect {
         party: String,
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
     #[error("timed out connecting to {party} at {addr}")]
     ConnectTimeout { party: String, addr: SocketAddr },
     #[error("bad server identity {party}: {text}")]
     Identity { party: String, text: String },
-    #[error("reading the reply: {0}")]
+    #[error("cannot read the reply")]
     Read(#[from] ReadError),
-    #[error("writing the frame: {0}")]
-    Write(std::io::Error),
+    #[error("cannot write the frame")]
+    Write(#[source] std::io::Error),
     #[error("the reply answers {got:?}, not {want}")]
     Mismatched {
         want: MessageId,

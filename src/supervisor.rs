@@ -122,6 +122,9 @@ pub struct RunningBox {
     reader: StoreReader,
     stats: Arc<Mutex<EngineStats>>,
     watch: critical::Watch,
+    /// Set by [`RunningBox::wait`] when a critical task died: the
+    /// shutdown then skips the drain, since a restart resends everything.
+    task_died: bool,
     engine_tx: mpsc::Sender<Input>,
     engine_thread: Option<std::thread::JoinHandle<()>>,
     /// Cancelled by a signal or the console to ask for the shutdown.
@@ -242,7 +245,11 @@ impl RunningBox {
         };
         for (tcp, listener, task) in [
             (core_listener, Listener::CoreSide, "core-side listener"),
-            (agency_listener, Listener::AgencySide, "agency-side listener"),
+            (
+                agency_listener,
+                Listener::AgencySide,
+                "agency-side listener",
+            ),
         ] {
             let ctx = Arc::new(ServerContext {
                 config: listener_config(listener),
@@ -320,6 +327,7 @@ impl RunningBox {
             reader,
             stats,
             watch,
+            task_died: false,
             engine_tx,
             engine_thread: Some(engine_thread),
             stop_requested,
@@ -351,7 +359,10 @@ impl RunningBox {
     pub async fn wait(&mut self) -> Exit {
         tokio::select! {
             () = self.stop_requested.cancelled() => Exit::Requested,
-            died = self.watch.died() => Exit::TaskDied(died),
+            died = self.watch.died() => {
+                self.task_died = true;
+                Exit::TaskDied(died)
+            }
         }
     }
 
@@ -371,16 +382,24 @@ impl RunningBox {
         {
             tracing::warn!("connections still open after the grace period");
         }
+        // A dead engine can neither record the notice nor take delivery
+        // answers, and after any task's death the restart resends the
+        // outbox anyway: waiting for the drain would only delay it.
+        let engine_alive = !self.task_died
+            && self
+                .engine_thread
+                .as_ref()
+                .is_some_and(|t| !t.is_finished());
         // Wait until the notices are in the outbox, then for the drain.
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let announce = Input::Announce {
             event: StatusEvent::Stopping,
             done: Some(done_tx),
         };
-        if self.engine_tx.send(announce).await.is_ok() {
+        if engine_alive && self.engine_tx.send(announce).await.is_ok() {
             let _ = tokio::time::timeout_at(deadline, done_rx).await;
         }
-        while tokio::time::Instant::now() < deadline {
+        while engine_alive && tokio::time::Instant::now() < deadline {
             match self.reader.outbox_len() {
                 Ok(0) | Err(_) => break,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,

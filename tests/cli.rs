@@ -1,10 +1,19 @@
 //! The `ifrelay` binary as staff and CI use it: a bad configuration is
 //! refused with the field named and exit code 78 before anything is bound;
-//! usage errors exit 2. (`verify-store` on a real box's store, and the
-//! demo, are tested in `crates/testkit/tests/demo.rs`.)
+//! usage errors exit 2 and `--help` works per command; `run` creates the
+//! store's directory (0700); a failing command prints each cause once.
+//! (`verify-store` on a real box's store, and the demo, are tested in
+//! `crates/testkit/tests/demo.rs`.)
 
+use std::path::Path;
 use std::process::Command;
 
+use ifrelay::config::{
+    BoxSection, ConfigFile, EndpointSection, ListenSection, PeersSection, ServiceSection,
+    StoreSection, TlsSection,
+};
+use ifrelay_devpki::DevPki;
+use ifrelay_proto::{AgencyCode, Party};
 
 fn ifrelay(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ifrelay"))
@@ -65,4 +74,159 @@ allow = ["127.0.0.1/32"]
     }
     let out = ifrelay(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_is_there_for_every_command() {
+    let out = ifrelay(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for command in ["run", "check-config", "verify-store"] {
+        assert!(help.contains(command), "{help}");
+        let out = ifrelay(&[command, "--help"]);
+        assert_eq!(out.status.code(), Some(0), "{command} --help");
+        assert!(text(&out.stdout).contains("Usage: ifrelay"), "{command}");
+    }
+    assert!(!help.contains("demo"), "the firmware has no demo: {help}");
+    assert_eq!(ifrelay(&["demo"]).status.code(), Some(2));
+}
+
+/// Every line of `stderr` once, and no line's text inside another: a
+/// cause printed in its error's message and again as "caused by" fails.
+fn assert_each_cause_once(stderr: &str) {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(|l| l.trim().trim_start_matches("caused by: "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(!lines.is_empty(), "nothing printed");
+    for (i, line) in lines.iter().enumerate() {
+        for (j, other) in lines.iter().enumerate() {
+            assert!(
+                i == j || !other.contains(line),
+                "{line:?} is printed twice:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn failing_commands_print_each_cause_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.toml");
+    let out = ifrelay(&["check-config", &missing.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(78));
+    assert_each_cause_once(&text(&out.stderr));
+
+    let out = ifrelay(&[
+        "verify-store",
+        &dir.path().join("mistyped.redb").to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(74), "{}", text(&out.stderr));
+    assert_each_cause_once(&text(&out.stderr));
+    assert!(
+        !dir.path().join("mistyped.redb").exists(),
+        "verify-store created a store"
+    );
+
+    // A port already taken: the bind error and its OS cause, once each.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let site = Site::new(dir.path());
+    let config = site.config(
+        &taken.local_addr().expect("addr").to_string(),
+        "var/ifrelay.redb",
+    );
+    let out = ifrelay(&["run", "--config", &config.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert_each_cause_once(&stderr);
+}
+
+#[test]
+fn run_creates_the_store_directory_with_mode_0700() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let site = Site::new(dir.path());
+    let config = site.config("127.0.0.1:0", "store/ifrelay.redb");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ifrelay"))
+        .args(["run", "--config", &config.to_string_lossy()])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let store = dir.path().join("store/ifrelay.redb");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !store.exists() && std::time::Instant::now() < deadline {
+        assert!(child.try_wait().expect("wait").is_none(), "the box exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(store.exists(), "no store was created");
+    let mode = std::fs::metadata(dir.path().join("store"))
+        .expect("store directory")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+/// A box's PKI and configuration under one folder.
+struct Site<'a> {
+    dir: &'a Path,
+}
+
+impl<'a> Site<'a> {
+    fn new(dir: &'a Path) -> Self {
+        let pki = DevPki::new().expect("CA");
+        pki.write_ca(dir).expect("CA file");
+        pki.issue(&Party::is(AgencyCode::new("131016").expect("code")))
+            .expect("cert")
+            .write(dir, "box")
+            .expect("write");
+        Site { dir }
+    }
+
+    /// A valid configuration listening on `core_side` (agency side on
+    /// port 0), with the store at `store` relative to the folder.
+    fn config(&self, core_side: &str, store: &str) -> std::path::PathBuf {
+        let loopback = vec!["127.0.0.0/8".to_owned()];
+        let file = ConfigFile {
+            appliance: BoxSection {
+                agency: "131016".to_owned(),
+                name: None,
+            },
+            listen: ListenSection {
+                core_side: core_side.to_owned(),
+                agency_side: "127.0.0.1:0".to_owned(),
+            },
+            tls: TlsSection {
+                ca: self.dir.join("ca.pem"),
+                cert: self.dir.join("box.pem"),
+                key: self.dir.join("box.key"),
+            },
+            store: StoreSection {
+                path: self.dir.join(store),
+                cache_mib: 16,
+            },
+            core: EndpointSection {
+                address: "127.0.0.1:9".to_owned(),
+                allow: loopback.clone(),
+            },
+            ims: EndpointSection {
+                address: "127.0.0.1:9".to_owned(),
+                allow: loopback.clone(),
+            },
+            peers: PeersSection {
+                allow: loopback,
+                ..PeersSection::default()
+            },
+            limits: Default::default(),
+            timeouts: Default::default(),
+            service: ServiceSection::default(),
+        };
+        let path = self.dir.join("ifrelay.toml");
+        std::fs::write(&path, file.to_toml_string().expect("toml")).expect("write");
+        path
+    }
 }

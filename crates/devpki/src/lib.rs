@@ -41,24 +41,24 @@ const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 #[non_exhaustive]
 pub enum PkiError {
     /// rcgen refused to generate a key or certificate.
-    #[error("cannot generate the {what}: {source}")]
+    #[error("cannot generate the {what}")]
     Generate {
         what: &'static str,
         #[source]
         source: rcgen::Error,
     },
     /// The party has no certificate name.
-    #[error("cannot issue a certificate: {0}")]
+    #[error("cannot issue a certificate")]
     Identity(#[from] IdentityError),
     /// A PEM file could not be written.
-    #[error("cannot write {}: {source}; check that the directory exists and is writable", path.display())]
+    #[error("cannot write {}; check that the directory exists and is writable", path.display())]
     Write {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
     /// The issued material is not usable by rustls.
-    #[error("issued material is not usable: {0}")]
+    #[error("issued material is not usable")]
     Tls(#[from] TlsError),
 }
 

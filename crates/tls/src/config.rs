@@ -38,7 +38,7 @@ pub enum TlsError {
     #[error("{what} file {} does not exist; point the configuration at the {what} PEM file", path.display())]
     Missing { what: &'static str, path: PathBuf },
     /// The file exists but cannot be read.
-    #[error("{what} file {} cannot be read: {source}; check its permissions", path.display())]
+    #[error("{what} file {} cannot be read; check its permissions", path.display())]
     Unreadable {
         what: &'static str,
         path: PathBuf,
@@ -62,14 +62,16 @@ pub enum TlsError {
     #[error("the private key of {key} does not match the certificate of {cert}; install the key issued together with that certificate")]
     KeyMismatch { cert: String, key: String },
     /// The private key cannot be used by the ring provider.
-    #[error("the private key of {key} cannot be used: {source}; use an ECDSA P-256/P-384, Ed25519 or RSA key")]
+    #[error(
+        "the private key of {key} cannot be used; use an ECDSA P-256/P-384, Ed25519 or RSA key"
+    )]
     UnusableKey {
         key: String,
         #[source]
         source: rustls::Error,
     },
     /// A CA certificate could not be added as a trust anchor.
-    #[error("CA certificate in {origin} is not a usable trust anchor: {source}; install the network CA certificate")]
+    #[error("CA certificate in {origin} is not a usable trust anchor; install the network CA certificate")]
     BadCaCertificate {
         origin: String,
         #[source]
@@ -87,7 +89,7 @@ pub enum TlsError {
     #[error("cannot build the certificate verifier: {reason}")]
     Verifier { reason: String },
     /// rustls refused the configuration.
-    #[error("cannot build the TLS {side} configuration: {source}")]
+    #[error("cannot build the TLS {side} configuration")]
     Config {
         side: &'static str,
         #[source]

@@ -44,7 +44,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    let binary = match args.firmware.map_or_else(ifrelay_testkit::firmware::binary, Ok) {
+    let binary = match args
+        .firmware
+        .map_or_else(ifrelay_testkit::firmware::binary, Ok)
+    {
         Ok(b) => b,
         Err(e) => return failure(&e),
     };
