@@ -2,16 +2,19 @@
 //! core may be relayed (requester side) or acted on (provider side), and
 //! where its routes lead.
 //!
-//! Invariants: a permit is used only after its signature verified with
-//! the distributed core key, its issuer is the core, it has not expired,
-//! and it names the serial and prefix it is used with; a route is used
-//! only when its endpoint is an `ip:port` inside the allowed peer
-//! networks (R-SEC-5). Checks only read; they never change state.
+//! Invariants: a permit is used only after [`permit::verify`] accepted it
+//! (signature by the distributed core key, fields, issuer, expiry) and it
+//! names the serial and prefix it is used with; a refused permit is
+//! answered with the verifier's reason and text, so boxes and simulators
+//! agree; a route is used only when its endpoint is an `ip:port` inside
+//! the allowed peer networks (R-SEC-5). Checks only read; they never
+//! change state.
 
 use std::net::SocketAddr;
 
+use ifrelay_proto::permit::{self, PermitError};
 use ifrelay_proto::{
-    Millis, Party, PermitFields, PermitIssued, Query, Reason, Route, SignedPermit, MAX_ADDRESS,
+    Millis, PermitFields, PermitIssued, Query, Reason, Route, SignedPermit, MAX_ADDRESS,
 };
 
 use super::config::EngineConfig;
@@ -20,47 +23,32 @@ use super::reply::{refuse, Refusal};
 use crate::relay::destination::Destination;
 use crate::relay::process::Process;
 
-/// Checks the core's signature, the issuer and the validity window.
+/// Checks the core's signature, the fields, the issuer and the validity
+/// window, through the one verifier every party uses
+/// ([`ifrelay_proto::permit::verify`]). No prefix list means no core key:
+/// refused [`Reason::NoPrefixList`].
 pub(super) fn verify(
     list: Option<&PrefixState>,
     permit: &SignedPermit,
     now: Millis,
 ) -> Result<PermitFields, Refusal> {
-    let key = list
-        .map(|p| p.core_key.as_slice())
-        .ok_or_else(|| refuse(Reason::NoPrefixList, "no core key distributed yet"))?;
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
-        .verify(&permit.signing_input(), &permit.sig)
-        .map_err(|_| {
-            refuse(
-                Reason::PermitInvalid,
-                "the permit's signature does not verify with the core's key",
-            )
-        })?;
-    let fields = permit.fields().map_err(|e| refuse(e.reason, e.text))?;
-    if fields.issuer != Party::core() {
-        return Err(refuse(
-            Reason::PermitInvalid,
-            "the permit was not issued by the core",
-        ));
-    }
-    check_expiry(&fields, now)?;
-    Ok(fields)
+    let keys: &[&[u8]] = match list {
+        Some(list) => &[list.core_key.as_slice()],
+        None => &[],
+    };
+    permit::verify(permit, keys, now).map_err(refusal)
 }
 
-/// A permit is good only until its `expires_at`.
+/// A permit is good only until its `expires_at`; checked again when the
+/// query uses a permit verified earlier.
 pub(super) fn check_expiry(fields: &PermitFields, now: Millis) -> Result<(), Refusal> {
-    if now > fields.expires_at {
-        return Err(refuse(
-            Reason::PermitInvalid,
-            format!(
-                "the permit {} expired {} ms ago; ask for a new one",
-                fields.permit_id,
-                now - fields.expires_at
-            ),
-        ));
-    }
-    Ok(())
+    fields.check_expiry(now).map_err(refusal)
+}
+
+/// The refusal the box answers for a permit that fails verification: the
+/// error's own reason and text.
+fn refusal(e: PermitError) -> Refusal {
+    refuse(e.reason(), e.text())
 }
 
 /// The checks a permit from the core must pass before the requester's box
@@ -74,7 +62,11 @@ pub(super) fn for_requester(
     now: Millis,
 ) -> Result<PermitFields, Refusal> {
     let fields = verify(list, &m.permit, now)?;
-    if fields.serial != m.serial || Some(&fields.prefix) != p.prefix.as_ref() {
+    let bound = p
+        .prefix
+        .as_ref()
+        .is_some_and(|prefix| fields.check_serial_and_prefix(&m.serial, prefix).is_ok());
+    if !bound {
         return Err(refuse(
             Reason::PermitInvalid,
             "the permit's serial or prefix differs from the request",
@@ -114,8 +106,9 @@ pub(super) fn for_provider(
     now: Millis,
 ) -> Result<PermitFields, Refusal> {
     let fields = verify(list, &m.permit, now)?;
-    if fields.serial != m.serial
-        || fields.prefix != m.prefix
+    if fields
+        .check_serial_and_prefix(&m.serial, &m.prefix)
+        .is_err()
         || fields.provider_route.agency != cfg.agency
         || m.prefix.provider != cfg.agency
     {

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ifrelay_proto::permit::{self, PermitError};
 use ifrelay_proto::{
     AgencyCode, Body, BusinessCode, Distribution, Frame, Masters, MessageId, Party, PermitFields,
     PermitId, PermitIssued, PermitRefused, PermitRequest, PersonCode, Prefix, PrefixEntry,
@@ -36,7 +37,7 @@ use ifrelay_proto::{
 };
 use ifrelay_tls::TlsMaterial;
 use ring::rand::SystemRandom;
-use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use sha2::{Digest, Sha256};
 
 use super::crypto::{CryptoError, PUBLIC_KEY_LEN};
@@ -554,27 +555,13 @@ impl CoreInner {
         Reply::accepted_then(id, move || me.send(&to, back, body))
     }
 
-    fn check_permit(&self, q: &Query) -> Result<(), String> {
-        UnparsedPublicKey::new(&ED25519, self.key.public_key().as_ref())
-            .verify(&q.permit.signing_input(), &q.permit.sig)
-            .map_err(|_| "the permit's signature does not verify with the core's key".to_owned())?;
-        let fields = q.permit.fields().map_err(|e| e.text)?;
-        if fields.serial != q.serial {
-            return Err(format!(
-                "the permit is for serial {}, the query for {}",
-                fields.serial, q.serial
-            ));
-        }
-        if fields.prefix != q.prefix {
-            return Err("the permit's prefix differs from the query's".to_owned());
-        }
-        if fields.expires_at < now_millis() {
-            return Err(format!(
-                "the permit expired at {} (ms since the epoch)",
-                fields.expires_at
-            ));
-        }
-        Ok(())
+    /// Checks a query's permit with the one verifier the boxes use
+    /// ([`permit::verify`], against this core's own key), then that it was
+    /// issued for the query's serial and prefix.
+    fn check_permit(&self, q: &Query) -> Result<(), PermitError> {
+        let key = self.key.public_key().as_ref();
+        permit::verify(&q.permit, &[key], now_millis())?
+            .check_serial_and_prefix(&q.serial, &q.prefix)
     }
 
     fn on_query(self: &Arc<Self>, id: &MessageId, from: &AgencyCode, q: Query) -> Reply {
@@ -588,8 +575,8 @@ impl CoreInner {
                 ),
             );
         }
-        if let Err(text) = self.check_permit(&q) {
-            return Reply::refused(id, Reason::PermitInvalid, text);
+        if let Err(e) = self.check_permit(&q) {
+            return Reply::refused(id, e.reason(), e.text());
         }
         if q.public_key.len() != PUBLIC_KEY_LEN {
             return Reply::refused(

@@ -35,6 +35,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ifrelay_proto::permit::{self, PermitError};
 use ifrelay_proto::{
     AgencyCode, Body, BusinessCode, Distribution, Frame, InfoNameCode, ItemCode, MessageId, Party,
     PermitRequest, PersonCode, Prefix, PrefixCheck, ProcessError, Provision, Query, Reason, Serial,
@@ -42,7 +43,6 @@ use ifrelay_proto::{
 };
 use ifrelay_tls::TlsMaterial;
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{UnparsedPublicKey, ED25519};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -52,7 +52,7 @@ use super::serve::{
     lock, Handler, NetOptions, Node, PeerRefusal, Pool, Reply, RESEND_BACKOFF, RESEND_BACKOFF_CAP,
 };
 use super::SimError;
-use ifrelay::net::Link;
+use ifrelay::net::{now_millis, Link};
 
 /// How the provider role behaves; anything but `Normal` simulates a
 /// misbehaving intermediate server for the box's timeout tests.
@@ -1010,9 +1010,9 @@ impl ImsInner {
                     Ok(()) => {
                         self.to_waiter(&id, &p.serial, Event::Permit(p.permit, Instant::now()))
                     }
-                    Err(text) => {
+                    Err((reason, text)) => {
                         let _ = self.to_waiter(&id, &p.serial, Event::BadPermit(text.clone()));
-                        Reply::refused(&id, Reason::PermitInvalid, text)
+                        Reply::refused(&id, reason, text)
                     }
                 }
             }
@@ -1068,38 +1068,36 @@ impl ImsInner {
         }
     }
 
-    /// Checks a permit relayed for a running query: its fields name the
-    /// serial and prefix asked for, the route leads to this agency, and,
-    /// once a distribution brought the core's key, the signature.
-    fn check_permit(&self, serial: &Serial, permit: &SignedPermit) -> Result<(), String> {
+    /// Checks a permit relayed for a running query: once a distribution
+    /// brought the core's key, with the one verifier the boxes use
+    /// ([`permit::verify`]: signature, fields, issuer, expiry); before
+    /// that only its fields can be read. Then that it names the serial and
+    /// prefix asked for, and routes the provision to this agency. The
+    /// error is the refusal's reason and text.
+    fn check_permit(&self, serial: &Serial, permit: &SignedPermit) -> Result<(), (Reason, String)> {
+        let refusal = |e: PermitError| (e.reason(), e.text());
         let st = lock(&self.state);
         let Some(w) = st.waiters.get(serial) else {
             // Unknown serials are refused by to_waiter.
             return Ok(());
         };
-        let fields = permit.fields().map_err(|e| e.text)?;
-        if &fields.serial != serial {
-            return Err(format!(
-                "the permit names serial {}, not {serial}",
-                fields.serial
-            ));
-        }
-        if fields.prefix != w.prefix {
-            return Err("the permit's prefix is not the one asked for".to_owned());
-        }
+        let fields = match &st.distribution {
+            Some(d) => permit::verify(permit, &[&d.core_key], now_millis()).map_err(refusal)?,
+            None => permit
+                .fields()
+                .map_err(|e| refusal(PermitError::Undecodable(e)))?,
+        };
+        fields
+            .check_serial_and_prefix(serial, &w.prefix)
+            .map_err(refusal)?;
         if fields.route.agency != self.agency {
-            return Err(format!(
-                "the permit routes the provision to {}, not to {}",
-                fields.route.agency, self.agency
+            return Err((
+                Reason::PermitInvalid,
+                format!(
+                    "the permit routes the provision to {}, not to {}",
+                    fields.route.agency, self.agency
+                ),
             ));
-        }
-        if let Some(d) = &st.distribution {
-            UnparsedPublicKey::new(&ED25519, &d.core_key)
-                .verify(&permit.signing_input(), &permit.sig)
-                .map_err(|_| {
-                    "the permit's signature does not verify with the distributed core key"
-                        .to_owned()
-                })?;
         }
         Ok(())
     }
