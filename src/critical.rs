@@ -58,8 +58,13 @@ impl Watch {
 
     /// A guard for the task named `task`, to be moved into it.
     pub fn guard(&self, task: impl Into<String>) -> Guard {
-        Guard {
-            task: task.into(),
+        self.guards().guard(task)
+    }
+
+    /// A handle that makes guards, for a task that starts critical tasks
+    /// of its own (delivery starts one worker per destination).
+    pub fn guards(&self) -> Guards {
+        Guards {
             tx: self.tx.clone(),
             stopping: self.stopping.clone(),
         }
@@ -73,6 +78,24 @@ impl Watch {
             // Unreachable while `self.tx` lives; wait forever rather than
             // invent a death.
             None => std::future::pending().await,
+        }
+    }
+}
+
+/// Makes guards reporting to one [`Watch`].
+#[derive(Debug, Clone)]
+pub struct Guards {
+    tx: mpsc::UnboundedSender<TaskDied>,
+    stopping: CancellationToken,
+}
+
+impl Guards {
+    /// A guard for the task named `task`, to be moved into it.
+    pub fn guard(&self, task: impl Into<String>) -> Guard {
+        Guard {
+            task: task.into(),
+            tx: self.tx.clone(),
+            stopping: self.stopping.clone(),
         }
     }
 }

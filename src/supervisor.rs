@@ -288,6 +288,7 @@ impl RunningBox {
             engine_tx.clone(),
             stop_delivery.clone(),
             workers.clone(),
+            watch.guards(),
         );
         workers.spawn(async move {
             let _guard = guard;

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use ifrelay::config::{
     BoxSection, ConfigFile, EndpointSection, ListenSection, PeersSection, ServiceSection,
-    StoreSection, TlsSection,
+    StoreSection, TimeoutsSection, TlsSection,
 };
 use ifrelay_devpki::DevPki;
 use ifrelay_proto::{AgencyCode, Party};
@@ -144,14 +144,16 @@ fn failing_commands_print_each_cause_once() {
 }
 
 #[test]
-fn run_creates_the_store_directory_with_mode_0700() {
+fn run_creates_the_store_directory_with_mode_0700_and_logs_plain_text() {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let site = Site::new(dir.path());
     let config = site.config("127.0.0.1:0", "store/ifrelay.redb");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ifrelay"))
         .args(["run", "--config", &config.to_string_lossy()])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the binary runs");
@@ -161,14 +163,28 @@ fn run_creates_the_store_directory_with_mode_0700() {
         assert!(child.try_wait().expect("wait").is_none(), "the box exited");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(store.exists(), "no store was created");
+    // Let it log its start, then stop it the orderly way.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let status = child.wait().expect("wait");
+    let mut log = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut log);
+    }
+    assert!(store.exists(), "no store was created: {log}");
     let mode = std::fs::metadata(dir.path().join("store"))
         .expect("store directory")
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o700);
+    assert_eq!(status.code(), Some(0), "{log}");
+    // stderr is a pipe here, not a terminal: no colour escapes.
+    assert!(log.contains("box started"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file: {log:?}"
+    );
 }
 
 /// A box's PKI and configuration under one folder.
@@ -222,7 +238,12 @@ impl<'a> Site<'a> {
                 ..PeersSection::default()
             },
             limits: Default::default(),
-            timeouts: Default::default(),
+            // Nothing answers at the core and IMS addresses: do not wait
+            // long for a drain that cannot happen.
+            timeouts: TimeoutsSection {
+                shutdown_grace_ms: 500,
+                ..TimeoutsSection::default()
+            },
             service: ServiceSection::default(),
         };
         let path = self.dir.join("ifrelay.toml");

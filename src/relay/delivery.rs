@@ -31,6 +31,8 @@ use tracing::Instrument;
 
 use super::channel::{Delivery, Input, Notice, Undeliverable, Verdict};
 use super::destination::{Destination, OutboxItem};
+use crate::critical::Guards;
+use crate::logging::Causes;
 use crate::net::{Link, LinkReader, LinkWriter};
 
 /// Frames a worker keeps in flight to one destination (pipelining): the
@@ -73,6 +75,7 @@ pub async fn dispatch(
     engine: mpsc::Sender<Input>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    guards: Guards,
 ) {
     let mut workers: HashMap<Destination, Arc<Signal>> = HashMap::new();
     let start = |destination: Destination, workers: &mut HashMap<Destination, Arc<Signal>>| {
@@ -81,15 +84,22 @@ pub async fn dispatch(
             .or_insert_with(|| {
                 let signal = Arc::new(Signal::default());
                 let span = tracing::info_span!("deliver", to = %destination.key());
+                // A worker that dies would silently stop its destination's
+                // deliveries: it is critical like the dispatcher.
+                let guard = guards.guard(format!("delivery to {}", destination.key()));
+                let work = worker(
+                    cfg.clone(),
+                    destination,
+                    reader.clone(),
+                    signal.clone(),
+                    engine.clone(),
+                    shutdown.clone(),
+                );
                 tracker.spawn(
-                    worker(
-                        cfg.clone(),
-                        destination,
-                        reader.clone(),
-                        signal.clone(),
-                        engine.clone(),
-                        shutdown.clone(),
-                    )
+                    async move {
+                        let _guard = guard;
+                        work.await;
+                    }
                     .instrument(span),
                 );
                 signal
@@ -108,7 +118,9 @@ pub async fn dispatch(
                 }
             }
         }
-        Err(e) => tracing::error!(error = %e, "cannot list the outbox; new entries still go out"),
+        Err(e) => {
+            tracing::error!(error = %Causes(&e), "cannot list the outbox; new entries still go out")
+        }
     }
     loop {
         let notice = tokio::select! {
@@ -193,7 +205,7 @@ async fn worker(
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read the outbox; retrying");
+                    tracing::error!(error = %Causes(&e), "cannot read the outbox; retrying");
                     if sleep_or_stop(&shutdown, Duration::from_secs(1)).await {
                         return;
                     }
@@ -251,7 +263,7 @@ async fn worker(
                         continue;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, failures, retry_in = ?backoff, "next hop unreachable");
+                        tracing::warn!(error = %Causes(&e), failures, retry_in = ?backoff, "next hop unreachable");
                         Trouble::Failure
                     }
                 }
@@ -308,7 +320,7 @@ async fn exchange(
             r = write => r,
         };
         if let Err(e) = written {
-            tracing::warn!(error = %e, "delivery failed; reconnecting");
+            tracing::warn!(error = %Causes(&e), "delivery failed; reconnecting");
             return Err(Trouble::Failure);
         }
         c.sent = pending.len();
@@ -320,7 +332,7 @@ async fn exchange(
     } {
         Ok(reply) => reply,
         Err(e) => {
-            tracing::warn!(error = %e, "no reply; reconnecting");
+            tracing::warn!(error = %Causes(&e), "no reply; reconnecting");
             return Err(Trouble::Failure);
         }
     };

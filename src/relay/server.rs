@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::channel::{FrameInput, Input, Listener, Peer};
+use crate::logging::Causes;
 use crate::net::{
     flush_within, now_millis, read_frame, write_bytes, write_unflushed, IdGen, ReadError,
     WRITE_BUFFER_BYTES,
@@ -132,7 +133,7 @@ pub async fn serve(
             Ok(pair) => pair,
             Err(e) => {
                 // Out of descriptors and the like: back off, keep serving.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %Causes(&e), "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -201,7 +202,7 @@ async fn connection(
     let mut tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "TLS handshake refused");
+            tracing::warn!(error = %Causes(&e), "TLS handshake refused");
             note_refused(ctx, addr, None, "tls_handshake", None, Reason::Identity).await;
             return;
         }
@@ -214,7 +215,7 @@ async fn connection(
     let party = match ifrelay_tls::connection_party(tls.get_ref().1) {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(error = %e, "peer certificate names no party");
+            tracing::warn!(error = %Causes(&e), "peer certificate names no party");
             let _ = send_refusal(&mut tls, ctx, None, Reason::Identity, &e.to_string()).await;
             note_refused(ctx, addr, None, "connect", None, Reason::Identity).await;
             return;
@@ -257,7 +258,7 @@ async fn connection(
                     return;
                 }
                 Err(ReadError::Io(e)) => {
-                    tracing::debug!(error = %e, "connection ended");
+                    tracing::debug!(error = %Causes(&e), "connection ended");
                     return;
                 }
                 Err(ReadError::Truncated { got, expected }) => {
@@ -276,7 +277,7 @@ async fn connection(
                 }
                 Err(ReadError::TooLarge(e)) => {
                     // Answered, then the stream cannot be trusted: close.
-                    tracing::warn!(error = %e, "oversized frame; closing");
+                    tracing::warn!(error = %Causes(&e), "oversized frame; closing");
                     note_refused(
                         ctx,
                         addr,
