@@ -5,7 +5,8 @@
 //! holiday); each kind has one open window; a daily stop window (the
 //! network's 21:00–24:00 maintenance) closes the box whatever the day.
 //! Outside service hours new processes are refused with
-//! `E_NOT_IN_SERVICE`; processes already under way may complete.
+//! `E_NOT_IN_SERVICE`; processes already under way may complete. The
+//! civil time of an instant comes from [`super::jst`].
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,8 +14,7 @@ use std::str::FromStr;
 
 use ifrelay_proto::Millis;
 
-/// Minutes since midnight, 0..=1440.
-type Minute = u16;
+pub use super::jst::{jst, Date, Minute};
 
 /// A half-open window `[start, end)` within one day, in minutes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,47 +79,6 @@ impl FromStr for Window {
             return Err(err());
         }
         Ok(Window { start, end })
-    }
-}
-
-/// A calendar date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Date {
-    pub year: i32,
-    pub month: u8,
-    pub day: u8,
-}
-
-impl FromStr for Date {
-    type Err = HoursError;
-    /// `"2026-01-01"`.
-    fn from_str(text: &str) -> Result<Self, HoursError> {
-        let err = || HoursError {
-            text: text.to_owned(),
-            expected: "a date YYYY-MM-DD",
-        };
-        let mut parts = text.trim().splitn(3, '-');
-        let year: i32 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(err)?;
-        let month: u8 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(err)?;
-        let day: u8 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(err)?;
-        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-        let days_in_month = match month {
-            2 if leap => 29,
-            2 => 28,
-            4 | 6 | 9 | 11 => 30,
-            1..=12 => 31,
-            _ => return Err(err()),
-        };
-        if !(1..=days_in_month).contains(&day) {
-            return Err(err());
-        }
-        Ok(Date { year, month, day })
-    }
-}
-
-impl fmt::Display for Date {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
     }
 }
 
@@ -198,65 +157,17 @@ impl ServiceHours {
     }
 }
 
-/// The JST date, minute of the day and weekday (0 = Monday … 6 = Sunday)
-/// of `ms`.
-pub fn jst(ms: Millis) -> (Date, Minute, u8) {
-    let secs = ms.div_euclid(1000) + 9 * 3600;
-    let days = secs.div_euclid(86_400);
-    let minute = (secs.rem_euclid(86_400) / 60) as Minute;
-    let (year, month, day) = civil_from_days(days);
-    // 1970-01-01 was a Thursday (3 when Monday is 0).
-    let weekday = (days + 3).rem_euclid(7) as u8;
-    (
-        Date {
-            year: year as i32,
-            month: month as u8,
-            day: day as u8,
-        },
-        minute,
-        weekday,
-    )
-}
-
-/// `yyyymmdd` of `ms` in Japan Standard Time (UTC+9), the date printed in
-/// serials.
-pub fn jst_date(ms: Millis) -> String {
-    let days = (ms / 1000 + 9 * 3600).div_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}{m:02}{d:02}")
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Milliseconds of a JST wall-clock time.
-    fn at(y: i32, mo: u8, d: u8, h: i64, mi: i64) -> Millis {
-        // Search the day: small and obviously right.
-        let mut days = 0i64;
-        loop {
-            let (yy, mm, dd) = civil_from_days(days);
-            if (yy, mm, dd) == (i64::from(y), u32::from(mo), u32::from(d)) {
-                break;
-            }
-            days += 1;
-        }
-        ((days * 86_400 + h * 3600 + mi * 60) - 9 * 3600) * 1000
+    fn at(y: i16, mo: i8, d: i8, h: i8, mi: i8) -> Millis {
+        let dt = jiff::civil::date(y, mo, d).at(h, mi, 0, 0);
+        crate::relay::jst::JST
+            .to_timestamp(dt)
+            .expect("in range")
+            .as_millisecond()
     }
 
     #[test]
@@ -282,11 +193,25 @@ mod tests {
     }
 
     #[test]
-    fn serial_dates_are_japan_time() {
-        // 2026-11-21T15:00:00Z is 2026-11-22 00:00 in Japan.
-        assert_eq!(jst_date(1_795_273_200_000), "20261122");
-        assert_eq!(jst_date(1_795_273_199_000), "20261121");
-        assert_eq!(jst_date(0), "19700101");
+    fn leap_days_and_year_ends_follow_the_calendar() {
+        let mut hours = ServiceHours::default();
+        // 2028-02-29 is a Tuesday: the weekday window, unless it is a
+        // configured holiday.
+        assert!(hours.is_open(at(2028, 2, 29, 8, 30)));
+        hours
+            .holidays
+            .insert("2028-02-29".parse().expect("leap day"));
+        assert!(!hours.is_open(at(2028, 2, 29, 8, 30)));
+        assert!(hours.is_open(at(2028, 2, 29, 9, 30)));
+        // The holiday ends at midnight JST: 2028-03-01 is a Wednesday.
+        assert!(hours.is_open(at(2028, 3, 1, 8, 30)));
+        // New Year's Day 2027 (a Friday) as a holiday; New Year's Eve
+        // stays a weekday, closed by the daily stop late in the evening.
+        hours.holidays.insert("2027-01-01".parse().expect("date"));
+        assert!(hours.is_open(at(2026, 12, 31, 8, 30)));
+        assert!(!hours.is_open(at(2026, 12, 31, 23, 59)));
+        assert!(!hours.is_open(at(2027, 1, 1, 8, 30)));
+        assert!(hours.is_open(at(2027, 1, 1, 9, 0)));
     }
 
     #[test]

@@ -7,14 +7,15 @@
 //!
 //! Modules depend only downwards (the supervisor is above them all):
 //! `server`, `delivery` and `engine` use `channel`; `channel` uses
-//! `destination`; `engine` also uses `hours` and `process`; `hours`,
-//! `process` and `destination` use no other relay module. `crate::net`
-//! (framing and links) uses none of them.
+//! `destination`; `engine` also uses `hours`, `jst` and `process`;
+//! `hours` uses `jst`; `jst`, `process` and `destination` use no other
+//! relay module. `crate::net` (framing and links) uses none of them.
 
 pub mod channel;
 pub mod delivery;
 pub mod destination;
 pub mod engine;
 pub mod hours;
+pub mod jst;
 pub mod process;
 pub mod server;

@@ -24,7 +24,7 @@ use super::reply::{accepted, placeholder_id, refuse, Fault};
 use super::state::{Relay, Save};
 use crate::relay::channel::Peer;
 use crate::relay::destination::Destination;
-use crate::relay::hours::jst_date;
+use crate::relay::jst::jst_date;
 use crate::relay::process::{Process, Step};
 
 impl Relay {
