@@ -10,6 +10,7 @@ pub mod frame;
 pub mod message;
 pub mod permit;
 pub mod reason;
+pub mod refusal;
 pub mod screen;
 pub mod types;
 

@@ -10,7 +10,9 @@
 //! The `type` values are spelt once, as the variant names of [`Body`]:
 //! [`MessageType`] is derived from them and is the only way a name is
 //! written (encoding) or looked up (decoding). The permit's own types live
-//! in [`crate::permit`] and are re-exported here.
+//! in [`crate::permit`], [`MessageId`] with the other domain types in
+//! [`crate::types`], and [`DecodeError`] with the refusal-text rules in
+//! [`crate::refusal`]; all are re-exported here.
 
 use ciborium::Value;
 use serde::de::DeserializeOwned;
@@ -20,77 +22,17 @@ pub use crate::permit::{
     PermitFields, Route, SignedPermit, MAX_PERMIT_BYTES, PERMIT_SIGNING_CONTEXT,
 };
 use crate::reason::Reason;
-use crate::screen::{self, Finding};
+use crate::refusal::truncate;
+pub use crate::refusal::{DecodeError, MAX_TEXT};
+use crate::screen;
 use crate::types::*;
+pub use crate::types::{MessageId, MAX_MESSAGE_ID};
 
 /// Protocol version spoken by this implementation.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// Longest accepted message id, in bytes.
-pub const MAX_MESSAGE_ID: usize = 64;
-
-/// Longest refusal text, in bytes; longer texts are cut.
-pub const MAX_TEXT: usize = 512;
-
 /// Longest route address (`host:port`), in bytes.
 pub const MAX_ADDRESS: usize = 255;
-
-/// Identifier of a frame, unique per sender: the key for hop
-/// acknowledgements and duplicate suppression.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct MessageId(String);
-
-impl MessageId {
-    /// # Errors
-    /// When `s` is empty, longer than [`MAX_MESSAGE_ID`], or holds anything
-    /// but ASCII letters, digits and `-_.:`.
-    pub fn new(s: impl Into<String>) -> Result<Self, CodeError> {
-        let s = s.into();
-        if s.is_empty() {
-            return Err(CodeError::Empty { kind: "message id" });
-        }
-        if s.len() > MAX_MESSAGE_ID {
-            return Err(CodeError::TooLong {
-                kind: "message id",
-                len: s.len(),
-                max: MAX_MESSAGE_ID,
-            });
-        }
-        if let Some(found) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
-        {
-            return Err(CodeError::BadCharacter {
-                kind: "message id",
-                found,
-            });
-        }
-        Ok(MessageId(s))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for MessageId {
-    type Error = CodeError;
-    fn try_from(s: String) -> Result<Self, CodeError> {
-        MessageId::new(s)
-    }
-}
-
-impl From<MessageId> for String {
-    fn from(id: MessageId) -> String {
-        id.0
-    }
-}
-
-impl core::fmt::Display for MessageId {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// The header every frame carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,7 +403,7 @@ impl Body {
         fn typed<T: DeserializeOwned>(ty: MessageType, value: Value) -> Result<T, DecodeError> {
             value.deserialized::<T>().map_err(|e| {
                 let ciborium::value::Error::Custom(message) = e;
-                DecodeError::from_serde(ty, &message)
+                decode_error_from_serde(ty, &message)
             })
         }
         let Ok(ty) = type_name.parse::<MessageType>() else {
@@ -495,89 +437,19 @@ impl Body {
 
 // ---------------------------------------------------------------- errors
 
-/// Why a frame body could not be accepted, with the reason code to answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}: {text}")]
-pub struct DecodeError {
-    pub reason: Reason,
-    pub text: String,
-    /// The frame's id when it could be read, so the refusal can name it.
-    pub message_id: Option<MessageId>,
-}
-
-impl DecodeError {
-    /// The text is cut to [`MAX_TEXT`] bytes and withheld if it would
-    /// repeat a My Number (the reason's description is sent instead).
-    pub fn new(reason: Reason, text: impl Into<String>) -> Self {
-        DecodeError {
-            reason,
-            text: refusal_text(reason, &text.into()),
-            message_id: None,
-        }
-    }
-
-    pub(crate) fn from_finding(finding: Finding, message_id: Option<MessageId>) -> Self {
-        let (reason, text) = match finding {
-            Finding::MyNumber { path } => (
-                Reason::MyNumber,
-                format!("field {path} holds a My Number; it must never pass an interface system"),
-            ),
-            Finding::BasicFourKey { path } => (
-                Reason::BasicFour,
-                format!(
-                    "field {path} is a basic-four field; it must never pass an interface system"
-                ),
-            ),
+/// Maps serde's messages to reason codes; `missing field` becomes
+/// [`Reason::MissingField`], with the R-QRY-6 specialisations.
+fn decode_error_from_serde(ty: MessageType, message: &str) -> DecodeError {
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        let reason = match (ty, field) {
+            (MessageType::Query, "permit") => Reason::NoPermit,
+            (MessageType::Query, "public_key") => Reason::NoPublicKey,
+            _ => Reason::MissingField,
         };
-        DecodeError {
-            reason,
-            text: refusal_text(reason, &text),
-            message_id,
-        }
+        return DecodeError::new(reason, format!("{ty}: missing field {field}"));
     }
-
-    /// Maps serde's messages to reason codes; `missing field` becomes
-    /// [`Reason::MissingField`], with the R-QRY-6 specialisations.
-    fn from_serde(ty: MessageType, message: &str) -> Self {
-        if let Some(rest) = message.strip_prefix("missing field `") {
-            let field = rest.split('`').next().unwrap_or_default();
-            let reason = match (ty, field) {
-                (MessageType::Query, "permit") => Reason::NoPermit,
-                (MessageType::Query, "public_key") => Reason::NoPublicKey,
-                _ => Reason::MissingField,
-            };
-            return DecodeError::new(reason, format!("{ty}: missing field {field}"));
-        }
-        DecodeError::new(Reason::InvalidField, format!("{ty}: {message}"))
-    }
-}
-
-/// A refusal text as it is sent back and logged: cut to [`MAX_TEXT`] bytes,
-/// and replaced by the reason's description when it (or the cut) would
-/// hold a My Number. serde's messages quote the value they refuse, and
-/// cutting a long digit run can leave twelve digits with a valid check
-/// digit; neither may reach the sender or the log (§2.2 ③).
-fn refusal_text(reason: Reason, text: &str) -> String {
-    let cut = truncate(text, MAX_TEXT);
-    if screen::contains_my_number(cut) {
-        format!(
-            "{}; the detail is withheld because it would repeat personal data",
-            reason.describe()
-        )
-    } else {
-        cut.to_owned()
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    DecodeError::new(Reason::InvalidField, format!("{ty}: {message}"))
 }
 
 // ---------------------------------------------------------------- codec

@@ -18,8 +18,8 @@ use ciborium::Value;
 use ring::signature::{UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
-use crate::message::DecodeError;
 use crate::reason::Reason;
+use crate::refusal::DecodeError;
 use crate::screen;
 use crate::types::{AgencyCode, Millis, Party, PermitId, Prefix, Serial};
 

@@ -1,5 +1,6 @@
 //! Domain values that cross the wire and land in the store: agency and
-//! master codes, pseudonymous codes, processing serials, prefixes, parties.
+//! master codes, pseudonymous codes, processing serials, message ids,
+//! prefixes, parties.
 //!
 //! Every code is a bounded, validated string ([`heapless::String`]), so an
 //! oversized or oddly-charactered code is refused while the frame is decoded
@@ -163,6 +164,66 @@ bounded_code!(
     48
 );
 
+/// Longest accepted message id, in bytes.
+pub const MAX_MESSAGE_ID: usize = 64;
+
+/// Identifier of a frame, unique per sender: the key for hop
+/// acknowledgements and duplicate suppression.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// # Errors
+    /// When `s` is empty, longer than [`MAX_MESSAGE_ID`], or holds anything
+    /// but ASCII letters, digits and `-_.:`.
+    pub fn new(s: impl Into<String>) -> Result<Self, CodeError> {
+        let s = s.into();
+        if s.is_empty() {
+            return Err(CodeError::Empty { kind: "message id" });
+        }
+        if s.len() > MAX_MESSAGE_ID {
+            return Err(CodeError::TooLong {
+                kind: "message id",
+                len: s.len(),
+                max: MAX_MESSAGE_ID,
+            });
+        }
+        if let Some(found) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+        {
+            return Err(CodeError::BadCharacter {
+                kind: "message id",
+                found,
+            });
+        }
+        Ok(MessageId(s))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MessageId {
+    type Error = CodeError;
+    fn try_from(s: String) -> Result<Self, CodeError> {
+        MessageId::new(s)
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Most items one prefix may name.
 pub const MAX_ITEMS: usize = 32;
 
@@ -268,6 +329,25 @@ mod tests {
             ItemCode::new("名前"),
             Err(CodeError::BadCharacter { .. })
         ));
+    }
+
+    #[test]
+    fn message_ids_refuse_empty_long_and_odd_characters() {
+        let id = MessageId::new("m-1.a_b:2").expect("valid");
+        assert_eq!(id.to_string(), "m-1.a_b:2");
+        assert!(matches!(MessageId::new(""), Err(CodeError::Empty { .. })));
+        assert!(matches!(
+            MessageId::new("x".repeat(MAX_MESSAGE_ID + 1)),
+            Err(CodeError::TooLong { .. })
+        ));
+        assert!(matches!(
+            MessageId::new("m 1"),
+            Err(CodeError::BadCharacter { found: ' ', .. })
+        ));
+        let mut buf = Vec::new();
+        ciborium::into_writer(&id, &mut buf).expect("encode");
+        let back: MessageId = ciborium::from_reader(buf.as_slice()).expect("decode");
+        assert_eq!(back, id);
     }
 
     #[test]
