@@ -250,6 +250,14 @@ impl Link {
                 addr,
                 source,
             })?;
+        // webpki matched the name (case-insensitively, wildcards allowed);
+        // hold the server to the listener's own rule: exactly one party
+        // name, and the expected one.
+        let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
+        ifrelay_tls::verify_peer(certs, party).map_err(|e| LinkError::Identity {
+            party: party.to_string(),
+            text: e.to_string(),
+        })?;
         Ok(Link {
             stream,
             peer: addr,
