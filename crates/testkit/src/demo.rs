@@ -20,11 +20,12 @@ use ifrelay_store::Store;
 
 use ifrelay::report::chain_report;
 
-use crate::stats::summarize;
+use crate::child::BoxProcess;
 use crate::scenarios::{self, NOT_PROVOKED};
 use crate::sim::ims::{FlowErrorKind, FlowTimings, ImsOptions, ImsSim};
 use crate::sim::serve::NetOptions;
-use crate::testbed::{agencies, prefix, Testbed, TestbedOptions};
+use crate::stats::summarize;
+use crate::testbed::{agencies, prefix, Node, Testbed, TestbedOptions};
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -97,12 +98,14 @@ pub async fn run(options: DemoOptions) -> Result<String, DemoError> {
     )
     .await?;
     for node in &bed.nodes {
-        eprintln!(
-            "demo: box {} runs as pid {} (log: {})",
-            node.agency,
-            node.child.as_ref().and_then(|c| c.id()).unwrap_or(0),
-            node.config_path.with_file_name("ifrelay.log").display()
-        );
+        if let Some(child) = &node.child {
+            eprintln!(
+                "demo: box {} runs as pid {} (log: {})",
+                node.agency,
+                child.pid(),
+                child.log_path().display()
+            );
+        }
     }
     eprintln!(
         "demo: traffic for {} s in both directions; `kill -9` a pid above to watch it recover",
@@ -162,7 +165,7 @@ pub async fn run(options: DemoOptions) -> Result<String, DemoError> {
             bed.kill_box(1).await?;
             bed.start_box(1).await?;
             restarts += 1;
-            eprintln!("demo: box {} restarted", bed.nodes[1].agency);
+            print_restarted(&bed.nodes[1]);
         }
         for i in 0..bed.nodes.len() {
             let exited = match bed.nodes[i].child.as_mut() {
@@ -177,6 +180,7 @@ pub async fn run(options: DemoOptions) -> Result<String, DemoError> {
                 bed.nodes[i].child = None;
                 bed.start_box(i).await?;
                 restarts += 1;
+                print_restarted(&bed.nodes[i]);
             }
         }
     }
@@ -236,7 +240,12 @@ pub async fn run(options: DemoOptions) -> Result<String, DemoError> {
     for (name, get) in steps {
         let mut samples: Vec<Duration> = timings.iter().map(get).collect();
         let summary = summarize(&mut samples);
-        let ms = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
+        let ms = |d: Option<Duration>| {
+            d.map_or_else(
+                || "-".to_owned(),
+                |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0),
+            )
+        };
         let _ = writeln!(
             out,
             "  {name:<20} {:>10} {:>10}",
@@ -313,6 +322,15 @@ pub async fn run(options: DemoOptions) -> Result<String, DemoError> {
         started.elapsed().as_secs_f64()
     );
     Ok(out)
+}
+
+/// Tells the new pid of a restarted box, so it can be killed again.
+fn print_restarted(node: &Node) {
+    let pid = node.child.as_ref().map(BoxProcess::pid);
+    match pid {
+        Some(pid) => eprintln!("demo: box {} restarted as pid {pid}", node.agency),
+        None => eprintln!("demo: box {} restarted", node.agency),
+    }
 }
 
 /// Runs flows through one IMS, `concurrency` at a time, cycling through

@@ -11,6 +11,7 @@
 //! binary ([`firmware`]).
 
 pub mod bench;
+pub mod child;
 pub mod demo;
 pub mod firmware;
 pub mod scenarios;

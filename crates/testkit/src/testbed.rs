@@ -11,21 +11,22 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use ifrelay_devpki::DevPki;
 use ifrelay_proto::{
     AgencyCode, BusinessCode, InfoNameCode, ItemCode, ItemRow, MasterRow, Masters, Party, Prefix,
     PrefixEntry,
 };
-use ifrelay_devpki::DevPki;
 use ifrelay_tls::TlsMaterial;
 
+use crate::child::{BoxCommand, BoxProcess};
+use crate::sim::core::CoreSim;
+use crate::sim::ims::{ImsOptions, ImsSim};
+use crate::sim::serve::NetOptions;
 use ifrelay::config::{
     BoxSection, Config, ConfigFile, EndpointSection, ListenSection, PeersSection, ServiceSection,
     StoreSection, TlsSection,
 };
 use ifrelay::net::Link;
-use crate::sim::core::CoreSim;
-use crate::sim::ims::{ImsOptions, ImsSim};
-use crate::sim::serve::NetOptions;
 use ifrelay::supervisor::RunningBox;
 
 /// Anything that can go wrong while building the testbed.
@@ -286,8 +287,9 @@ pub struct Node {
     pub config: Config,
     /// The box, when it runs in this process.
     pub running: Option<RunningBox>,
-    /// The box, when it runs as a child process (`ifrelay run`).
-    pub child: Option<tokio::process::Child>,
+    /// The box, when it runs as a child process (`ifrelay run`); killed
+    /// and reaped when dropped.
+    pub child: Option<BoxProcess>,
     /// Shared so flows can run from several tasks at once.
     pub ims: std::sync::Arc<ImsSim>,
 }
@@ -327,51 +329,27 @@ pub struct TestbedOptions {
     pub child_binary: Option<PathBuf>,
 }
 
-/// Starts `ifrelay run` on `config_path` and waits until its agency-side
-/// listener accepts connections. Its log goes to `ifrelay.log` beside the
-/// configuration.
+/// How long a child box may take to start.
+const CHILD_START: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Starts `ifrelay run` on `config_path` and waits until it has started
+/// (listeners bound). Its log (at `info`) is appended to `ifrelay.log`
+/// beside the configuration, across restarts.
 async fn spawn_child(
     binary: &Path,
     config_path: &Path,
     config: &Config,
-) -> Result<tokio::process::Child, TestbedError> {
-    let log_path = config_path.with_file_name("ifrelay.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)?;
-    let mut child = tokio::process::Command::new(binary)
-        .arg("run")
-        .arg("--config")
-        .arg(config_path)
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Err(format!(
-                "box {} exited with {status} while starting; see {}",
-                config.agency,
-                log_path.display()
-            )
-            .into());
-        }
-        if tokio::net::TcpStream::connect(config.listen.agency_side)
-            .await
-            .is_ok()
-        {
-            return Ok(child);
-        }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.start_kill();
-            return Err(format!("box {} did not start listening", config.agency).into());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+) -> Result<BoxProcess, TestbedError> {
+    let mut child = BoxProcess::spawn(
+        &format!("box {}", config.agency),
+        &BoxCommand::Ifrelay(binary.to_owned()),
+        config_path,
+        &config_path.with_file_name("ifrelay.log"),
+        Some("info"),
+    )?;
+    // On failure the child is dropped, which kills it.
+    child.wait_ready(CHILD_START).await?;
+    Ok(child)
 }
 
 impl Testbed {
@@ -512,7 +490,8 @@ impl Testbed {
     }
 
     /// Stops box `i` through its one shutdown path (SIGTERM for a child
-    /// process, which runs the same path).
+    /// process, which runs the same path; SIGKILL if it has not ended
+    /// within its shutdown grace and 5 s more).
     pub async fn stop_box(&mut self, i: usize) {
         let Some(node) = self.nodes.get_mut(i) else {
             return;
@@ -521,16 +500,8 @@ impl Testbed {
             running.shutdown().await;
         }
         if let Some(mut child) = node.child.take() {
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
             let grace = node.config.timeouts.shutdown_grace + std::time::Duration::from_secs(5);
-            if tokio::time::timeout(grace, child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
+            child.stop(grace).await;
         }
     }
 
@@ -545,7 +516,7 @@ impl Testbed {
             .child
             .take()
             .ok_or("box does not run as a child process")?;
-        child.kill().await?;
+        child.kill()?;
         Ok(())
     }
 

@@ -16,11 +16,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use ifrelay_proto::Serial;
+use ifrelay_store::{RecordKind, Side, Store};
 use ifrelay_testkit::sim::ims::{FlowError, FlowErrorKind, FlowReport, ImsOptions};
 use ifrelay_testkit::sim::NetOptions;
 use ifrelay_testkit::testbed::{agencies, prefix, Testbed, TestbedOptions};
-use ifrelay_proto::Serial;
-use ifrelay_store::{RecordKind, Side, Store};
 
 /// xorshift64*: small, seedable, good enough to pick moments.
 struct Rng(u64);

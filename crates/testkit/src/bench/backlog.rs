@@ -18,11 +18,12 @@ use ifrelay_store::Store;
 
 use super::bare::Sink;
 use super::network::reserve_ports;
-use super::proc::{BoxCommand, BoxProcess};
+use super::proc::peak_rss_kib;
 use super::BenchError;
+use crate::child::{BoxCommand, BoxProcess};
+use crate::testbed::{agencies, write_box_config, Pki};
 use ifrelay::config::Config;
 use ifrelay::net::now_millis;
-use crate::testbed::{agencies, write_box_config, Pki};
 
 /// Entries per write transaction while filling.
 pub const FILL_PER_COMMIT: u64 = 50_000;
@@ -100,14 +101,14 @@ pub async fn run(
     };
 
     let log = dir.join("box-backlog.log");
-    let mut child = BoxProcess::spawn("box with backlog", cmd, &config_path, &log)?;
+    let mut child = BoxProcess::spawn("box with backlog", cmd, &config_path, &log, None)?;
     let deadline = child.spawned() + wait;
     loop {
         if let Some(at) = core.first_watched() {
             result.resumed_after = Some(at.saturating_duration_since(child.spawned()));
             break;
         }
-        if let Some(status) = child.exited() {
+        if let Some(status) = child.try_wait()? {
             result.problem = Some(format!(
                 "the box exited ({status}) before resending; its log ends:\n{}",
                 child.log_tail()
@@ -128,10 +129,10 @@ pub async fn run(
         result.resent_in_window = core.watched().saturating_sub(before);
     }
     result.started_after = child.ready_after();
-    result.peak_rss_kib = child.peak_rss_kib();
-    child.kill_now();
-    // Let the log reader see the last lines before counting them.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    result.peak_rss_kib = peak_rss_kib(&child);
+    // Reaping lets the log reader see the last lines before they are
+    // counted.
+    child.kill()?;
     result.log_lines = child.log_lines();
     drop(child);
     core.shutdown().await;

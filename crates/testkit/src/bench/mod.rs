@@ -6,8 +6,8 @@
 //!    ([`machine`]).
 //! 2. **Network**: the testbed of `src/testbed.rs` (development PKI, core
 //!    simulator, two intermediate-server simulators) with the two boxes as
-//!    child processes ([`network`], [`proc`]), so their memory and CPU are
-//!    their own.
+//!    child processes ([`network`], [`crate::child`], [`proc`]), so their
+//!    memory and CPU are their own.
 //! 3. **Throughput**: complete flows, closed loop, from both intermediate
 //!    servers at several concurrency levels ([`load::closed_loop`]);
 //!    relayed frames/s, commits/s and inputs per commit from the engines'
@@ -44,7 +44,7 @@ use self::backlog::BacklogResult;
 use self::bare::{Bare, Driven, NextHop, Sink};
 use self::load::{FlowRun, HOP_STEPS, MULTI_HOP_STEPS, RELAYED_PER_FLOW};
 use self::machine::Machine;
-use self::proc::{BoxCommand, Counters};
+use crate::child::{BoxCommand, BoxProcess, Counters};
 use crate::stats::{ms, summarize, Summary};
 use crate::testbed::Pki;
 
@@ -369,7 +369,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let rss = net
         .boxes
         .iter()
-        .map(|b| (b.name().to_owned(), b.peak_rss_kib()))
+        .map(|b| (b.name().to_owned(), proc::peak_rss_kib(b)))
         .collect();
     progress("stopping the boxes");
     let stopped = net.stop_boxes().await;
@@ -532,8 +532,8 @@ async fn latency_run(
     }
 }
 
-fn engine_counters(boxes: &[proc::BoxProcess]) -> Option<Vec<Counters>> {
-    boxes.iter().map(proc::BoxProcess::counters).collect()
+fn engine_counters(boxes: &[BoxProcess]) -> Option<Vec<Counters>> {
+    boxes.iter().map(BoxProcess::counters).collect()
 }
 
 fn difference(before: &Option<Vec<Counters>>, after: &Option<Vec<Counters>>) -> Option<Counters> {
@@ -561,10 +561,10 @@ struct CpuSnapshot {
     disk: Option<machine::DiskWrites>,
 }
 
-fn cpu_snapshot(boxes: &[proc::BoxProcess], me: u32) -> CpuSnapshot {
+fn cpu_snapshot(boxes: &[BoxProcess], me: u32) -> CpuSnapshot {
     let mut processes: Vec<(String, Option<Duration>)> = boxes
         .iter()
-        .map(|b| (b.name().to_owned(), b.cpu()))
+        .map(|b| (b.name().to_owned(), proc::cpu(b)))
         .collect();
     processes.push(("bench process".to_owned(), machine::cpu_time(me)));
     CpuSnapshot {

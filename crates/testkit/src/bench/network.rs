@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use ifrelay_proto::{AgencyCode, Party};
 
-use super::proc::{BoxCommand, BoxProcess};
 use super::BenchError;
-use ifrelay::config::Config;
+use crate::child::{BoxCommand, BoxProcess};
 use crate::sim::core::CoreSim;
 use crate::sim::ims::ImsSim;
 use crate::testbed::{agencies, masters, prefix_list, write_box_config, Pki};
+use ifrelay::config::Config;
 
 /// How long a box may take to start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -113,7 +113,7 @@ async fn start_node(
         )?;
         let config = Config::load(&config_path)?;
         let log = dir.join(format!("box-{agency}.log"));
-        let mut child = BoxProcess::spawn(&format!("box {agency}"), cmd, &config_path, &log)?;
+        let mut child = BoxProcess::spawn(&format!("box {agency}"), cmd, &config_path, &log, None)?;
         match child.wait_ready(START_TIMEOUT).await {
             Ok(_) => {
                 core.register_box(agency.clone(), core_side);
@@ -126,7 +126,7 @@ async fn start_node(
             }
             Err(e) => {
                 last_error = e.to_string();
-                child.kill_now();
+                drop(child);
                 ims.shutdown().await;
             }
         }
@@ -171,10 +171,9 @@ impl Network {
     /// they hold), keeping the simulators; returns how each ended.
     pub async fn stop_boxes(&mut self) -> Vec<String> {
         let mut out = Vec::new();
-        for b in self.boxes.drain(..) {
-            let name = b.name().to_owned();
+        for mut b in self.boxes.drain(..) {
             let how = b.stop(Duration::from_secs(20)).await;
-            out.push(format!("{name}: {how}"));
+            out.push(format!("{}: {how}", b.name()));
         }
         out
     }
