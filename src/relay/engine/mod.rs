@@ -35,6 +35,8 @@ mod config;
 mod dedup;
 mod delivered;
 mod handle;
+#[doc(hidden)]
+pub mod harness;
 mod permits;
 mod prefix;
 mod provider;
