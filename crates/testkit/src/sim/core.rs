@@ -426,7 +426,7 @@ impl CoreInner {
     fn send(self: &Arc<Self>, to: &Party, addr: SocketAddr, body: Body) {
         let kind = body.type_name();
         if let Err(e) = self.node.enqueue(to, addr, body, None) {
-            tracing::warn!(%to, kind, error = %e, "core simulator could not queue a frame");
+            tracing::warn!(%to, kind, error = %ifrelay::logging::Causes(&e), "core simulator could not queue a frame");
         }
     }
 

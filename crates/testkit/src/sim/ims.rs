@@ -217,7 +217,7 @@ pub enum FlowErrorKind {
     #[error("unexpected reply {got}")]
     Unexpected { got: &'static str },
     /// The frame could not be sent or its reply not read.
-    #[error("sending failed: {0}")]
+    #[error("sending failed")]
     Send(#[source] Box<SimError>),
     #[error(transparent)]
     Crypto(CryptoError),
@@ -1195,7 +1195,7 @@ impl ImsInner {
             serial: q.serial.clone(),
         });
         if let Err(e) = self.node.enqueue(to, self.box_addr, accepted, None) {
-            tracing::warn!(agency = %self.agency, error = %e, "could not queue query_accepted");
+            tracing::warn!(agency = %self.agency, error = %ifrelay::logging::Causes(&e), "could not queue query_accepted");
             return;
         }
         if mode == ProviderMode::NoProvision {
@@ -1209,7 +1209,7 @@ impl ImsInner {
         });
         let (tx, rx) = oneshot::channel();
         if let Err(e) = self.node.enqueue(to, self.box_addr, provision, Some(tx)) {
-            tracing::warn!(agency = %self.agency, error = %e, "could not queue the provision");
+            tracing::warn!(agency = %self.agency, error = %ifrelay::logging::Causes(&e), "could not queue the provision");
             return;
         }
         let me = Arc::clone(self);
@@ -1246,7 +1246,7 @@ impl ImsInner {
         Reply::accepted_then(id, move || {
             let body = Body::ProvisionComplete(n);
             if let Err(e) = me.node.enqueue(&me.box_party, me.box_addr, body, None) {
-                tracing::warn!(agency = %me.agency, error = %e, "could not queue provision_complete");
+                tracing::warn!(agency = %me.agency, error = %ifrelay::logging::Causes(&e), "could not queue provision_complete");
             }
         })
     }

@@ -51,7 +51,7 @@ use ifrelay::net::LinkError;
 pub enum SimError {
     /// The listener address could not be bound.
     #[error(
-        "cannot bind the simulator listener on {addr}: {source}; choose a free address or port 0"
+        "cannot bind the simulator listener on {addr}; choose a free address or port 0"
     )]
     Bind {
         addr: SocketAddr,
@@ -59,10 +59,10 @@ pub enum SimError {
         source: std::io::Error,
     },
     /// The TLS material does not give a usable configuration.
-    #[error("simulator TLS material: {0}")]
+    #[error("the simulator's TLS material is not usable")]
     Tls(#[from] TlsError),
     /// No valid message-id prefix can be made for the party.
-    #[error("no message ids can be made for {party}: {source}")]
+    #[error("no message ids can be made for {party}")]
     Identity {
         party: Party,
         #[source]
@@ -91,7 +91,7 @@ pub enum SimError {
     #[error("the send queue towards {to} is full; the peer is not taking frames")]
     QueueFull { to: Party },
     /// A queued frame was refused or could not be delivered.
-    #[error("delivery to {to} failed: {source}")]
+    #[error("delivery to {to} failed")]
     Delivery {
         to: Party,
         #[source]

@@ -627,7 +627,7 @@ impl Node {
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(own = %self.own, error = %e, "simulator accept failed");
+                    tracing::warn!(own = %self.own, error = %ifrelay::logging::Causes(&e), "simulator accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -649,7 +649,7 @@ impl Node {
         let mut tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                tracing::debug!(own = %self.own, %remote, error = %e, "TLS handshake failed");
+                tracing::debug!(own = %self.own, %remote, error = %ifrelay::logging::Causes(&e), "TLS handshake failed");
                 return;
             }
             Err(_) => {
@@ -660,7 +660,7 @@ impl Node {
         let peer = match ifrelay_tls::connection_party(tls.get_ref().1) {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(own = %self.own, %remote, error = %e, "peer has no party identity");
+                tracing::warn!(own = %self.own, %remote, error = %ifrelay::logging::Causes(&e), "peer has no party identity");
                 return;
             }
         };
@@ -1035,7 +1035,7 @@ impl Node {
                 self.bump();
             }
             Err(e) => {
-                tracing::warn!(own = %self.own, %to, kind = entry.frame.body.type_name(), error = %e, "delivery failed");
+                tracing::warn!(own = %self.own, %to, kind = entry.frame.body.type_name(), error = %ifrelay::logging::Causes(&e), "delivery failed");
                 self.deliveries_failed.fetch_add(1, Ordering::Relaxed);
                 self.bump();
             }
@@ -1172,7 +1172,7 @@ impl Pool {
                     tracing::debug!(own = %node.own, to = %self.to, kind = frame.body.type_name(), reply = ?reply.body, "transient refusal; sending again")
                 }
                 Err(e) => {
-                    tracing::debug!(own = %node.own, to = %self.to, kind = frame.body.type_name(), error = %e, "no reply; sending again")
+                    tracing::debug!(own = %node.own, to = %self.to, kind = frame.body.type_name(), error = %ifrelay::logging::Causes(&e), "no reply; sending again")
                 }
             }
             let wait = delay.min(deadline.saturating_duration_since(now));
