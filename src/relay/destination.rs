@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use ifrelay_proto::{AgencyCode, Frame, MessageId, Party, Prefix, Serial};
+use ifrelay_proto::{AgencyCode, Frame, MessageId, MessageType, Party, Prefix, Serial};
 
 /// The next hop of an outbox entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -88,7 +88,7 @@ pub fn party_label(p: &Party) -> String {
 #[derive(Debug, Clone)]
 pub struct FrameMeta {
     pub message_id: MessageId,
-    pub type_name: String,
+    pub message_type: MessageType,
     pub serial: Option<Serial>,
     pub prefix: Option<Prefix>,
 }
@@ -97,7 +97,7 @@ impl FrameMeta {
     pub fn of(frame: &Frame) -> Self {
         FrameMeta {
             message_id: frame.header.id.clone(),
-            type_name: frame.body.type_name().to_owned(),
+            message_type: frame.body.message_type(),
             serial: frame.body.serial().cloned(),
             prefix: frame.body.prefix().cloned(),
         }

@@ -166,7 +166,7 @@ pub async fn run_all(bed: &Testbed) -> Result<Vec<Outcome>, TestbedError> {
         Reason::Malformed,
         link.send_raw(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd]).await,
     ));
-    let mut h = header(&ids, &ims, "serial_request");
+    let mut h = header(&ids, &ims, MessageType::SerialRequest.as_str());
     h[0].1 = Value::Integer(9.into());
     h.push(("purpose", Value::Text("query".into())));
     out.push(outcome(
@@ -180,14 +180,14 @@ pub async fn run_all(bed: &Testbed) -> Result<Vec<Outcome>, TestbedError> {
         link.send_raw(&raw_frame(header(&ids, &ims, "teleport")))
             .await,
     ));
-    let mut h = header(&ids, &ims, "prefix_check");
+    let mut h = header(&ids, &ims, MessageType::PrefixCheck.as_str());
     h.push(("serial", Value::Text("131016-20261122-1-1".into())));
     out.push(outcome(
         "prefix check without a prefix",
         Reason::MissingField,
         link.send_raw(&raw_frame(h)).await,
     ));
-    let mut h = header(&ids, &ims, "serial_request");
+    let mut h = header(&ids, &ims, MessageType::SerialRequest.as_str());
     h.push(("purpose", Value::Text("lunch".into())));
     out.push(outcome(
         "serial request for an unknown purpose",
@@ -379,7 +379,7 @@ pub async fn run_all(bed: &Testbed) -> Result<Vec<Outcome>, TestbedError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     out.push(wrong_prefix);
-    let mut h = header(&ids, &ims, "query");
+    let mut h = header(&ids, &ims, MessageType::Query.as_str());
     h.push(("serial", Value::Text(s.to_string())));
     h.push(("prefix", Value::serialized(&ab).unwrap_or(Value::Null)));
     h.push(("public_key", Value::Bytes(vec![7; 32])));

@@ -99,7 +99,7 @@ pub(super) fn delivered(
         agency: item.destination.agency(own),
         staff: None,
         direction: Direction::Out,
-        operation: meta.type_name.clone(),
+        operation: meta.message_type.as_str().to_owned(),
         message_id: Some(meta.message_id.to_string()),
         serial: meta.serial.clone(),
         business: meta.prefix.as_ref().map(|p| p.business.clone()),

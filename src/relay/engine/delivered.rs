@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 
-use ifrelay_proto::{Body, Millis, ProcessError, Reason};
+use ifrelay_proto::{Body, MessageType, Millis, ProcessError, Reason};
 use ifrelay_store::{Batch, StoreError};
 
 use super::access;
@@ -44,7 +44,7 @@ impl Relay {
         // come (R-COM-1). A refusal by the own IMS goes to the core; any
         // other goes to the own IMS. A refused notice is not noticed again,
         // so two refusing peers cannot ping-pong.
-        let is_notice = meta.type_name == "process_error";
+        let is_notice = meta.message_type == MessageType::ProcessError;
         if let (Body::Refused(r), Some(serial), false) = (reply, &meta.serial, is_notice) {
             let notify = if item.destination == Destination::Ims {
                 Destination::Core
@@ -57,7 +57,7 @@ impl Relay {
                 text: cut(&format!(
                     "{} refused {}: {} {}",
                     item.destination.party_label(&self.cfg.agency),
-                    meta.type_name,
+                    meta.message_type,
                     r.reason,
                     r.text
                 )),
@@ -80,7 +80,7 @@ impl Relay {
         item: &OutboxItem,
     ) -> Result<(Verdict, Vec<Destination>), StoreError> {
         let serial = match &item.meta.serial {
-            Some(s) if self.processes.contains_key(s) && item.meta.type_name != "process_error" => {
+            Some(s) if self.processes.contains_key(s) && item.meta.message_type != MessageType::ProcessError => {
                 s.clone()
             }
             _ => return Ok((Verdict::Keep, Vec::new())),
@@ -93,7 +93,7 @@ impl Relay {
             .collect();
         let text = format!(
             "{unreachable} could not be reached to deliver {}; the process is closed",
-            item.meta.type_name
+            item.meta.message_type
         );
         tracing::warn!(%serial, %unreachable, "next hop unreachable; process closed");
         let outbox =

@@ -4,42 +4,42 @@
 //! is refused `E_ROLE` before any state is looked at, so no step handler
 //! ever sees a message from a party that may not send it.
 
-use ifrelay_proto::{Body, Reason, Role};
+use ifrelay_proto::{Body, MessageType as T, Reason, Role};
 
 use super::reply::{refuse, Refusal};
 use crate::relay::channel::{Listener, Peer};
 
 /// Which message types each party may send on each listener.
 pub(super) fn check_role(peer: &Peer, body: &Body) -> Result<(), Refusal> {
-    let t = body.type_name();
-    let allowed: &[&str] = match (peer.listener, peer.party.role) {
+    let t = body.message_type();
+    let allowed: &[T] = match (peer.listener, peer.party.role) {
         (Listener::AgencySide, Role::Ims) => &[
-            "serial_request",
-            "prefix_check",
-            "permit_request",
-            "query",
-            "query_accepted",
-            "query_complete",
-            "provision",
-            "provision_received",
-            "provision_complete",
-            "process_error",
-            "box_status",
+            T::SerialRequest,
+            T::PrefixCheck,
+            T::PermitRequest,
+            T::Query,
+            T::QueryAccepted,
+            T::QueryComplete,
+            T::Provision,
+            T::ProvisionReceived,
+            T::ProvisionComplete,
+            T::ProcessError,
+            T::BoxStatus,
         ],
         (Listener::CoreSide, Role::Core) => &[
-            "permit",
-            "permit_refused",
-            "query",
-            "query_accepted",
-            "distribution",
-            "process_error",
-            "box_status",
+            T::Permit,
+            T::PermitRefused,
+            T::Query,
+            T::QueryAccepted,
+            T::Distribution,
+            T::ProcessError,
+            T::BoxStatus,
         ],
         (Listener::CoreSide, Role::Is) => &[
-            "provision",
-            "provision_received",
-            "process_error",
-            "box_status",
+            T::Provision,
+            T::ProvisionReceived,
+            T::ProcessError,
+            T::BoxStatus,
         ],
         _ => &[],
     };

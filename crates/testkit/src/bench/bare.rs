@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use ifrelay_proto::frame::{DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use ifrelay_proto::{
-    Accepted, AgencyCode, Body, Frame, MessageId, Party, PermitFields, PermitId, PermitIssued,
+    Accepted, AgencyCode, Body, Frame, MessageId, MessageType, Party, PermitFields, PermitId, PermitIssued,
     PermitRequest, PersonCode, Provision, Query, Route, Serial, SerialNotice, SignedPermit,
 };
 use ifrelay_tls::TlsMaterial;
@@ -312,7 +312,7 @@ impl Bare {
                         return;
                     };
                     counts.received.fetch_add(1, Ordering::Relaxed);
-                    let hop = routes.get(frame.body.type_name()).copied().unwrap_or(0);
+                    let hop = routes.get(&frame.body.message_type()).copied().unwrap_or(0);
                     let Some(queue) = queues.get(hop).or(queues.first()) else {
                         return;
                     };
@@ -494,7 +494,7 @@ pub async fn drive(
 
 /// Which next hop (index into the forwarder's hops) each frame type
 /// takes.
-pub type Routes = HashMap<&'static str, usize>;
+pub type Routes = HashMap<MessageType, usize>;
 
 /// The relayed frames of one flow, per box, with their routes.
 #[derive(Debug, Clone)]
@@ -593,14 +593,14 @@ pub fn flow_frames(a: &AgencyCode, b: &AgencyCode) -> Result<FlowFrames, BenchEr
         frame(ims_a, Body::QueryComplete(notice())),
     ];
     let routes_a = HashMap::from([
-        ("permit_request", 0),
-        ("permit", 1),
-        ("query", 0),
-        ("query_accepted", 1),
-        ("provision", 1),
-        ("provision_received", 2),
-        ("provision_complete", 0),
-        ("query_complete", 0),
+        (MessageType::PermitRequest, 0),
+        (MessageType::Permit, 1),
+        (MessageType::Query, 0),
+        (MessageType::QueryAccepted, 1),
+        (MessageType::Provision, 1),
+        (MessageType::ProvisionReceived, 2),
+        (MessageType::ProvisionComplete, 0),
+        (MessageType::QueryComplete, 0),
     ]);
     let for_b = vec![
         frame(Party::core(), query),
@@ -610,11 +610,11 @@ pub fn flow_frames(a: &AgencyCode, b: &AgencyCode) -> Result<FlowFrames, BenchEr
         frame(ims_b, Body::ProvisionComplete(notice())),
     ];
     let routes_b = HashMap::from([
-        ("query", 1),
-        ("query_accepted", 0),
-        ("provision", 2),
-        ("provision_received", 1),
-        ("provision_complete", 0),
+        (MessageType::Query, 1),
+        (MessageType::QueryAccepted, 0),
+        (MessageType::Provision, 2),
+        (MessageType::ProvisionReceived, 1),
+        (MessageType::ProvisionComplete, 0),
     ]);
     Ok(FlowFrames {
         requester: for_a,
@@ -640,7 +640,7 @@ mod tests {
         assert_eq!(fa.len() + fb.len(), 13);
         for f in &fa {
             assert!(
-                ra.contains_key(f.body.type_name()),
+                ra.contains_key(&f.body.message_type()),
                 "{}",
                 f.body.type_name()
             );
@@ -649,7 +649,7 @@ mod tests {
             assert_eq!(back.body.type_name(), f.body.type_name());
         }
         for f in &fb {
-            assert!(rb.contains_key(f.body.type_name()));
+            assert!(rb.contains_key(&f.body.message_type()));
         }
     }
 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use ifrelay_proto::permit::{self, PermitError};
 use ifrelay_proto::{
-    AgencyCode, Body, BusinessCode, Distribution, Frame, InfoNameCode, ItemCode, MessageId, Party,
+    AgencyCode, Body, BusinessCode, Distribution, Frame, InfoNameCode, ItemCode, MessageId, MessageType, Party,
     PermitRequest, PersonCode, Prefix, PrefixCheck, ProcessError, Provision, Query, Reason, Serial,
     SerialNotice, SerialPurpose, SerialRequest, SignedPermit, StatusEvent, MAX_ITEMS,
 };
@@ -114,13 +114,13 @@ impl Default for ImsOptions {
 
 /// The one-per-process message types whose delivery under two different
 /// message ids means the box created the event twice.
-const ONE_PER_PROCESS: [&str; 6] = [
-    "permit",
-    "permit_refused",
-    "query",
-    "query_accepted",
-    "provision",
-    "provision_received",
+const ONE_PER_PROCESS: [MessageType; 6] = [
+    MessageType::Permit,
+    MessageType::PermitRefused,
+    MessageType::Query,
+    MessageType::QueryAccepted,
+    MessageType::Provision,
+    MessageType::ProvisionReceived,
 ];
 
 /// How long a request refused `E_UNKNOWN_SERIAL` waits for the
@@ -858,11 +858,15 @@ fn event_error(step: FlowStep, serial: Option<&Serial>, event: Event) -> FlowErr
         Event::ProcessError(reason, text) => FlowErrorKind::ProcessError { reason, text },
         Event::BadPermit(text) => FlowErrorKind::BadPermit(text),
         Event::BadProvision(text) => FlowErrorKind::BadProvision(text),
-        Event::Permit(..) => FlowErrorKind::Unexpected { got: "permit" },
-        Event::QueryAccepted(_) => FlowErrorKind::Unexpected {
-            got: "query_accepted",
+        Event::Permit(..) => FlowErrorKind::Unexpected {
+            got: MessageType::Permit.as_str(),
         },
-        Event::Provision(..) => FlowErrorKind::Unexpected { got: "provision" },
+        Event::QueryAccepted(_) => FlowErrorKind::Unexpected {
+            got: MessageType::QueryAccepted.as_str(),
+        },
+        Event::Provision(..) => FlowErrorKind::Unexpected {
+            got: MessageType::Provision.as_str(),
+        },
     };
     FlowError::new(step, serial, kind)
 }
@@ -982,7 +986,7 @@ impl ImsInner {
             );
         }
         let kind = frame.body.type_name();
-        if ONE_PER_PROCESS.contains(&kind) {
+        if ONE_PER_PROCESS.contains(&frame.body.message_type()) {
             if let Some(serial) = frame.body.serial() {
                 lock(&self.state)
                     .delivered
