@@ -147,7 +147,7 @@ impl Engine {
             .filter_map(|(serial, bytes)| match Process::decode(&bytes) {
                 Ok(p) => Some((serial, p)),
                 Err(e) => {
-                    tracing::error!(%serial, error = %e, "stored process unreadable; skipped");
+                    tracing::error!(%serial, error = %crate::logging::Causes(&e), "stored process unreadable; skipped");
                     None
                 }
             })
@@ -203,7 +203,7 @@ impl Engine {
                     tracing::info!(epoch = self.relay.epoch, "store recovered; state reloaded");
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "store still unavailable");
+                    tracing::error!(error = %crate::logging::Causes(&e), "store still unavailable");
                     self.fail_all(inputs.drain(..), &e);
                     return;
                 }
@@ -280,7 +280,7 @@ impl Engine {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, full = e.is_storage_full(), "commit failed; batch refused");
+                tracing::error!(error = %crate::logging::Causes(&e), full = e.is_storage_full(), "commit failed; batch refused");
                 self.needs_reload = true;
                 for (tx, body) in done.into_iter().filter_map(|h| h.reply) {
                     let mut refusal = store_refusal(&e);
