@@ -486,28 +486,28 @@ pub async fn run_all(bed: &Testbed) -> Result<Vec<Outcome>, TestbedError> {
 pub const NOT_PROVOKED: &[(Reason, &str)] = &[
     (
         Reason::NoPrefixList,
-        "a box never sent a distribution: tests/refusals.rs",
+        "a box never sent a distribution: crates/testkit/tests/refusals.rs",
     ),
     (
         Reason::Busy,
-        "connection limit reached: tests/reliability.rs",
+        "connection limit reached: crates/testkit/tests/reliability.rs",
     ),
     (
         Reason::Duplicate,
-        "one message id for two frames: tests/reliability.rs",
+        "one message id for two frames: crates/testkit/tests/reliability.rs",
     ),
     (
         Reason::NotInService,
-        "outside service hours (the demo boxes are always open): tests/reliability.rs",
+        "outside service hours (the demo boxes are always open): crates/testkit/tests/reliability.rs",
     ),
-    (Reason::Store, "a full disk: tests/disk_full.rs"),
+    (Reason::Store, "a full disk: crates/testkit/tests/disk_full.rs"),
     (
         Reason::PeerUnreachable,
-        "retries run out (process_error notice): tests/reliability.rs",
+        "retries run out (process_error notice): crates/testkit/tests/reliability.rs",
     ),
     (
         Reason::PeerStopped,
-        "a peer announces it stops (process_error notice): tests/reliability.rs",
+        "a peer announces it stops (process_error notice): crates/testkit/tests/reliability.rs",
     ),
     (
         Reason::PeerRefused,
@@ -515,7 +515,7 @@ pub const NOT_PROVOKED: &[(Reason, &str)] = &[
     ),
     (
         Reason::Timeout,
-        "a step not answered in time (process_error notice): tests/reliability.rs",
+        "a step not answered in time (process_error notice): crates/testkit/tests/reliability.rs",
     ),
     (
         Reason::Internal,
