@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::Signal;
 use ifrelay::config::Config;
 use ifrelay::exit;
 use ifrelay::supervisor::{Exit, RunningBox, StartError};
@@ -119,6 +120,10 @@ fn run(file: PathBuf) -> ExitCode {
         Err(e) => return failure(&e, exit::FAILURE),
     };
     rt.block_on(async move {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => return failure(&e, exit::FAILURE),
+        };
         let mut running = match RunningBox::start(&config).await {
             Ok(b) => b,
             Err(e) => {
@@ -131,7 +136,7 @@ fn run(file: PathBuf) -> ExitCode {
         };
         let token = running.shutdown_token();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.stop_requested().await;
             token.cancel();
         });
         let why = running.wait().await;
@@ -146,20 +151,55 @@ fn run(file: PathBuf) -> ExitCode {
     })
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// The signals a running box listens to, installed before anything is
+/// bound so that no signal can arrive while its default action (end the
+/// process) still holds.
+///
+/// SIGTERM (the service manager), SIGINT (Ctrl-C at a console) and SIGQUIT
+/// stop the box. SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored, so a
+/// stray signal from an operator's session can never end the box without
+/// its `stopping` notice; the configuration is read at start only (restart
+/// the service to apply a change). SIGPIPE is ignored by the Rust runtime:
+/// a broken connection is an error on that connection only.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+    hup: Signal,
+    usr1: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// Returns when a stop signal arrives; logs and ignores the others.
+    async fn stop_requested(mut self) {
+        loop {
+            let ignored = tokio::select! {
+                _ = self.term.recv() => break tracing::info!(signal = "SIGTERM", "stop requested"),
+                _ = self.int.recv() => break tracing::info!(signal = "SIGINT", "stop requested"),
+                _ = self.quit.recv() => break tracing::info!(signal = "SIGQUIT", "stop requested"),
+                _ = self.hup.recv() => "SIGHUP",
+                _ = self.usr1.recv() => "SIGUSR1",
+                _ = self.usr2.recv() => "SIGUSR2",
+            };
+            tracing::warn!(
+                signal = ignored,
+                "signal ignored: the box stops only on SIGTERM, SIGINT or SIGQUIT, and reads its configuration at start only"
+            );
         }
     }
-    tracing::info!("stop requested");
 }
 
 /// Verifies through a read-only handle: a mistyped path is an error, not

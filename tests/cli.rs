@@ -5,15 +5,10 @@
 //! (`verify-store` on a real box's store, and the demo, are tested in
 //! `crates/testkit/tests/demo.rs`.)
 
-use std::path::Path;
 use std::process::Command;
 
-use ifrelay::config::{
-    BoxSection, ConfigFile, EndpointSection, ListenSection, PeersSection, ServiceSection,
-    StoreSection, TimeoutsSection, TlsSection,
-};
-use ifrelay_devpki::DevPki;
-use ifrelay_proto::{AgencyCode, Party};
+mod common;
+use common::Site;
 
 fn ifrelay(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ifrelay"))
@@ -185,69 +180,4 @@ fn run_creates_the_store_directory_with_mode_0700_and_logs_plain_text() {
         !log.contains('\u{1b}'),
         "ANSI escapes in a log file: {log:?}"
     );
-}
-
-/// A box's PKI and configuration under one folder.
-struct Site<'a> {
-    dir: &'a Path,
-}
-
-impl<'a> Site<'a> {
-    fn new(dir: &'a Path) -> Self {
-        let pki = DevPki::new().expect("CA");
-        pki.write_ca(dir).expect("CA file");
-        pki.issue(&Party::is(AgencyCode::new("131016").expect("code")))
-            .expect("cert")
-            .write(dir, "box")
-            .expect("write");
-        Site { dir }
-    }
-
-    /// A valid configuration listening on `core_side` (agency side on
-    /// port 0), with the store at `store` relative to the folder.
-    fn config(&self, core_side: &str, store: &str) -> std::path::PathBuf {
-        let loopback = vec!["127.0.0.0/8".to_owned()];
-        let file = ConfigFile {
-            appliance: BoxSection {
-                agency: "131016".to_owned(),
-                name: None,
-            },
-            listen: ListenSection {
-                core_side: core_side.to_owned(),
-                agency_side: "127.0.0.1:0".to_owned(),
-            },
-            tls: TlsSection {
-                ca: self.dir.join("ca.pem"),
-                cert: self.dir.join("box.pem"),
-                key: self.dir.join("box.key"),
-            },
-            store: StoreSection {
-                path: self.dir.join(store),
-                cache_mib: 16,
-            },
-            core: EndpointSection {
-                address: "127.0.0.1:9".to_owned(),
-                allow: loopback.clone(),
-            },
-            ims: EndpointSection {
-                address: "127.0.0.1:9".to_owned(),
-                allow: loopback.clone(),
-            },
-            peers: PeersSection {
-                allow: loopback,
-                ..PeersSection::default()
-            },
-            limits: Default::default(),
-            // Nothing answers at the core and IMS addresses: do not wait
-            // long for a drain that cannot happen.
-            timeouts: TimeoutsSection {
-                shutdown_grace_ms: 500,
-                ..TimeoutsSection::default()
-            },
-            service: ServiceSection::default(),
-        };
-        let path = self.dir.join("ifrelay.toml");
-        std::fs::write(&path, file.to_toml_string().expect("toml")).expect("write");
-        path
-    }
 }
