@@ -2,10 +2,11 @@
 //! every step is made of: look a process up, store it, close it, queue a
 //! frame, write a record.
 //!
-//! Invariants: memory follows the store — every change here writes the
-//! store batch first and updates memory only when that write succeeded,
-//! so a failed batch leaves nothing in memory that the reload would not
-//! bring back; closing a process erases its binding (R-PFX-2).
+//! Invariants: every change here writes the store batch before memory,
+//! and memory changes only when that write succeeded; if the batch is
+//! then abandoned or its commit fails, the engine reloads memory from the
+//! store before the next batch (`Engine::run_batch`), so memory never
+//! runs ahead of disk. Closing a process erases its binding (R-PFX-2).
 
 use std::collections::HashMap;
 use std::sync::Arc;
