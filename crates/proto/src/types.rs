@@ -51,6 +51,15 @@ fn check_code(kind: &'static str, s: &str, max: usize) -> Result<(), CodeError> 
     Ok(())
 }
 
+/// What the human-readable forms of a code ([`Party`]'s `Display`, a
+/// code's `Debug`) print instead of a value that holds a My Number.
+///
+/// The screen refuses such values on the wire, and certificate names
+/// holding one are refused before a party is made of them
+/// (`ifrelay_tls::identity`); a code built some other way (a
+/// configuration file, a test) still never reaches a log in clear.
+pub const WITHHELD: &str = "<withheld: holds a My Number>";
+
 /// Declares a bounded code newtype: validated on construction and on
 /// deserialisation, serialised as a plain CBOR text string.
 macro_rules! bounded_code {
@@ -96,8 +105,13 @@ macro_rules! bounded_code {
         }
 
         impl fmt::Debug for $name {
+            /// Withholds a value that holds a My Number (see [`WITHHELD`]).
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), self.as_str())
+                if crate::screen::contains_my_number(self.as_str()) {
+                    write!(f, "{}({WITHHELD})", stringify!($name))
+                } else {
+                    write!(f, "{}({:?})", stringify!($name), self.as_str())
+                }
             }
         }
 
@@ -120,7 +134,10 @@ macro_rules! bounded_code {
 
 bounded_code!(
     /// Code of a public agency (municipality, prefecture, ministry): the
-    /// six-digit local-government code for municipalities.
+    /// six-digit local-government code for municipalities. The format
+    /// would allow twelve digits; one that holds a My Number is refused by
+    /// the screen on the wire and in certificate names, and withheld when
+    /// printed ([`WITHHELD`]).
     AgencyCode,
     "agency code",
     16
@@ -301,8 +318,14 @@ impl Party {
 }
 
 impl fmt::Display for Party {
+    /// `core`, `is/131016`, `ims/131016`; an agency code that holds a My
+    /// Number is written as [`WITHHELD`] (`is/<withheld: holds a My
+    /// Number>`), since parties are written into logs and refusal texts.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.agency {
+            Some(a) if crate::screen::contains_my_number(a.as_str()) => {
+                write!(f, "{}/{WITHHELD}", self.role)
+            }
             Some(a) => write!(f, "{}/{}", self.role, a),
             None => write!(f, "{}", self.role),
         }
@@ -329,6 +352,26 @@ mod tests {
             ItemCode::new("名前"),
             Err(CodeError::BadCharacter { .. })
         ));
+    }
+
+    #[test]
+    fn parties_and_codes_holding_a_my_number_are_withheld_when_printed() {
+        for code in ["123456789018", "1234-5678-9018", "x-123456789018"] {
+            let agency = AgencyCode::new(code).expect("a valid code");
+            let party = Party::is(agency.clone());
+            assert_eq!(party.to_string(), format!("is/{WITHHELD}"));
+            for printed in [format!("{party:?}"), format!("{agency:?}")] {
+                assert!(!printed.contains("9018"), "{printed}");
+            }
+            // The value itself is kept: it is only not printed.
+            assert_eq!(agency.as_str(), code);
+        }
+        let ordinary = Party::ims(AgencyCode::new("131016").expect("valid"));
+        assert_eq!(ordinary.to_string(), "ims/131016");
+        assert_eq!(
+            format!("{ordinary:?}"),
+            r#"Party { role: Ims, agency: Some(AgencyCode("131016")) }"#
+        );
     }
 
     #[test]
