@@ -15,13 +15,21 @@
 //! - the mapping is exact and case-sensitive: `party_from_dns(dns_name(p))
 //!   == Some(p)` for every well-formed party, and any other string maps to
 //!   `None` (no trimming, no case folding, no trailing dot);
+//! - identities are screened like header values (docs/protocol.md §6): no
+//!   party is ever made from a name that holds a My Number
+//!   ([`ifrelay_proto::screen::contains_my_number`], e.g.
+//!   `is-123456789018.link.invalid`), and a certificate with such a DNS
+//!   name is refused as a whole ([`IdentityError::MyNumberInName`]). No
+//!   error of this module prints such a name or party, so nothing that
+//!   logs or answers these errors can repeat the number;
 //! - [`peer_party`] only *reads* a certificate; it must be applied to the
 //!   chain rustls has already verified against the CA (the peer
 //!   certificates of a completed handshake).
 
 use std::fmt;
 
-use ifrelay_proto::{AgencyCode, Party, Role};
+use ifrelay_proto::screen::contains_my_number;
+use ifrelay_proto::{AgencyCode, Party, Reason, Role};
 use rustls_pki_types::{CertificateDer, ServerName};
 use x509_parser::extensions::GeneralName;
 
@@ -50,6 +58,14 @@ pub enum IdentityError {
         "the peer's certificate could not be parsed ({reason}); reissue it from the network CA"
     )]
     Unparseable { reason: String },
+    /// A DNS name of the certificate holds a My Number. The name is
+    /// withheld: it is neither kept here nor printed.
+    #[error(
+        "a DNS name of the peer's certificate holds a My Number (the name is withheld); \
+         a certificate must never carry one: have the network CA revoke it and issue one \
+         that names the party by its agency code"
+    )]
+    MyNumberInName,
     /// No DNS name of the certificate is a party's name.
     #[error(
         "the peer's certificate names no party of the network (its DNS names: {}); \
@@ -73,6 +89,18 @@ pub enum IdentityError {
     /// The party cannot be written as a certificate name.
     #[error("{party} cannot be named in a certificate: {reason}")]
     Unrepresentable { party: Party, reason: &'static str },
+}
+
+impl IdentityError {
+    /// The reason code the box refuses such a peer with: `E_MY_NUMBER`
+    /// for [`IdentityError::MyNumberInName`], as for a header value holding
+    /// one (§6), else `E_IDENTITY`.
+    pub fn reason(&self) -> Reason {
+        match self {
+            IdentityError::MyNumberInName => Reason::MyNumber,
+            _ => Reason::Identity,
+        }
+    }
 }
 
 fn list<T: fmt::Display>(items: &[T]) -> String {
@@ -101,7 +129,8 @@ pub fn dns_name(party: &Party) -> String {
 }
 
 /// The party a certificate DNS name stands for, or `None` if the name is
-/// not exactly a party name (see the module documentation).
+/// not exactly a party name (see the module documentation) or its agency
+/// code holds a My Number.
 pub fn party_from_dns(name: &str) -> Option<Party> {
     if name == CORE_DNS_NAME {
         return Some(Party::core());
@@ -118,6 +147,10 @@ pub fn party_from_dns(name: &str) -> Option<Party> {
     if code.ends_with('-') {
         return None;
     }
+    // Screened like any header value: a party is never made of it.
+    if contains_my_number(code) {
+        return None;
+    }
     let agency = AgencyCode::new(code).ok()?;
     Some(Party {
         role,
@@ -130,8 +163,8 @@ pub fn party_from_dns(name: &str) -> Option<Party> {
 ///
 /// # Errors
 /// [`IdentityError::Unrepresentable`] for a core party with an agency, an
-/// IS/IMS party without one, or an agency code that cannot end a DNS label
-/// (a trailing `-`).
+/// IS/IMS party without one, an agency code that holds a My Number, or one
+/// that cannot end a DNS label (a trailing `-`).
 pub fn checked_dns_name(party: &Party) -> Result<String, IdentityError> {
     let unrepresentable = |reason| IdentityError::Unrepresentable {
         party: party.clone(),
@@ -143,6 +176,9 @@ pub fn checked_dns_name(party: &Party) -> Result<String, IdentityError> {
             return Err(unrepresentable(
                 "an interface system or intermediate server needs its agency code",
             ))
+        }
+        (_, Some(agency)) if contains_my_number(agency.as_str()) => {
+            return Err(unrepresentable("its agency code holds a My Number"))
         }
         _ => {}
     }
@@ -173,10 +209,13 @@ pub fn server_name(party: &Party) -> Result<ServerName<'static>, IdentityError> 
 ///
 /// Every DNS SAN is read; names that are not party names are ignored, and
 /// repeated names of one party count once. Exactly one party must remain.
+/// A certificate any of whose DNS SANs holds a My Number is refused
+/// whatever else it names.
 ///
 /// # Errors
 /// [`IdentityError::NoCertificate`] for an empty chain,
 /// [`IdentityError::Unparseable`] for a certificate x509-parser refuses,
+/// [`IdentityError::MyNumberInName`] when a DNS SAN holds a My Number,
 /// [`IdentityError::NoIdentity`] when no DNS SAN is a party name,
 /// [`IdentityError::AmbiguousIdentity`] when several parties are named.
 pub fn peer_party(certs: &[CertificateDer<'_>]) -> Result<Party, IdentityError> {
@@ -208,6 +247,11 @@ pub fn peer_party(certs: &[CertificateDer<'_>]) -> Result<Party, IdentityError> 
                 .collect()
         })
         .unwrap_or_default();
+    // Before anything is made of the names, and before any error could
+    // list them (`NoIdentity` prints the names it saw).
+    if dns_names.iter().any(|n| contains_my_number(n)) {
+        return Err(IdentityError::MyNumberInName);
+    }
 
     let mut parties: Vec<Party> = Vec::new();
     for party in dns_names.iter().filter_map(|n| party_from_dns(n)) {
@@ -306,6 +350,10 @@ mod tests {
             "is-13.1016.link.invalid",
             "is-131016-.link.invalid",
             "is-12345678901234567.link.invalid",
+            "is-123456789018.link.invalid",
+            "ims-123456789018.link.invalid",
+            "is-1234-5678-9018.link.invalid",
+            "is-x123456789018.link.invalid",
             "is-131016.link.invalid\0",
             " is-131016.link.invalid",
             "sub.is-131016.link.invalid",
@@ -328,6 +376,7 @@ mod tests {
             core_with_agency,
             is_without_agency,
             Party::is(agency("131016-")),
+            Party::is(agency("123456789018")),
         ] {
             assert!(matches!(
                 server_name(&party),
