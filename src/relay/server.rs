@@ -215,9 +215,10 @@ async fn connection(
     let party = match ifrelay_tls::connection_party(tls.get_ref().1) {
         Ok(p) => p,
         Err(e) => {
+            // E_MY_NUMBER for a name holding one; the error never prints it.
             tracing::warn!(error = %Causes(&e), "peer certificate names no party");
-            let _ = send_refusal(&mut tls, ctx, None, Reason::Identity, &e.to_string()).await;
-            note_refused(ctx, addr, None, "connect", None, Reason::Identity).await;
+            let _ = send_refusal(&mut tls, ctx, None, e.reason(), &e.to_string()).await;
+            note_refused(ctx, addr, None, "connect", None, e.reason()).await;
             return;
         }
     };
