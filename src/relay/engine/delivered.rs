@@ -80,7 +80,10 @@ impl Relay {
         item: &OutboxItem,
     ) -> Result<(Verdict, Vec<Destination>), StoreError> {
         let serial = match &item.meta.serial {
-            Some(s) if self.processes.contains_key(s) && item.meta.message_type != MessageType::ProcessError => {
+            Some(s)
+                if self.processes.contains_key(s)
+                    && item.meta.message_type != MessageType::ProcessError =>
+            {
                 s.clone()
             }
             _ => return Ok((Verdict::Keep, Vec::new())),

@@ -10,12 +10,14 @@
 //! [`Harness::reboot`] boots a new engine on the same store, as a restart
 //! (or a crash: nothing but the store survives either) would.
 //!
-//! [`Fixture`] is a small network around the box — its IMS, the core with
-//! a deterministic Ed25519 key, one peer box — that builds the
-//! distribution, signed permits and messages a flow needs.
+//! [`Fixture`] (in `fixture.rs`) is a small network around the box — its
+//! IMS, the core with a deterministic Ed25519 key, one peer box — that
+//! builds the distribution, signed permits and messages a flow needs.
 //!
 //! Invariant: the harness adds no behaviour; everything observable comes
 //! from the engine's own batch loop and the store.
+
+mod fixture;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,22 +25,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ifrelay_proto::{
-    AgencyCode, Body, Distribution, Frame, Masters, MessageId, Millis, Party, PermitFields,
-    PermitIssued, PersonCode, Prefix, PrefixEntry, Provision, Query, Reason, Route, Serial,
-    SignedPermit, StatusEvent,
-};
+use ifrelay_proto::{Body, Frame, MessageId, Millis, Party, Reason, Serial, StatusEvent};
 use ifrelay_store::{Direction, Store, StoreError, StoreReader};
-use ring::signature::{Ed25519KeyPair, KeyPair};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Engine, EngineConfig, EngineStats, StepTimeouts};
+pub use self::fixture::Fixture;
+use super::{Engine, EngineConfig, EngineStats};
 use crate::net::now_millis;
-use crate::relay::channel::{
-    Delivery, FrameInput, Input, Listener, Notice, Peer, Undeliverable, Verdict,
-};
+use crate::relay::channel::{Delivery, FrameInput, Input, Notice, Peer, Undeliverable, Verdict};
 use crate::relay::destination::{Destination, OutboxItem};
-use crate::relay::hours::ServiceHours;
 use crate::relay::process::Process;
 
 /// Store cache for a harness: small, the store is small.
@@ -383,223 +378,4 @@ impl Harness {
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }
-}
-
-/// The parties around one box (agency `131016`, requester of a prefix to
-/// agency `271004`, and provider of the reverse prefix), and a core whose
-/// permit key is derived from a fixed seed, so runs are reproducible.
-pub struct Fixture {
-    pub own: AgencyCode,
-    pub other: AgencyCode,
-    /// Where the other agency's box listens (inside the allowed peer
-    /// network of [`Fixture::config`]).
-    pub other_endpoint: SocketAddr,
-    /// Where this box's core-side listener is, as permits name it.
-    pub own_endpoint: SocketAddr,
-    key: Ed25519KeyPair,
-    permits: u64,
-}
-
-impl Default for Fixture {
-    fn default() -> Self {
-        Fixture::new()
-    }
-}
-
-impl Fixture {
-    /// Default step timeouts of [`Fixture::config`].
-    pub const STEPS: StepTimeouts = StepTimeouts {
-        permit: Duration::from_secs(30),
-        query_accepted: Duration::from_secs(30),
-        provision_complete: Duration::from_secs(60),
-        idle_process: Duration::from_secs(120),
-    };
-
-    pub fn new() -> Fixture {
-        Fixture {
-            own: code("131016"),
-            other: code("271004"),
-            other_endpoint: SocketAddr::from(([127, 0, 0, 2], 7443)),
-            own_endpoint: SocketAddr::from(([127, 0, 0, 1], 7443)),
-            key: Ed25519KeyPair::from_seed_unchecked(&[7; 32])
-                .expect("invariant: any 32 bytes are an Ed25519 seed"),
-            permits: 0,
-        }
-    }
-
-    /// The box's configuration: always in service, loopback peers.
-    pub fn config(&self) -> EngineConfig {
-        EngineConfig {
-            agency: self.own.clone(),
-            peer_allow: vec!["127.0.0.0/8".parse().expect("invariant: literal network")],
-            clock_synced: false,
-            hours: ServiceHours::always(),
-            steps: Fixture::STEPS,
-        }
-    }
-
-    /// The core's permit-signing public key.
-    pub fn core_key(&self) -> Vec<u8> {
-        self.key.public_key().as_ref().to_vec()
-    }
-
-    /// This box asks the other agency (requester side).
-    pub fn prefix(&self) -> Prefix {
-        prefix(&self.own, &self.other)
-    }
-
-    /// The other agency asks this box (provider side).
-    pub fn reverse_prefix(&self) -> Prefix {
-        prefix(&self.other, &self.own)
-    }
-
-    /// A prefix list holding both prefixes, with the core key.
-    pub fn distribution(&self, version: u64) -> Distribution {
-        let entries = [self.prefix(), self.reverse_prefix()]
-            .into_iter()
-            .flat_map(|p| {
-                p.items
-                    .iter()
-                    .map(|item| PrefixEntry {
-                        requester: p.requester.clone(),
-                        provider: p.provider.clone(),
-                        business: p.business.clone(),
-                        info_name: p.info_name.clone(),
-                        item: item.clone(),
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        Distribution {
-            version,
-            prefixes: entries,
-            masters: Masters::default(),
-            core_key: self.core_key(),
-        }
-    }
-
-    /// Signs `fields` with the core's key.
-    pub fn sign(&self, fields: &PermitFields) -> SignedPermit {
-        let mut permit = SignedPermit::unsigned(fields);
-        permit.sig = self.key.sign(&permit.signing_input()).as_ref().to_vec();
-        permit
-    }
-
-    /// The fields of a permit for `serial` and `prefix`, routing the
-    /// provision to the requester's box and the receipt to the
-    /// provider's, valid for `ttl` from `now`.
-    pub fn permit_fields(
-        &mut self,
-        serial: &Serial,
-        prefix: &Prefix,
-        now: Millis,
-        ttl: Duration,
-    ) -> PermitFields {
-        self.permits += 1;
-        let endpoint = |agency: &AgencyCode| {
-            if *agency == self.own {
-                self.own_endpoint
-            } else {
-                self.other_endpoint
-            }
-        };
-        PermitFields {
-            permit_id: code(&format!("P-{}", self.permits)),
-            issuer: Party::core(),
-            serial: serial.clone(),
-            prefix: prefix.clone(),
-            route: Route {
-                agency: prefix.requester.clone(),
-                endpoint: endpoint(&prefix.requester).to_string(),
-            },
-            provider_route: Route {
-                agency: prefix.provider.clone(),
-                endpoint: endpoint(&prefix.provider).to_string(),
-            },
-            issued_at: now,
-            expires_at: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
-        }
-    }
-
-    /// A signed permit for `serial` and `prefix`, valid for ten minutes.
-    pub fn permit(&mut self, serial: &Serial, prefix: &Prefix, now: Millis) -> SignedPermit {
-        let fields = self.permit_fields(serial, prefix, now, Duration::from_secs(600));
-        self.sign(&fields)
-    }
-
-    /// The core's `permit` message.
-    pub fn permit_issued(serial: &Serial, permit: &SignedPermit) -> Body {
-        Body::Permit(PermitIssued {
-            serial: serial.clone(),
-            permit: permit.clone(),
-        })
-    }
-
-    /// A query under `permit`, with a well-formed key and a code.
-    pub fn query(serial: &Serial, prefix: &Prefix, permit: &SignedPermit) -> Query {
-        Query {
-            serial: serial.clone(),
-            prefix: prefix.clone(),
-            permit: permit.clone(),
-            public_key: vec![9; 32],
-            code: code::<PersonCode>("C-abc"),
-        }
-    }
-
-    /// A provision under `permit`, with an opaque body.
-    pub fn provision(serial: &Serial, prefix: &Prefix, permit: &SignedPermit) -> Provision {
-        Provision {
-            serial: serial.clone(),
-            prefix: prefix.clone(),
-            permit: permit.clone(),
-            body: vec![1, 2, 3, 4],
-        }
-    }
-
-    /// This box's IMS, on the agency-side listener.
-    pub fn ims(&self) -> Peer {
-        peer(Party::ims(self.own.clone()), Listener::AgencySide, 40_001)
-    }
-
-    /// The core, on the core-side listener.
-    pub fn core(&self) -> Peer {
-        peer(Party::core(), Listener::CoreSide, 40_002)
-    }
-
-    /// The other agency's box, on the core-side listener.
-    pub fn other_box(&self) -> Peer {
-        peer(Party::is(self.other.clone()), Listener::CoreSide, 40_003)
-    }
-}
-
-fn peer(party: Party, listener: Listener, port: u16) -> Peer {
-    Peer {
-        party,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        listener,
-    }
-}
-
-fn prefix(requester: &AgencyCode, provider: &AgencyCode) -> Prefix {
-    let mut items = heapless::Vec::new();
-    for item in ["I001", "I002"] {
-        items
-            .push(code(item))
-            .expect("invariant: two items fit a prefix");
-    }
-    Prefix {
-        requester: requester.clone(),
-        business: code("B010"),
-        provider: provider.clone(),
-        info_name: code("N020"),
-        items,
-    }
-}
-
-/// A literal code of the fixture.
-fn code<T: std::str::FromStr>(s: &str) -> T
-where
-    T::Err: std::fmt::Debug,
-{
-    s.parse().expect("invariant: fixture codes are valid")
 }
