@@ -397,15 +397,27 @@ impl TlsMaterial {
     /// chain presented as client certificate.
     ///
     /// # Errors
-    /// [`TlsError::Config`].
+    /// [`TlsError::Verifier`] or [`TlsError::Config`].
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
-        let config = ClientConfig::builder_with_provider(provider())
+        let provider = provider();
+        // rustls' own WebPKI verifier; wrapped only so that its error never
+        // prints a server's name holding a My Number.
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::clone(&self.roots), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Verifier {
+                    reason: e.to_string(),
+                })?;
+        let config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|source| TlsError::Config {
                 side: "client",
                 source,
             })?
-            .with_root_certificates(Arc::clone(&self.roots))
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(identity::ScreenedServerVerifier::new(
+                verifier,
+            )))
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|source| TlsError::Config {
                 side: "client",

@@ -27,10 +27,14 @@
 //!   certificates of a completed handshake).
 
 use std::fmt;
+use std::sync::Arc;
 
 use ifrelay_proto::screen::contains_my_number;
-use ifrelay_proto::{AgencyCode, Party, Reason, Role};
-use rustls_pki_types::{CertificateDer, ServerName};
+use ifrelay_proto::{AgencyCode, Party, Reason, Role, WITHHELD};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use x509_parser::extensions::GeneralName;
 
 /// Domain under which every party's name lives.
@@ -292,6 +296,87 @@ pub fn verify_peer(certs: &[CertificateDer<'_>], expected: &Party) -> Result<Par
         });
     }
     Ok(found)
+}
+
+/// The dialler's check of a server certificate: rustls' WebPKI verifier,
+/// unchanged, except that its error for a certificate not valid for the
+/// name dialled, which lists every name the certificate presents, lists a
+/// name holding a My Number as [`WITHHELD`]. That error reaches the
+/// delivery log (§5.2), and a certificate name is screened like a header
+/// value: never logged in clear.
+#[derive(Debug)]
+pub struct ScreenedServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ScreenedServerVerifier {
+    pub fn new(inner: Arc<WebPkiServerVerifier>) -> Self {
+        Self { inner }
+    }
+}
+
+/// `error` with every presented name that holds a My Number withheld.
+fn withhold_names(error: rustls::Error) -> rustls::Error {
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        }) => rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected,
+            presented: presented
+                .into_iter()
+                .map(|name| {
+                    if contains_my_number(&name) {
+                        WITHHELD.to_owned()
+                    } else {
+                        name
+                    }
+                })
+                .collect(),
+        }),
+        other => other,
+    }
+}
+
+impl ServerCertVerifier for ScreenedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(withhold_names)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
 }
 
 #[cfg(test)]

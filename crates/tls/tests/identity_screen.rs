@@ -1,7 +1,8 @@
 //! Identities are screened like header values (docs/protocol.md §6): a
 //! certificate any of whose DNS names holds a My Number is refused with
 //! its own error and reason code, no party is made of such a name, and no
-//! error message repeats the number.
+//! error message repeats the number — a dialler's name-mismatch error from
+//! a real handshake included.
 
 use ifrelay_devpki::DevPki;
 use ifrelay_proto::screen::contains_my_number;
@@ -75,4 +76,47 @@ fn no_party_is_made_of_a_name_holding_a_my_number() {
     assert!(!err.to_string().contains("9018"), "{err}");
     assert!(err.to_string().contains("holds a My Number"), "{err}");
     assert!(server_name(&party).is_err());
+}
+
+#[tokio::test]
+async fn a_dialled_server_naming_a_my_number_fails_without_the_name_in_the_error() {
+    use ifrelay_tls::tokio_rustls::{TlsAcceptor, TlsConnector};
+    use tokio::net::{TcpListener, TcpStream};
+
+    let pki = DevPki::new().expect("CA");
+    let rogue = pki
+        .issue_with_names(&["is-123456789018.link.invalid"])
+        .expect("cert");
+    let server = pki
+        .material(&rogue)
+        .expect("material")
+        .server_config()
+        .expect("server config");
+    let dialler = pki
+        .material(&pki.issue(&Party::is(agency("131016"))).expect("cert"))
+        .expect("material")
+        .client_config()
+        .expect("client config");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        // The client gives up during the handshake.
+        let _ = TlsAcceptor::from(server).accept(tcp).await;
+    });
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let expected = server_name(&Party::is(agency("271004"))).expect("name");
+    let err = TlsConnector::from(dialler)
+        .connect(expected, tcp)
+        .await
+        .expect_err("the name does not fit");
+    let printed = format!("{err} / {err:?}");
+    assert!(printed.contains("not valid for name"), "{printed}");
+    assert!(
+        printed.contains("<withheld: holds a My Number>"),
+        "{printed}"
+    );
+    assert!(!printed.contains("123456789018"), "{printed}");
+    accept.await.expect("server task");
 }
