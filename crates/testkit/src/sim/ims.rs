@@ -37,9 +37,10 @@ use std::time::Duration;
 
 use ifrelay_proto::permit::{self, PermitError};
 use ifrelay_proto::{
-    AgencyCode, Body, BusinessCode, Distribution, Frame, InfoNameCode, ItemCode, MessageId, MessageType, Party,
-    PermitRequest, PersonCode, Prefix, PrefixCheck, ProcessError, Provision, Query, Reason, Serial,
-    SerialNotice, SerialPurpose, SerialRequest, SignedPermit, StatusEvent, MAX_ITEMS,
+    AgencyCode, Body, BusinessCode, Distribution, Frame, InfoNameCode, ItemCode, MessageId,
+    MessageType, Party, PermitRequest, PersonCode, Prefix, PrefixCheck, ProcessError, Provision,
+    Query, Reason, Serial, SerialNotice, SerialPurpose, SerialRequest, SignedPermit, StatusEvent,
+    MAX_ITEMS,
 };
 use ifrelay_tls::TlsMaterial;
 use ring::rand::{SecureRandom, SystemRandom};
