@@ -26,6 +26,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::relay::hours::{Date, ServiceHours, Window};
+pub use crate::relay::rates::{Rate, RateLimits};
 use ifrelay_proto::{AgencyCode, Party};
 use ifrelay_tls::{TlsError, TlsMaterial};
 use ipnet::IpNet;
@@ -47,6 +48,19 @@ pub const DEFAULT_MAX_CONNECTIONS: u64 = 256;
 pub const MAX_CONNECTIONS: u64 = 65_536;
 /// Default `limits.io_timeout_ms`.
 pub const DEFAULT_IO_TIMEOUT_MS: u64 = 10_000;
+/// Default `limits.handshake_timeout_ms`: a client that has not finished
+/// its TLS handshake by then is dropped.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
+/// Default `limits.max_handshakes`: connections of one listener still in
+/// their TLS handshake.
+pub const DEFAULT_MAX_HANDSHAKES: u64 = 64;
+/// Default `limits.max_handshakes_per_source`: of those, from one address.
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: u64 = 8;
+/// Default `limits.reserved_connections`: connections of a listener only
+/// the core and the own IMS may use.
+pub const DEFAULT_RESERVED_CONNECTIONS: u64 = 16;
+/// Largest accepted `rates.*_per_s` and `rates.*_burst`.
+pub const MAX_RATE: u64 = 1_000_000;
 /// Default `timeouts.connect_ms`.
 pub const DEFAULT_CONNECT_MS: u64 = 3_000;
 /// Default `timeouts.reply_ms`.
@@ -184,6 +198,9 @@ pub struct ConfigFile {
     /// `[service]`: service hours (R-AV-1).
     #[serde(default)]
     pub service: ServiceSection,
+    /// `[rates]`: per-sender rates of the frames that cost store space.
+    #[serde(default)]
+    pub rates: RatesSection,
 }
 
 /// `[service]`: when new processes may start (R-AV-1). Times are JST.
@@ -293,6 +310,10 @@ pub struct LimitsSection {
     pub max_frame_bytes: u64,
     pub max_connections: u64,
     pub io_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    pub max_handshakes: u64,
+    pub max_handshakes_per_source: u64,
+    pub reserved_connections: u64,
 }
 
 impl Default for LimitsSection {
@@ -301,6 +322,45 @@ impl Default for LimitsSection {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             io_timeout_ms: DEFAULT_IO_TIMEOUT_MS,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+            reserved_connections: DEFAULT_RESERVED_CONNECTIONS,
+        }
+    }
+}
+
+/// `[rates]`: token buckets per sending party (`<class>_per_s` tokens a
+/// second, at most `<class>_burst` saved up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RatesSection {
+    pub status_per_s: u64,
+    pub status_burst: u64,
+    pub notice_per_s: u64,
+    pub notice_burst: u64,
+    pub distribution_per_s: u64,
+    pub distribution_burst: u64,
+    pub peer_per_s: u64,
+    pub peer_burst: u64,
+    pub serial_per_s: u64,
+    pub serial_burst: u64,
+}
+
+impl Default for RatesSection {
+    fn default() -> Self {
+        let d = RateLimits::default();
+        Self {
+            status_per_s: d.status.per_s.into(),
+            status_burst: d.status.burst.into(),
+            notice_per_s: d.notice.per_s.into(),
+            notice_burst: d.notice.burst.into(),
+            distribution_per_s: d.distribution.per_s.into(),
+            distribution_burst: d.distribution.burst.into(),
+            peer_per_s: d.peer.per_s.into(),
+            peer_burst: d.peer.burst.into(),
+            serial_per_s: d.serial.per_s.into(),
+            serial_burst: d.serial.burst.into(),
         }
     }
 }
@@ -357,6 +417,7 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub service: ServiceHours,
+    pub rates: RateLimits,
 }
 
 /// The two listeners, one per NIC.
@@ -446,10 +507,20 @@ fn allows(nets: &[IpNet], ip: IpAddr) -> bool {
 pub struct Limits {
     /// Largest frame body accepted, checked before the body is read.
     pub max_frame_bytes: usize,
-    /// Most simultaneous connections over both listeners.
+    /// Most simultaneous authenticated connections per listener.
     pub max_connections: usize,
     /// Longest wait for one read or write on a connection.
     pub io_timeout: Duration,
+    /// Longest wait for a client's TLS handshake (and its party check).
+    pub handshake_timeout: Duration,
+    /// Most connections per listener still in their TLS handshake: a
+    /// budget of their own, so they never take an authenticated slot.
+    pub max_handshakes: usize,
+    /// Of those, most from one source address.
+    pub max_handshakes_per_source: usize,
+    /// Authenticated connections per listener that only the core and the
+    /// own IMS may use (peer boxes get `max_connections` minus these).
+    pub reserved_connections: usize,
 }
 
 impl Default for Limits {
@@ -458,6 +529,10 @@ impl Default for Limits {
             max_frame_bytes: ifrelay_proto::frame::DEFAULT_MAX_FRAME,
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
             io_timeout: Duration::from_millis(DEFAULT_IO_TIMEOUT_MS),
+            handshake_timeout: Duration::from_millis(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+            max_handshakes: DEFAULT_MAX_HANDSHAKES as usize,
+            max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE as usize,
+            reserved_connections: DEFAULT_RESERVED_CONNECTIONS as usize,
         }
     }
 }
@@ -667,6 +742,7 @@ impl ConfigFile {
         let limits = self.limits()?;
         let timeouts = self.timeouts()?;
         let service = self.service()?;
+        let rates = self.rates()?;
 
         Ok(Config {
             agency,
@@ -680,6 +756,7 @@ impl ConfigFile {
             limits,
             timeouts,
             service,
+            rates,
         })
     }
 
@@ -772,10 +849,53 @@ impl ConfigFile {
             MAX_CONNECTIONS,
             "connections",
         )?;
+        let count = |field: &str, value: u64, min: u64| {
+            to_usize(
+                field,
+                in_range(field, value, min, MAX_CONNECTIONS, "connections")?,
+            )
+        };
         Ok(Limits {
             max_frame_bytes: to_usize("limits.max_frame_bytes", frame)?,
             max_connections: to_usize("limits.max_connections", conns)?,
             io_timeout: millis("limits.io_timeout_ms", l.io_timeout_ms, TEN_MINUTES_MS)?,
+            handshake_timeout: millis(
+                "limits.handshake_timeout_ms",
+                l.handshake_timeout_ms,
+                TEN_MINUTES_MS,
+            )?,
+            max_handshakes: count("limits.max_handshakes", l.max_handshakes, 1)?,
+            max_handshakes_per_source: count(
+                "limits.max_handshakes_per_source",
+                l.max_handshakes_per_source,
+                1,
+            )?,
+            reserved_connections: count("limits.reserved_connections", l.reserved_connections, 0)?,
+        })
+    }
+
+    fn rates(&self) -> Result<RateLimits, ConfigError> {
+        let r = &self.rates;
+        let rate = |class: &str, per_s: u64, burst: u64| -> Result<Rate, ConfigError> {
+            let field = |key: &str| format!("rates.{class}_{key}");
+            let one = |key: &str, value: u64, unit: &str| {
+                let field = field(key);
+                in_range(&field, value, 1, MAX_RATE, unit).and_then(|v| {
+                    u32::try_from(v)
+                        .map_err(|_| ConfigError::invalid(&field, "is too large", "lower it"))
+                })
+            };
+            Ok(Rate {
+                per_s: one("per_s", per_s, "frames a second")?,
+                burst: one("burst", burst, "frames")?,
+            })
+        };
+        Ok(RateLimits {
+            status: rate("status", r.status_per_s, r.status_burst)?,
+            notice: rate("notice", r.notice_per_s, r.notice_burst)?,
+            distribution: rate("distribution", r.distribution_per_s, r.distribution_burst)?,
+            peer: rate("peer", r.peer_per_s, r.peer_burst)?,
+            serial: rate("serial", r.serial_per_s, r.serial_burst)?,
         })
     }
 
@@ -1110,6 +1230,25 @@ impl Config {
                 max_frame_bytes: self.limits.max_frame_bytes as u64,
                 max_connections: self.limits.max_connections as u64,
                 io_timeout_ms: ms(self.limits.io_timeout),
+                handshake_timeout_ms: ms(self.limits.handshake_timeout),
+                max_handshakes: self.limits.max_handshakes as u64,
+                max_handshakes_per_source: self.limits.max_handshakes_per_source as u64,
+                reserved_connections: self.limits.reserved_connections as u64,
+            },
+            rates: {
+                let r = &self.rates;
+                RatesSection {
+                    status_per_s: r.status.per_s.into(),
+                    status_burst: r.status.burst.into(),
+                    notice_per_s: r.notice.per_s.into(),
+                    notice_burst: r.notice.burst.into(),
+                    distribution_per_s: r.distribution.per_s.into(),
+                    distribution_burst: r.distribution.burst.into(),
+                    peer_per_s: r.peer.per_s.into(),
+                    peer_burst: r.peer.burst.into(),
+                    serial_per_s: r.serial.per_s.into(),
+                    serial_burst: r.serial.burst.into(),
+                }
             },
             timeouts: TimeoutsSection {
                 connect_ms: ms(self.timeouts.connect),
@@ -1317,12 +1456,22 @@ deny_agencies = ["999999"]
 max_frame_bytes = 4194304
 max_connections = 256
 io_timeout_ms = 10000
+handshake_timeout_ms = 3000
+max_handshakes = 64
+max_handshakes_per_source = 8
+reserved_connections = 16
 
 [timeouts]
 connect_ms = 3000
 reply_ms = 10000
 retry_count = 5
 retry_backoff_ms = 500
+
+[rates]
+status_per_s = 1
+status_burst = 10
+peer_per_s = 1000
+peer_burst = 2000
 "#;
 
     /// The minimal file: only required keys.
@@ -1521,6 +1670,38 @@ allow = ["10.1.0.2/32"]
             &with("ims", "address", "\"127.0.0.1:70000\""),
             "ims.address",
         );
+    }
+
+    #[test]
+    fn admission_limits_and_rates_are_checked() {
+        let c = parse(MINIMAL).expect("minimal");
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.max_handshakes, 64);
+        assert_eq!(c.limits.max_handshakes_per_source, 8);
+        assert_eq!(c.limits.reserved_connections, 16);
+        assert_eq!(c.rates, RateLimits::default());
+        refused(
+            &with("limits", "handshake_timeout_ms", "0"),
+            "limits.handshake_timeout_ms",
+        );
+        refused(
+            &with("limits", "max_handshakes", "0"),
+            "limits.max_handshakes",
+        );
+        refused(
+            &with("limits", "max_handshakes_per_source", "65537"),
+            "limits.max_handshakes_per_source",
+        );
+        let c = parse(&with("limits", "reserved_connections", "0")).expect("no reserve");
+        assert_eq!(c.limits.reserved_connections, 0);
+        refused(&with("rates", "status_per_s", "0"), "rates.status_per_s");
+        refused(&with("rates", "peer_burst", "1000001"), "rates.peer_burst");
+        refused(
+            &VALID.replace("[rates]", "[rates]\nbox_status_per_s = 3"),
+            "rates.box_status_per_s",
+        );
+        let c = parse(&with("rates", "status_burst", "3")).expect("valid");
+        assert_eq!(c.rates.status, Rate { per_s: 1, burst: 3 });
     }
 
     #[test]

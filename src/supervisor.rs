@@ -25,9 +25,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::critical::{self, TaskDied};
+use crate::relay::admission::{AdmissionLimits, Occupancy};
 use crate::relay::channel::{Input, Listener};
 use crate::relay::delivery::{self, DeliveryConfig};
 use crate::relay::engine::{Engine, EngineConfig, EngineStats, StepTimeouts};
+use crate::relay::rates::RateLimiter;
 use crate::relay::server::{self, ListenerConfig, ServerContext};
 
 /// Inputs waiting for the engine; past this the box answers "busy".
@@ -134,6 +136,8 @@ pub struct RunningBox {
     stop_delivery: CancellationToken,
     listeners: TaskTracker,
     workers: TaskTracker,
+    /// Each listener's context, for [`RunningBox::connections`].
+    servers: Vec<Arc<ServerContext>>,
 }
 
 impl RunningBox {
@@ -239,10 +243,19 @@ impl RunningBox {
             ims_allow: config.ims.allow.clone(),
             peer_allow: config.peers.allow.clone(),
             deny_agencies: config.peers.deny_agencies.clone(),
-            max_connections: config.limits.max_connections,
+            admission: AdmissionLimits {
+                max_connections: config.limits.max_connections,
+                reserved_connections: config.limits.reserved_connections,
+                max_handshakes: config.limits.max_handshakes,
+                max_handshakes_per_source: config.limits.max_handshakes_per_source,
+            },
             max_frame: config.limits.max_frame_bytes,
             io_timeout: config.limits.io_timeout,
+            handshake_timeout: config.limits.handshake_timeout,
         };
+        // One set of rates per sender, whichever listener it uses.
+        let rates = Arc::new(RateLimiter::new(config.rates));
+        let mut servers = Vec::new();
         for (tcp, listener, task) in [
             (core_listener, Listener::CoreSide, "core-side listener"),
             (
@@ -251,13 +264,15 @@ impl RunningBox {
                 "agency-side listener",
             ),
         ] {
-            let ctx = Arc::new(ServerContext {
-                config: listener_config(listener),
-                acceptor: server::acceptor(server_tls.clone()),
-                engine: engine_tx.clone(),
-                own: own.clone(),
-                ids: ids.clone(),
-            });
+            let ctx = Arc::new(ServerContext::new(
+                listener_config(listener),
+                server::acceptor(server_tls.clone()),
+                engine_tx.clone(),
+                own.clone(),
+                ids.clone(),
+                rates.clone(),
+            ));
+            servers.push(ctx.clone());
             let guard = watch.guard(task);
             let serve = server::serve(tcp, ctx, stop_accepting.clone(), listeners.clone());
             let exit_early = fault("core-listener-exit") && listener == Listener::CoreSide;
@@ -337,12 +352,22 @@ impl RunningBox {
             stop_delivery,
             listeners,
             workers,
+            servers,
         })
     }
 
     /// Read access to the store (records, access log, verification).
     pub fn reader(&self) -> &StoreReader {
         &self.reader
+    }
+
+    /// The connections of each listener holding a place now (handshakes
+    /// under way, authenticated connections).
+    pub fn connections(&self) -> Vec<(Listener, Occupancy)> {
+        self.servers
+            .iter()
+            .map(|s| (s.config.listener, s.occupancy()))
+            .collect()
     }
 
     pub fn stats(&self) -> EngineStats {

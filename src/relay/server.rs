@@ -2,12 +2,26 @@
 //!
 //! The accept loop survives bad peers: a refused address, a failed
 //! handshake or a wrong certificate ends only that connection, is logged
-//! (tracing and access log) and the loop goes on. Connections are bounded
-//! by a semaphore per listener. Each connection reads one frame at a time,
-//! hands it to the engine and writes the engine's answer; a frame that
-//! cannot be decoded is answered with its reason code and the connection
-//! stays open (the stream is still in sync), except for an oversized
-//! frame, after which the stream cannot be trusted and is closed.
+//! (tracing and access log, coalesced per source by [`RefusalLog`]) and
+//! the loop goes on. Admission has two budgets per listener
+//! ([`Admission`]): connections still in their TLS handshake hold a
+//! handshake permit (bounded per source address and overall, with a short
+//! deadline), authenticated ones a slot (with a reserve only the core and
+//! the own IMS may use), so a flood that never finishes TLS cannot take
+//! the place of an authenticated peer. Each connection reads frames,
+//! checks each against its sender's rate ([`RateLimiter`]; beyond it
+//! `E_BUSY` at once), hands it to the engine and writes the engine's
+//! answers in order; a frame that cannot be decoded is answered with its
+//! reason code and the connection stays open (the stream is still in
+//! sync), except for an oversized frame, after which the stream cannot be
+//! trusted and is closed.
+//!
+//! Invariants: a connection task holds its permit or slot (RAII) for its
+//! whole life and nothing else, so every way it ends gives its place
+//! back; its reader and writer each stop when the other has gone, and
+//! every wait of either is bounded by a timeout, the box stopping or the
+//! other half ending — a peer that stops reading is dropped after
+//! `limits.io_timeout_ms` even while it keeps sending.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +31,16 @@ use ifrelay_proto::{AgencyCode, Body, Frame, MessageId, Party, Reason, Refused, 
 use ifrelay_store::Direction;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::admission::{Admission, AdmissionLimits, HandshakePermit, Occupancy};
 use super::channel::{FrameInput, Input, Listener, Peer};
+use super::rates::RateLimiter;
+use super::refusal_log::{self, Refusal, RefusalLog};
 use crate::logging::Causes;
 use crate::net::{
     flush_within, now_millis, read_frame, write_bytes, write_unflushed, IdGen, ReadError,
@@ -39,9 +56,13 @@ pub struct ListenerConfig {
     pub ims_allow: Vec<ipnet::IpNet>,
     pub peer_allow: Vec<ipnet::IpNet>,
     pub deny_agencies: Vec<AgencyCode>,
-    pub max_connections: usize,
+    /// Handshake and connection budgets (`limits.*`).
+    pub admission: AdmissionLimits,
     pub max_frame: usize,
     pub io_timeout: Duration,
+    /// The TLS handshake and party check must be done within this (and
+    /// within `io_timeout`, whichever is shorter).
+    pub handshake_timeout: Duration,
 }
 
 impl ListenerConfig {
@@ -53,6 +74,13 @@ impl ListenerConfig {
             Listener::CoreSide => self.core_allow.iter().chain(&self.peer_allow).collect(),
         };
         nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether `party` may use the reserve of authenticated slots: the
+    /// core and the own IMS (the only parties besides peer boxes that a
+    /// listener lets in).
+    fn reserved(party: &Party) -> bool {
+        matches!(party.role, Role::Core | Role::Ims)
     }
 
     /// Whether the authenticated `party` may use this listener from `ip`
@@ -114,7 +142,73 @@ pub struct ServerContext {
     pub engine: mpsc::Sender<Input>,
     pub own: Party,
     pub ids: Arc<IdGen>,
+    /// Per-sender rates, shared by both listeners.
+    pub rates: Arc<RateLimiter>,
+    admission: Admission,
+    refusals: RefusalLog,
 }
+
+impl ServerContext {
+    pub fn new(
+        config: ListenerConfig,
+        acceptor: TlsAcceptor,
+        engine: mpsc::Sender<Input>,
+        own: Party,
+        ids: Arc<IdGen>,
+        rates: Arc<RateLimiter>,
+    ) -> Self {
+        Self {
+            admission: Admission::new(config.admission),
+            refusals: RefusalLog::new(engine.clone(), refusal_log::PERIOD),
+            config,
+            acceptor,
+            engine,
+            own,
+            ids,
+            rates,
+        }
+    }
+
+    /// The connections holding a place on this listener now.
+    pub fn occupancy(&self) -> Occupancy {
+        self.admission.occupancy()
+    }
+
+    /// Notes a refusal in the access log (coalesced) and in the journal:
+    /// at `warn` when it got an entry of its own, at `debug` when it was
+    /// only counted.
+    fn refused(&self, refusal: Refusal, text: &str) {
+        let (terminal, reason, operation) = (refusal.terminal, refusal.reason, refusal.operation);
+        if self.refusals.note(refusal) {
+            tracing::warn!(%terminal, %reason, operation, "{text}");
+        } else {
+            tracing::debug!(%terminal, %reason, operation, "{text} (counted)");
+        }
+    }
+
+    /// Notes the refusal of a connection (no frame read).
+    fn connection_refused(
+        &self,
+        addr: SocketAddr,
+        party: Option<Party>,
+        operation: &'static str,
+        reason: Reason,
+        text: &str,
+    ) {
+        let refusal = Refusal {
+            terminal: addr,
+            party,
+            direction: Direction::Connection,
+            operation,
+            message_id: None,
+            reason,
+        };
+        self.refused(refusal, text);
+    }
+}
+
+/// How often periods of coalesced refusals are checked for their end.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Accepts connections until `shutdown`.
 pub async fn serve(
@@ -123,10 +217,15 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = flush.tick() => {
+                ctx.refusals.flush(false);
+                continue;
+            }
             a = listener.accept() => a,
         };
         let (tcp, addr) = match accepted {
@@ -139,76 +238,83 @@ pub async fn serve(
             }
         };
         if !ctx.config.address_allowed(addr.ip()) {
-            tracing::warn!(%addr, "connection from an address outside every allow-list refused");
-            note_refused(&ctx, addr, None, "connect", None, Reason::Identity).await;
+            refuse_before_tls(
+                &ctx,
+                tcp,
+                addr,
+                Reason::Identity,
+                "connection from an address outside every allow-list refused",
+            );
             continue;
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%addr, "connection limit reached; refused");
-            note_refused(&ctx, addr, None, "connect", None, Reason::Busy).await;
-            continue;
+        let permit = match ctx.admission.handshake(addr.ip()) {
+            Ok(permit) => permit,
+            Err(full) => {
+                refuse_before_tls(&ctx, tcp, addr, Reason::Busy, full.describe());
+                continue;
+            }
         };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         let span = tracing::info_span!("conn", listener = ?ctx.config.listener, peer = %addr);
         tracker.spawn(
-            async move {
-                connection(tcp, addr, &ctx, &shutdown).await;
-                drop(permit);
-            }
-            .instrument(span),
+            // The permit, and later the slot, live exactly as long as
+            // this task, whichever way it ends.
+            async move { connection(tcp, addr, permit, &ctx, &shutdown).await }.instrument(span),
         );
     }
+    // Counts of periods not over yet; the rest when the last connection
+    // lets go of the context.
+    ctx.refusals.flush(true);
 }
 
-async fn note_refused(
+/// Closes a connection before TLS, with a reset rather than a close:
+/// nothing was read, nothing is owed, and a flood of such connections
+/// leaves no socket behind in TIME_WAIT.
+fn refuse_before_tls(
     ctx: &ServerContext,
+    tcp: TcpStream,
     addr: SocketAddr,
-    party: Option<Party>,
-    operation: &str,
-    message_id: Option<MessageId>,
     reason: Reason,
+    text: &str,
 ) {
-    let input = Input::Refused {
-        terminal: addr,
-        party,
-        direction: if matches!(operation, "connect" | "tls_handshake") {
-            Direction::Connection
-        } else {
-            Direction::In
-        },
-        operation: operation.to_owned(),
-        message_id,
-        reason,
-    };
-    // Logging must not let a flood of bad peers block the box: when the
-    // engine queue is full the note is dropped (tracing still has it).
-    if ctx.engine.try_send(input).is_err() {
-        tracing::warn!(%addr, %reason, "access-log note dropped: engine busy");
-    }
+    let _ = tcp.set_zero_linger();
+    drop(tcp);
+    ctx.connection_refused(addr, None, "connect", reason, text);
 }
 
+/// One connection: handshake and party check under a handshake permit,
+/// then frames under a slot.
 async fn connection(
     tcp: TcpStream,
     addr: SocketAddr,
+    permit: HandshakePermit,
     ctx: &ServerContext,
     shutdown: &CancellationToken,
 ) {
     let _ = tcp.set_nodelay(true);
+    let deadline = ctx.config.handshake_timeout.min(ctx.config.io_timeout);
+    // Pinned here rather than inside a timeout, so that on the deadline
+    // the permit is given back before the socket closes: a client that
+    // sees the close and connects again finds the place free.
+    let accept = ctx.acceptor.accept(tcp);
+    tokio::pin!(accept);
     let handshake = tokio::select! {
         () = shutdown.cancelled() => return,
-        h = tokio::time::timeout(ctx.config.io_timeout, ctx.acceptor.accept(tcp)) => h,
+        () = tokio::time::sleep(deadline) => None,
+        h = &mut accept => Some(h),
     };
     let mut tls = match handshake {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %Causes(&e), "TLS handshake refused");
-            note_refused(ctx, addr, None, "tls_handshake", None, Reason::Identity).await;
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) => {
+            let text = format!("TLS handshake refused: {}", Causes(&e));
+            ctx.connection_refused(addr, None, "tls_handshake", Reason::Identity, &text);
             return;
         }
-        Err(_) => {
-            tracing::warn!("TLS handshake timed out");
-            note_refused(ctx, addr, None, "tls_handshake", None, Reason::Timeout).await;
+        None => {
+            drop(permit);
+            let text = format!("TLS handshake not done within {deadline:?}");
+            ctx.connection_refused(addr, None, "tls_handshake", Reason::Timeout, &text);
             return;
         }
     };
@@ -216,43 +322,91 @@ async fn connection(
         Ok(p) => p,
         Err(e) => {
             // E_MY_NUMBER for a name holding one; the error never prints it.
-            tracing::warn!(error = %Causes(&e), "peer certificate names no party");
+            let text = format!("peer certificate names no party: {}", Causes(&e));
             let _ = send_refusal(&mut tls, ctx, None, e.reason(), &e.to_string()).await;
-            note_refused(ctx, addr, None, "connect", None, e.reason()).await;
+            ctx.connection_refused(addr, None, "connect", e.reason(), &text);
             return;
         }
     };
     if let Err((reason, text)) = ctx.config.party_allowed(&party, addr.ip()) {
-        tracing::warn!(%party, %reason, %text, "peer refused");
         let _ = send_refusal(&mut tls, ctx, None, reason, &text).await;
-        note_refused(ctx, addr, Some(party), "connect", None, reason).await;
+        let text = format!("peer refused: {text}");
+        ctx.connection_refused(addr, Some(party), "connect", reason, &text);
         return;
     }
+    let Some(slot) = ctx.admission.slot(ListenerConfig::reserved(&party)) else {
+        let text = "connection limit reached; send again later, or pipeline on fewer connections";
+        let _ = send_refusal(&mut tls, ctx, None, Reason::Busy, text).await;
+        ctx.connection_refused(addr, Some(party), "connect", Reason::Busy, text);
+        return;
+    };
+    drop(permit);
     tracing::debug!(%party, "peer authenticated");
     let peer = Peer {
-        party: party.clone(),
+        party,
         addr,
         listener: ctx.config.listener,
+    };
+    frames(tls, &peer, ctx, shutdown).await;
+    drop(slot);
+}
+
+/// Waits for room in the queue to the writer, unless the writer has
+/// gone (it may be stuck on a peer that reads nothing). False when the
+/// reader must stop.
+async fn enqueue(
+    queue: &mpsc::Sender<Pending>,
+    writer_gone: &CancellationToken,
+    p: Pending,
+) -> bool {
+    tokio::select! {
+        () = writer_gone.cancelled() => false,
+        sent = queue.send(p) => sent.is_ok(),
+    }
+}
+
+/// Reads, hands on and answers the frames of an authenticated connection
+/// until either side ends it or the box stops.
+async fn frames(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: &Peer,
+    ctx: &ServerContext,
+    shutdown: &CancellationToken,
+) {
+    let (addr, party) = (peer.addr, &peer.party);
+    let frame_refused = |message_id: Option<MessageId>, reason: Reason, text: &str| {
+        let refusal = Refusal {
+            terminal: addr,
+            party: Some(party.clone()),
+            direction: Direction::In,
+            operation: "frame",
+            message_id,
+            reason,
+        };
+        // Undecodable frames of an authenticated peer each keep their
+        // entry (the access log says which frames were refused).
+        ctx.refusals.note_each(refusal);
+        tracing::info!(%reason, "{text}");
     };
     // Pipelining: the reader goes on reading while earlier frames wait for
     // their commit; the writer answers strictly in arrival order. The queue
     // between them bounds the frames in flight on one connection.
     let (mut rd, wr) = tokio::io::split(tls);
-    let (queue, mut answers) = mpsc::channel::<Pending>(MAX_IN_FLIGHT_PER_CONNECTION);
+    let (queue, answers) = mpsc::channel::<Pending>(MAX_IN_FLIGHT_PER_CONNECTION);
+    // Cancelled when the writer ends, by whatever path.
     let writer_gone = CancellationToken::new();
-    let reader_stop = writer_gone.clone();
-    let reader = async move {
+    let reader = async {
         // Owns the queue: when the reader ends, the writer finishes what
         // is in flight and stops.
         let queue = queue;
         loop {
             let read = tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = reader_stop.cancelled() => return,
+                () = writer_gone.cancelled() => return,
                 r = read_frame(&mut rd, ctx.config.max_frame, ctx.config.io_timeout) => r,
             };
             let pending = match read {
-                Ok(frame) => submit(ctx, &peer, frame),
+                Ok(frame) => submit(ctx, peer, frame),
                 Err(ReadError::Closed) => return,
                 Err(ReadError::Timeout(_)) => {
                     tracing::debug!("idle connection closed");
@@ -264,59 +418,42 @@ async fn connection(
                 }
                 Err(ReadError::Truncated { got, expected }) => {
                     // Nothing can be answered: the frame never ended.
-                    tracing::info!(got, expected, "truncated frame; closing");
-                    note_refused(
-                        ctx,
-                        addr,
-                        Some(party.clone()),
-                        "frame",
-                        None,
-                        Reason::Malformed,
-                    )
-                    .await;
+                    let text = format!("truncated frame ({got} of {expected} bytes); closing");
+                    frame_refused(None, Reason::Malformed, &text);
                     return;
                 }
                 Err(ReadError::TooLarge(e)) => {
                     // Answered, then the stream cannot be trusted: close.
-                    tracing::warn!(error = %Causes(&e), "oversized frame; closing");
-                    note_refused(
-                        ctx,
-                        addr,
-                        Some(party.clone()),
-                        "frame",
-                        None,
-                        Reason::TooLarge,
-                    )
-                    .await;
+                    let text = format!("oversized frame; closing: {}", Causes(&e));
+                    frame_refused(None, Reason::TooLarge, &text);
                     let body = refusal_body(None, Reason::TooLarge, &e.to_string());
-                    let _ = queue.send(Pending::Ready(Box::new(body))).await;
+                    enqueue(&queue, &writer_gone, Pending::Ready(Box::new(body))).await;
                     return;
                 }
                 Err(ReadError::Decode(e)) => {
-                    tracing::info!(reason = %e.reason, text = %e.text, "undecodable frame refused");
                     let id = e.message_id.clone();
-                    note_refused(
-                        ctx,
-                        addr,
-                        Some(party.clone()),
-                        "frame",
-                        id.clone(),
-                        e.reason,
-                    )
-                    .await;
+                    let text = format!("undecodable frame refused: {}", e.text);
+                    frame_refused(id.clone(), e.reason, &text);
                     Pending::Ready(Box::new(refusal_body(id, e.reason, &e.text)))
                 }
             };
-            if queue.send(pending).await.is_err() {
+            // Stops reading after the box stops only once what was read
+            // is queued: a frame read is always answered.
+            if !enqueue(&queue, &writer_gone, pending).await {
                 return;
             }
         }
     };
     let writer = async {
+        let _gone = writer_gone.clone().drop_guard();
+        // Owned, so that a reader waiting for room wakes when it ends.
+        let mut answers = answers;
         let mut wr = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr);
         let limit = ctx.config.io_timeout;
         // Answers that are ready one after another share one flush; the
-        // writer flushes before it waits for anything.
+        // writer flushes before it waits for anything. Every write and
+        // flush is bounded by the I/O timeout: a peer that takes nothing
+        // ends the connection, however much it keeps sending.
         loop {
             let pending = match answers.try_recv() {
                 Ok(p) => p,
@@ -344,14 +481,11 @@ async fn connection(
                 },
             };
             let reply = Frame::new(ctx.ids.next(), ctx.own.clone(), now_millis(), body);
-            if write_unflushed(&mut wr, &reply.encode(), limit)
-                .await
-                .is_err()
-            {
+            if let Err(e) = write_unflushed(&mut wr, &reply.encode(), limit).await {
+                tracing::info!(error = %Causes(&e), "peer does not take its answers; closing");
                 break;
             }
         }
-        writer_gone.cancel();
     };
     tokio::join!(reader, writer);
 }
@@ -373,9 +507,26 @@ enum Pending {
     Ready(Box<Body>),
 }
 
-/// Hands a decoded frame to the engine, or answers busy at once.
+/// Hands a decoded frame to the engine, or answers busy at once: over its
+/// sender's rate, or the engine's queue full.
 fn submit(ctx: &ServerContext, peer: &Peer, frame: Frame) -> Pending {
     let id = frame.header.id.clone();
+    if let Err(over) = ctx.rates.admit(&peer.party, &frame.body) {
+        let refusal = Refusal {
+            terminal: peer.addr,
+            party: Some(peer.party.clone()),
+            direction: Direction::In,
+            operation: frame.body.type_name(),
+            message_id: Some(id.clone()),
+            reason: Reason::Busy,
+        };
+        ctx.refused(refusal, &format!("frame refused: {over}"));
+        return Pending::Ready(Box::new(refusal_body(
+            Some(id),
+            Reason::Busy,
+            &over.to_string(),
+        )));
+    }
     let (tx, rx) = oneshot::channel();
     let input = Input::Frame(Box::new(FrameInput {
         peer: peer.clone(),

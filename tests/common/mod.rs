@@ -70,6 +70,7 @@ impl<'a> Site<'a> {
                 ..TimeoutsSection::default()
             },
             service: ServiceSection::default(),
+            rates: Default::default(),
         };
         let path = self.dir.join("ifrelay.toml");
         std::fs::write(&path, file.to_toml_string().expect("toml")).expect("write");

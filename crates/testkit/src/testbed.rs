@@ -143,6 +143,7 @@ pub fn write_box_config(
             enforced: false,
             ..ServiceSection::default()
         },
+        rates: Default::default(),
     };
     let path = box_dir.join("ifrelay.toml");
     std::fs::write(&path, file.to_toml_string()?)?;
