@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             let frame =
                 Frame::decode_body(&bytes[LENGTH_PREFIX..]).expect("decoded once, decodes again");
             assert_eq!(item.meta.message_id, frame.header.id);
-            assert_eq!(item.meta.type_name, frame.body.type_name());
+            assert_eq!(item.meta.message_type, frame.body.message_type());
             assert_eq!(item.meta.serial.as_ref(), frame.body.serial());
             assert_eq!(item.meta.prefix.as_ref(), frame.body.prefix());
         }

@@ -11,7 +11,8 @@
 //! This file owns the batch loop and the commit; the submodules own one
 //! concern each, and only ever depend downwards (upper ones first):
 //!
-//! - [`harness`]: the engine driven synchronously, for tests and fuzzing;
+//! - `harness` (feature `test-support`): the engine driven synchronously,
+//!   for tests and fuzzing;
 //! - `handle`: one input — identity, duplicates, roles, hours, the step;
 //! - `requester`, `provider`, `closing`, `status`, `timers`, `delivered`:
 //!   the steps and events, as methods on the state;
@@ -35,7 +36,7 @@ mod config;
 mod dedup;
 mod delivered;
 mod handle;
-#[doc(hidden)]
+#[cfg(feature = "test-support")]
 pub mod harness;
 mod permits;
 mod prefix;
