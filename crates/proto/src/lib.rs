@@ -11,6 +11,7 @@ pub mod message;
 pub mod permit;
 pub mod reason;
 pub mod refusal;
+pub mod scan;
 pub mod screen;
 pub mod types;
 

@@ -1,11 +1,14 @@
 //! Message types of every flow (REQUIREMENTS §2) and their CBOR form.
 //!
 //! A frame body is one CBOR map: the common header keys (`v`, `id`, `type`,
-//! `sent_at`, `from`) and the keys of its type, side by side. Decoding goes
-//! through a generic CBOR tree first so that the personal-data screen
-//! ([`crate::screen`]) sees every key, then into the typed struct of the
-//! `type`. Keys a type does not define are dropped, never relayed: the box
-//! re-encodes every frame it forwards from the typed value.
+//! `sent_at`, `from`) and the keys of its type, side by side. Decoding is
+//! two steps: [`Frame::scan`] validates the whole body, screens every key
+//! and value ([`crate::screen`]) and measures what will be built, building
+//! nothing ([`crate::scan`]); [`Scan::decode`] then builds a CBOR tree of
+//! the header and of the keys the `type` defines only, and the typed struct
+//! from it. Keys a type does not define are skipped where they lie — still
+//! screened, never built, never relayed: the box re-encodes every frame it
+//! forwards from the typed value.
 //!
 //! The `type` values are spelt once, as the variant names of [`Body`]:
 //! [`MessageType`] is derived from them and is the only way a name is
@@ -399,7 +402,7 @@ impl Body {
         }
     }
 
-    fn from_value(type_name: &str, value: Value) -> Result<Body, DecodeError> {
+    pub(crate) fn from_value(type_name: &str, value: Value) -> Result<Body, DecodeError> {
         fn typed<T: DeserializeOwned>(ty: MessageType, value: Value) -> Result<T, DecodeError> {
             value.deserialized::<T>().map_err(|e| {
                 let ciborium::value::Error::Custom(message) = e;
@@ -454,10 +457,8 @@ fn decode_error_from_serde(ty: MessageType, message: &str) -> DecodeError {
 
 // ---------------------------------------------------------------- codec
 
-const HEADER_KEYS: &[&str] = &["v", "id", "type", "sent_at", "from"];
-
-/// CBOR nesting deeper than this is refused as malformed.
-const RECURSION_LIMIT: usize = 32;
+pub use crate::scan::Scan;
+use crate::scan::{FROM, ID, SENT_AT, V};
 
 impl Frame {
     pub fn new(id: MessageId, from: Party, sent_at: Millis, body: Body) -> Self {
@@ -509,55 +510,56 @@ impl Frame {
         out
     }
 
-    /// Decodes a frame body (the bytes after the length prefix).
-    ///
-    /// Order of checks: CBOR well-formed and a map; header readable; the
-    /// personal-data screen over the whole tree; the typed body.
+    /// Decodes a frame body (the bytes after the length prefix):
+    /// [`Frame::scan`], then [`Scan::decode`].
     ///
     /// # Errors
     /// A [`DecodeError`] with the reason code to answer and, where it could
     /// be read, the frame's message id.
     pub fn decode_body(bytes: &[u8]) -> Result<Frame, DecodeError> {
-        let mut rest = bytes;
-        let value: Value =
-            ciborium::de::from_reader_with_recursion_limit(&mut rest, RECURSION_LIMIT)
-                .map_err(|e| DecodeError::new(Reason::Malformed, format!("not CBOR: {e}")))?;
-        // One frame is one map; bytes after it would be read by nobody and
-        // could hide anything, so the frame is refused.
-        if !rest.is_empty() {
-            return Err(DecodeError::new(
-                Reason::Malformed,
-                format!("{} bytes follow the frame's CBOR map", rest.len()),
-            ));
-        }
-        let Value::Map(entries) = value else {
-            return Err(DecodeError::new(
-                Reason::Malformed,
-                "the frame is not a CBOR map",
-            ));
-        };
+        Frame::scan(bytes)?.decode()
+    }
 
-        let get = |key: &str| {
-            entries
-                .iter()
-                .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
-                .map(|(_, v)| v)
-        };
-        // An id that itself holds a My Number is never echoed back in a
-        // refusal nor logged: it is treated as unreadable.
-        let message_id = match get("id") {
-            Some(Value::Text(t)) if !screen::contains_my_number(t) => {
-                MessageId::new(t.clone()).ok()
-            }
-            _ => None,
-        };
+    /// The first step of decoding: validates the CBOR, screens it for
+    /// personal data and measures what decoding will build, building
+    /// nothing ([`crate::scan`]). Keys the frame's type does not define are
+    /// never built.
+    ///
+    /// # Errors
+    /// `E_MALFORMED` when the body is not one CBOR map within the limits
+    /// of [`crate::scan`], `E_TOO_LARGE` when its header and defined
+    /// fields hold more than [`crate::scan::MAX_BUILT_ITEMS`] items.
+    pub fn scan<B: AsRef<[u8]>>(bytes: B) -> Result<Scan<B>, DecodeError> {
+        Scan::new(
+            bytes,
+            crate::scan::Defined {
+                of: defined_keys,
+                any: any_defined_key(),
+            },
+        )
+    }
+}
+
+impl<B: AsRef<[u8]>> Scan<B> {
+    /// The second step of decoding: the header, the screen's verdict, and
+    /// the typed body from the keys its type defines.
+    ///
+    /// Order of checks: header readable (`id`, `v`, `type`, `sent_at`,
+    /// `from`); the personal-data screen over the whole body; the typed
+    /// body.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] with the reason code to answer and, where it could
+    /// be read, the frame's message id.
+    pub fn decode(self) -> Result<Frame, DecodeError> {
+        let message_id = self.message_id.clone();
         let with_id = |mut e: DecodeError| {
             e.message_id.clone_from(&message_id);
             e
         };
         let Some(id) = message_id.clone() else {
-            if let Some(Value::Text(t)) = get("id") {
-                if screen::contains_my_number(t) {
+            if let Some(Value::Text(t)) = self.header_value(ID)? {
+                if screen::contains_my_number(&t) {
                     return Err(DecodeError::new(
                         Reason::MyNumber,
                         "header field id holds a My Number; it must never pass an interface system",
@@ -569,14 +571,14 @@ impl Frame {
                 "header field id is missing or not a valid message id",
             ));
         };
-        match get("v") {
-            Some(Value::Integer(v)) if i128::from(*v) == i128::from(PROTOCOL_VERSION) => {}
+        match self.header_value(V).map_err(with_id)? {
+            Some(Value::Integer(v)) if i128::from(v) == i128::from(PROTOCOL_VERSION) => {}
             Some(Value::Integer(v)) => {
                 return Err(with_id(DecodeError::new(
                     Reason::UnsupportedVersion,
                     format!(
                         "protocol version {} is not supported; this box speaks {PROTOCOL_VERSION}",
-                        i128::from(*v)
+                        i128::from(v)
                     ),
                 )))
             }
@@ -587,17 +589,14 @@ impl Frame {
                 )))
             }
         }
-        let type_name = match get("type") {
-            Some(Value::Text(t)) => t.clone(),
-            _ => {
-                return Err(with_id(DecodeError::new(
-                    Reason::Malformed,
-                    "header field type is missing or not text",
-                )))
-            }
+        let Some(type_name) = self.type_name.clone() else {
+            return Err(with_id(DecodeError::new(
+                Reason::Malformed,
+                "header field type is missing or not text",
+            )));
         };
-        let sent_at = match get("sent_at") {
-            Some(Value::Integer(i)) => i64::try_from(i128::from(*i)).map_err(|_| {
+        let sent_at = match self.header_value(SENT_AT).map_err(with_id)? {
+            Some(Value::Integer(i)) => i64::try_from(i128::from(i)).map_err(|_| {
                 with_id(DecodeError::new(Reason::Malformed, "sent_at out of range"))
             })?,
             _ => {
@@ -607,7 +606,7 @@ impl Frame {
                 )))
             }
         };
-        let from: Party = match get("from") {
+        let from: Party = match self.header_value(FROM).map_err(with_id)? {
             Some(v) => v.deserialized().map_err(|e| {
                 with_id(DecodeError::new(
                     Reason::Malformed,
@@ -621,24 +620,95 @@ impl Frame {
                 )))
             }
         };
-
-        let tree = Value::Map(entries);
-        if let Some(finding) = screen::screen(&tree) {
+        if let Some(finding) = self.finding.clone() {
             return Err(DecodeError::from_finding(finding, message_id));
         }
-        let Value::Map(entries) = tree else {
-            return Err(with_id(DecodeError::new(Reason::Internal, "map expected")));
-        };
-        let fields: Vec<(Value, Value)> = entries
-            .into_iter()
-            .filter(|(k, _)| !matches!(k, Value::Text(t) if HEADER_KEYS.contains(&t.as_str())))
-            .collect();
+        let fields = self.field_entries().map_err(with_id)?;
         let body = Body::from_value(&type_name, Value::Map(fields)).map_err(with_id)?;
         Ok(Frame {
             header: Header { id, sent_at, from },
             body,
         })
     }
+}
+
+/// The keys the message type named `type_name` defines, as serde reads
+/// them; none for an unknown type.
+pub(crate) fn defined_keys(type_name: &str) -> &'static [&'static str] {
+    let Ok(ty) = type_name.parse::<MessageType>() else {
+        return &[];
+    };
+    match ty {
+        MessageType::SerialRequest => struct_fields::<SerialRequest>(),
+        MessageType::SerialIssued => struct_fields::<SerialIssued>(),
+        MessageType::PrefixCheck => struct_fields::<PrefixCheck>(),
+        MessageType::PrefixResult => struct_fields::<PrefixResult>(),
+        MessageType::PermitRequest => struct_fields::<PermitRequest>(),
+        MessageType::Permit => struct_fields::<PermitIssued>(),
+        MessageType::PermitRefused => struct_fields::<PermitRefused>(),
+        MessageType::Query => struct_fields::<Query>(),
+        MessageType::QueryAccepted
+        | MessageType::QueryComplete
+        | MessageType::ProvisionReceived
+        | MessageType::ProvisionComplete => struct_fields::<SerialNotice>(),
+        MessageType::Provision => struct_fields::<Provision>(),
+        MessageType::Distribution => struct_fields::<Distribution>(),
+        MessageType::BoxStatus => struct_fields::<BoxStatus>(),
+        MessageType::ProcessError => struct_fields::<ProcessError>(),
+        MessageType::Accepted => struct_fields::<Accepted>(),
+        MessageType::Refused => struct_fields::<Refused>(),
+    }
+}
+
+/// Every key some message type defines.
+fn any_defined_key() -> &'static [&'static str] {
+    static ANY: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    ANY.get_or_init(|| {
+        let mut all: Vec<&'static str> = MessageType::NAMES
+            .iter()
+            .flat_map(|ty| defined_keys(ty).iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    })
+}
+
+/// The field names serde's derive gives a struct: asked of the derive
+/// itself, so they can never drift from the structs above.
+fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Deserializer, Error as _, Visitor};
+
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = ciborium::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Self::Error::custom("probed"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    // The probe always refuses; it only notes the names.
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
 }
 
 #[cfg(test)]
