@@ -2,24 +2,70 @@
 //! apart from `ifrelay_proto::screen`, and walkers that look for personal
 //! data in a CBOR tree the way the screen promises to.
 //!
-//! The reference is deliberately naive (split into runs, weigh each run
-//! from the left) so that a bug in the production screen is not repeated
-//! here.
+//! The reference is deliberately naive (normalise the whole text, split
+//! it into runs, weigh each run from the left, digits by their general
+//! category) so that a bug in the production screen (one pass, a table of
+//! digit zeros, per-character decomposition) is not repeated here.
 
 use ciborium::Value;
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// The check-digit weights of the first eleven digits, read left to right
 /// (the ordinance gives them right to left as 2..=7 then 2..=6).
 const WEIGHTS: [u32; 11] = [6, 5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
 
-/// The value of `c` as a decimal digit, for the digits a client may send:
-/// ASCII `0`-`9` and full-width `０`-`９` (U+FF10..U+FF19).
+/// The value of `c` as a decimal digit: any character of general category
+/// Nd, in any script. Unicode encodes each set of Nd digits as ten
+/// consecutive code points 0..9, and consecutive sets follow one another
+/// directly, so the value is the distance from the first Nd character of
+/// the block, modulo 10 (the screen uses a table of zeros instead).
 pub fn digit(c: char) -> Option<u32> {
-    match c {
-        '0'..='9' => Some(c as u32 - '0' as u32),
-        '\u{ff10}'..='\u{ff19}' => Some(c as u32 - 0xff10),
-        _ => None,
+    let is_nd = |c: char| c.general_category() == GeneralCategory::DecimalNumber;
+    if !is_nd(c) {
+        return None;
     }
+    let mut start = u32::from(c);
+    while start
+        .checked_sub(1)
+        .and_then(char::from_u32)
+        .is_some_and(is_nd)
+    {
+        start -= 1;
+    }
+    Some((u32::from(c) - start) % 10)
+}
+
+/// Unicode's Default_Ignorable_Code_Point, as listed in
+/// DerivedCoreProperties.txt: skipped wherever it stands.
+pub fn invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x034F
+            | 0x061C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
+}
+
+/// What may join two groups of four digits, after NFKC: space,
+/// hyphen-minus, the dashes U+2010..U+2015, minus U+2212 and the katakana
+/// prolonged sound mark U+30FC.
+pub fn separator(c: char) -> bool {
+    matches!(c, ' ' | '-' | '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{30FC}')
 }
 
 /// The check digit of an eleven-digit body.
@@ -41,18 +87,56 @@ pub fn is_my_number(bytes: &[u8]) -> bool {
     check_digit(&d[..11]) == d[11]
 }
 
-/// Reference of `screen::contains_my_number`: some maximal run of digits
-/// (ASCII or full-width) is exactly twelve long with a valid check digit.
+/// Reference of `screen::contains_my_number`, written from
+/// docs/protocol.md §6 the slow way: the whole text NFKC-normalised,
+/// invisible characters removed, combining marks after a digit removed;
+/// then every maximal grouped run `group (separator group)*` (a group is a
+/// maximal run of digits, a separator one character) is checked: any
+/// group of exactly twelve digits, or a run of exactly three groups of
+/// exactly four, with a valid check digit.
 pub fn contains_my_number(text: &str) -> bool {
-    let mut runs: Vec<Vec<u32>> = vec![Vec::new()];
-    for c in text.chars() {
-        match digit(c) {
-            Some(d) => runs.last_mut().expect("runs is never empty").push(d),
-            None => runs.push(Vec::new()),
+    let mut chars: Vec<char> = Vec::new();
+    for c in text.nfkc().filter(|c| !invisible(*c)) {
+        let is_mark = matches!(
+            c.general_category(),
+            GeneralCategory::NonspacingMark
+                | GeneralCategory::SpacingMark
+                | GeneralCategory::EnclosingMark
+        );
+        if is_mark && chars.last().is_some_and(|p| digit(*p).is_some()) {
+            continue;
+        }
+        chars.push(c);
+    }
+    let valid = |d: &[u32]| d.len() == 12 && check_digit(&d[..11]) == d[11];
+    let mut i = 0;
+    while i < chars.len() {
+        if digit(chars[i]).is_none() {
+            i += 1;
+            continue;
+        }
+        let mut groups: Vec<Vec<u32>> = Vec::new();
+        loop {
+            let mut group = Vec::new();
+            while let Some(d) = chars.get(i).and_then(|c| digit(*c)) {
+                group.push(d);
+                i += 1;
+            }
+            groups.push(group);
+            let joined = chars.get(i).is_some_and(|c| separator(*c))
+                && chars.get(i + 1).is_some_and(|c| digit(*c).is_some());
+            if !joined {
+                break;
+            }
+            i += 1;
+        }
+        if groups.iter().any(|g| valid(g))
+            || (groups.len() == 3 && groups.iter().all(|g| g.len() == 4) && valid(&groups.concat()))
+        {
+            return true;
         }
     }
-    runs.iter()
-        .any(|r| r.len() == 12 && check_digit(&r[..11]) == r[11])
+    false
 }
 
 /// The decimal text a number is echoed as (in logs, in serde's error
@@ -117,5 +201,11 @@ mod tests {
         assert!(!is_my_number(b"123456789012"));
         assert!(contains_my_number("ref １２３４５６７８９０１８ end"));
         assert!(!contains_my_number("1234567890180"));
+        assert!(contains_my_number("1234 5678 9018"));
+        assert!(contains_my_number("١٢٣٤٥٦٧٨٩٠١٨"));
+        assert!(contains_my_number("𝟏𝟐𝟑𝟒𝟓𝟔𝟕𝟖𝟗𝟎𝟏𝟖"));
+        assert!(contains_my_number("123456\u{200B}789018"));
+        assert!(!contains_my_number("1234-5678-9018-3456"));
+        assert!(!contains_my_number("03-1234-5678"));
     }
 }
