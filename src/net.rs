@@ -1,18 +1,29 @@
 //! Frames over a byte stream, and the outgoing TLS link.
 //!
-//! [`read_frame`] reads the 4-byte length first and refuses an oversized
-//! frame before reading any of its body; a decode error leaves the stream
-//! in sync (the whole body was consumed), so only [`ReadError::TooLarge`]
-//! and I/O errors end a connection. [`Link`] is one mutually authenticated
-//! TLS connection to a known party, used by the box's delivery workers and
-//! by every simulator: send a frame, wait for the hop reply.
+//! [`read_frame_within`] reads the 4-byte length first and refuses an
+//! oversized frame before reading any of its body; then the body grows by
+//! what arrives, [`READ_CHUNK`] bytes at most per read, each read charged
+//! to the box's in-flight [`Budget`] ([`budget`]), never the length the
+//! prefix announces. Decoding is the two steps of
+//! [`ifrelay_proto::Scan`]: the scan measures the tree decoding will build,
+//! the budget is charged for it, and only then is it built. The frame
+//! comes back with what it holds of the budget ([`Received`]), which goes
+//! back when the frame has been handled or dropped. A decode error leaves
+//! the stream in sync (the whole body was consumed), so only
+//! [`ReadError::TooLarge`] and I/O errors end a connection. [`Link`] is one
+//! mutually authenticated TLS connection to a known party, used by the
+//! box's delivery workers and by every simulator: send a frame, wait for
+//! the hop reply.
+
+pub mod budget;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use budget::{Budget, Held, Starved, SMALL_FRAME};
 use ifrelay_proto::frame::{self, TooLarge, LENGTH_PREFIX};
-use ifrelay_proto::{DecodeError, Frame, MessageId, Party};
+use ifrelay_proto::{DecodeError, Frame, MessageId, Party, Reason};
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,13 +37,17 @@ pub enum ReadError {
     /// The peer closed the stream cleanly between frames.
     #[error("connection closed by peer")]
     Closed,
+    /// The connection failed, or the budget had no room for the frame's
+    /// bytes within the read timeout (`TimedOut`, its source a
+    /// [`Starved`]): the frame is dropped with the connection.
     #[error("the connection failed")]
     Io(#[from] std::io::Error),
     /// The stream cannot be resynchronised; answer and close.
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
-    /// The frame was read whole but is not acceptable; the stream is still
-    /// in sync.
+    /// The frame was read whole but is not acceptable (including
+    /// `E_TOO_LARGE` and `E_BUSY` when decoding it would not fit in the
+    /// budget); the stream is still in sync.
     #[error("undecodable frame: {0}")]
     Decode(DecodeError),
     #[error("no frame within {0:?}")]
@@ -42,10 +57,21 @@ pub enum ReadError {
     Truncated { got: usize, expected: usize },
 }
 
+/// Most bytes asked of the stream in one read while a body arrives. It
+/// bounds what a connection holds beyond its charge in the budget.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// One decoded frame and what it holds of the in-flight budget; keep
+/// [`Received::held`] until the frame has been handled.
+#[derive(Debug)]
+pub struct Received {
+    pub frame: Frame,
+    pub held: Held,
+}
+
 /// Reads one whole frame body, refusing it before the body is read when
-/// the announced length exceeds `max`. `idle` bounds the wait for the
-/// frame to start and, separately, for the rest of its prefix and for its
-/// body, so a peer that stops mid-frame cannot hold the connection.
+/// the announced length exceeds `max`, without charging any budget (for
+/// tools and simulators). See [`read_body_within`].
 ///
 /// # Errors
 /// See [`ReadError`].
@@ -54,6 +80,24 @@ pub async fn read_body<S: AsyncRead + Unpin>(
     max: usize,
     idle: Duration,
 ) -> Result<Vec<u8>, ReadError> {
+    let (body, _) = read_body_within(stream, max, idle, &Budget::unlimited()).await?;
+    Ok(body)
+}
+
+/// Reads one whole frame body into a buffer that grows by what arrives,
+/// charging each read to `budget`. `idle` bounds the wait for the frame to
+/// start and, separately, for the rest of its prefix, for each read of its
+/// body and for room in the budget, so a peer that stops mid-frame cannot
+/// hold the connection, nor the budget.
+///
+/// # Errors
+/// See [`ReadError`].
+pub async fn read_body_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+    idle: Duration,
+    budget: &Budget,
+) -> Result<(Vec<u8>, Held), ReadError> {
     let mut prefix = [0u8; LENGTH_PREFIX];
     let first = tokio::time::timeout(idle, stream.read(&mut prefix))
         .await
@@ -63,9 +107,46 @@ pub async fn read_body<S: AsyncRead + Unpin>(
     }
     read_rest(stream, &mut prefix[first..], idle, first, LENGTH_PREFIX).await?;
     let len = frame::body_len(prefix, max)?;
-    let mut body = vec![0u8; len];
-    read_rest(stream, &mut body, idle, 0, len).await?;
-    Ok(body)
+    let large = len > SMALL_FRAME;
+    let mut held = budget.account();
+    let mut body = Vec::new();
+    while body.len() < len {
+        let want = (len - body.len()).min(READ_CHUNK);
+        grow(&mut body, want, len);
+        // Once a frame has started, a stall, a close or a reset (a peer
+        // that hangs up with unread data sends RST) all mean the same: the
+        // frame never ended.
+        let mut part = (&mut *stream).take(want as u64);
+        let n = match tokio::time::timeout(idle, part.read_buf(&mut body)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) | Err(_) => 0,
+        };
+        if n == 0 {
+            return Err(ReadError::Truncated {
+                got: body.len(),
+                expected: len,
+            });
+        }
+        held.charge_received(n, large, idle)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e))?;
+    }
+    held.arrived();
+    Ok((body, held))
+}
+
+/// Makes room for `want` more bytes: doubling, but never beyond the
+/// announced `len`, and never ahead of what arrives by more than that.
+fn grow(body: &mut Vec<u8>, want: usize, len: usize) {
+    if body.capacity() - body.len() >= want {
+        return;
+    }
+    let target = body
+        .capacity()
+        .saturating_mul(2)
+        .max(body.len() + want)
+        .min(len);
+    body.reserve_exact(target - body.len());
 }
 
 /// Fills `buf` once a frame has started; a stall or a close before it is
@@ -79,9 +160,6 @@ async fn read_rest<S: AsyncRead + Unpin>(
 ) -> Result<(), ReadError> {
     let mut got = 0;
     while got < buf.len() {
-        // Once a frame has started, a stall, a close or a reset (a peer
-        // that hangs up with unread data sends RST) all mean the same: the
-        // frame never ended.
         let n = match tokio::time::timeout(idle, stream.read(&mut buf[got..])).await {
             Ok(Ok(n)) => n,
             Ok(Err(_)) | Err(_) => 0,
@@ -97,7 +175,8 @@ async fn read_rest<S: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Reads and decodes one frame.
+/// Reads and decodes one frame without charging any budget (for tools and
+/// simulators). See [`read_frame_within`].
 ///
 /// # Errors
 /// See [`ReadError`].
@@ -106,16 +185,76 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
     max: usize,
     idle: Duration,
 ) -> Result<Frame, ReadError> {
-    let body = read_body(stream, max, idle).await?;
-    if body.len() <= DECODE_INLINE_BYTES {
-        return Frame::decode_body(&body).map_err(ReadError::Decode);
+    Ok(read_frame_within(stream, max, idle, &Budget::unlimited())
+        .await?
+        .frame)
+}
+
+/// Reads and decodes one frame under `budget`: the body's bytes as they
+/// arrive, then the tree its decoding builds, before it is built. A frame
+/// whose decoding would need more than the whole budget is refused
+/// `E_TOO_LARGE`, one that finds no room within `idle` `E_BUSY`; both
+/// leave the stream in sync.
+///
+/// # Errors
+/// See [`ReadError`].
+pub async fn read_frame_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+    idle: Duration,
+    budget: &Budget,
+) -> Result<Received, ReadError> {
+    let (body, mut held) = read_body_within(stream, max, idle, budget).await?;
+    let len = body.len();
+    let scan = off_runtime(len, move || Frame::scan(body))
+        .await?
+        .map_err(ReadError::Decode)?;
+    let tree = scan.tree_bytes();
+    // The tree and the typed frame made from it exist together for a while.
+    let need = tree.saturating_mul(2);
+    let refuse = |reason: Reason, text: String| {
+        let mut e = DecodeError::new(reason, text);
+        e.message_id = scan.message_id().cloned();
+        ReadError::Decode(e)
+    };
+    if len.saturating_add(need) > budget.limit() {
+        return Err(refuse(
+            Reason::TooLarge,
+            format!(
+                "decoding this frame of {len} bytes would take about {} bytes more, beyond the \
+                 box's budget of {} bytes in flight (limits.in_flight_bytes)",
+                need,
+                budget.limit()
+            ),
+        ));
     }
-    // A large frame of many tiny CBOR items can take a second of CPU to
-    // decode; off the runtime's workers it cannot stall other connections.
-    tokio::task::spawn_blocking(move || Frame::decode_body(&body))
+    if held.charge(need, idle).await.is_err() {
+        return Err(refuse(
+            Reason::Busy,
+            "the box is at its budget of bytes in flight; send again later".to_owned(),
+        ));
+    }
+    let frame = off_runtime(len.max(tree), move || scan.decode())
+        .await?
+        .map_err(ReadError::Decode)?;
+    // What stays is the typed frame: about its body or its tree.
+    held.keep(len.max(tree));
+    Ok(Received { frame, held })
+}
+
+/// Runs `f` here when `size` is small, else on the blocking pool: a large
+/// frame of many tiny CBOR items takes a while to scan or decode, and off
+/// the runtime's workers it cannot stall other connections.
+async fn off_runtime<T: Send + 'static>(
+    size: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ReadError> {
+    if size <= DECODE_INLINE_BYTES {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ReadError::Io(std::io::Error::other(format!("decoder task failed: {e}"))))?
-        .map_err(ReadError::Decode)
+        .map_err(|e| ReadError::Io(std::io::Error::other(format!("decoder task failed: {e}"))))
 }
 
 /// Frames up to this size are decoded on the task that read them; larger
@@ -214,6 +353,8 @@ pub struct Link {
     peer: SocketAddr,
     max_frame: usize,
     reply_timeout: Duration,
+    /// What replies are charged to; unlimited unless [`Link::with_budget`].
+    budget: Budget,
 }
 
 impl Link {
@@ -263,7 +404,16 @@ impl Link {
             peer: addr,
             max_frame,
             reply_timeout,
+            budget: Budget::unlimited(),
         })
+    }
+
+    /// Charges the replies read on this link to `budget` (the box's own,
+    /// for its delivery workers).
+    #[must_use]
+    pub fn with_budget(mut self, budget: Budget) -> Link {
+        self.budget = budget;
+        self
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -279,7 +429,14 @@ impl Link {
         write_bytes(&mut self.stream, bytes, self.reply_timeout)
             .await
             .map_err(LinkError::Write)?;
-        Ok(read_frame(&mut self.stream, self.max_frame, self.reply_timeout).await?)
+        let reply = read_frame_within(
+            &mut self.stream,
+            self.max_frame,
+            self.reply_timeout,
+            &self.budget,
+        )
+        .await?;
+        Ok(reply.frame)
     }
 
     /// Writes bytes and waits for nothing: for tests that cut a frame off
@@ -328,6 +485,7 @@ pub struct LinkReader {
     rd: tokio::io::ReadHalf<TlsStream<TcpStream>>,
     max_frame: usize,
     reply_timeout: Duration,
+    budget: Budget,
 }
 
 impl LinkReader {
@@ -336,7 +494,14 @@ impl LinkReader {
     /// # Errors
     /// [`LinkError::Read`], including a timeout.
     pub async fn next_reply(&mut self) -> Result<Frame, LinkError> {
-        Ok(read_frame(&mut self.rd, self.max_frame, self.reply_timeout).await?)
+        let reply = read_frame_within(
+            &mut self.rd,
+            self.max_frame,
+            self.reply_timeout,
+            &self.budget,
+        )
+        .await?;
+        Ok(reply.frame)
     }
 }
 
@@ -389,6 +554,7 @@ impl Link {
                 rd,
                 max_frame: self.max_frame,
                 reply_timeout: self.reply_timeout,
+                budget: self.budget,
             },
             LinkWriter {
                 wr: tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr),
@@ -486,5 +652,144 @@ mod tests {
             Err(ReadError::Decode(e)) => assert_eq!(e.reason, ifrelay_proto::Reason::Malformed),
             other => panic!("expected a decode error, got {other:?}"),
         }
+    }
+
+    /// Waits until `f` holds.
+    async fn until(f: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("condition never held");
+    }
+
+    #[tokio::test]
+    async fn a_body_is_charged_as_it_arrives_not_as_announced() {
+        let budget = Budget::new(32 << 20);
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let idle = Duration::from_secs(10);
+        let reader = {
+            let budget = budget.clone();
+            tokio::spawn(async move { read_body_within(&mut b, 4 << 20, idle, &budget).await })
+        };
+        // 4 MiB announced, 1000 bytes sent: 1000 bytes charged.
+        let mut start = (4u32 << 20).to_be_bytes().to_vec();
+        start.extend(std::iter::repeat_n(7u8, 1000));
+        write_bytes(&mut a, &start, idle).await.expect("write");
+        until(|| budget.in_flight() == 1000).await;
+        assert_eq!(budget.receiving(), 1000, "a large frame, still arriving");
+        // The peer goes away: the frame is cut off and its charge is back.
+        drop(a);
+        match reader.await.expect("task") {
+            Err(ReadError::Truncated { got, expected }) => {
+                assert_eq!((got, expected), (1000, 4 << 20));
+            }
+            other => panic!("expected a truncated frame, got {other:?}"),
+        }
+        assert_eq!(budget.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_buffer_grows_with_what_arrives() {
+        let len = 4 << 20;
+        let mut body = Vec::new();
+        let mut most = 0.0f64;
+        while body.len() < len {
+            let want = (len - body.len()).min(READ_CHUNK);
+            grow(&mut body, want, len);
+            most = most.max(body.capacity() as f64 / (body.len() + want) as f64);
+            body.resize(body.len() + want, 0);
+        }
+        assert_eq!(body.capacity(), len, "never beyond the announced length");
+        assert!(most <= 2.0, "at most twice what has arrived: {most}");
+    }
+
+    #[tokio::test]
+    async fn reading_pauses_at_the_budget_and_gives_up_after_the_read_timeout() {
+        // Arriving large frames may hold 48 KiB of 64.
+        let budget = Budget::new(64 << 10);
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let idle = Duration::from_millis(300);
+        let reader = {
+            let budget = budget.clone();
+            tokio::spawn(async move { read_body_within(&mut b, 1 << 20, idle, &budget).await })
+        };
+        let mut frame = (100u32 << 10).to_be_bytes().to_vec();
+        frame.extend(std::iter::repeat_n(7u8, 100 << 10));
+        write_bytes(&mut a, &frame, idle).await.expect("write");
+        until(|| budget.receiving() == budget.receiving_limit()).await;
+        // No room: reading waits, then the frame (and the connection) is
+        // given up once the read timeout has passed.
+        tokio::time::sleep(idle / 2).await;
+        assert_eq!(budget.in_flight(), 48 << 10);
+        match reader.await.expect("task") {
+            Err(ReadError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert_eq!(budget.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_decoded_frame_keeps_its_charge_until_dropped() {
+        let budget = Budget::new(32 << 20);
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let idle = Duration::from_secs(5);
+        let small = distribution(32);
+        write_bytes(&mut a, &small.encode(), idle)
+            .await
+            .expect("write");
+        let got = read_frame_within(&mut b, 1 << 20, idle, &budget)
+            .await
+            .expect("frame");
+        assert_eq!(got.frame, small);
+        assert!(got.held.bytes() > 0);
+        assert_eq!(budget.in_flight(), got.held.bytes());
+        drop(got);
+        assert_eq!(budget.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_frame_whose_tree_would_not_fit_is_refused_and_the_stream_stays_in_sync() {
+        // 200 000 prefix entries that are empty maps: ~13 MB of tree from a
+        // 200 kB body, in a 1 MiB budget.
+        let budget = Budget::new(1 << 20);
+        let idle = Duration::from_secs(5);
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let mut head = distribution(32).encode_body();
+        // One more key: `prefixes` again, as an array of empty maps.
+        assert_eq!(head[0] & 0xe0, 0xa0);
+        head[0] += 1;
+        let n = 200_000u32;
+        ciborium::into_writer(&ciborium::Value::Text("prefixes".into()), &mut head).expect("vec");
+        head.push(0x9a);
+        head.extend_from_slice(&n.to_be_bytes());
+        head.resize(head.len() + n as usize, 0xa0);
+        let mut wire = u32::try_from(head.len())
+            .expect("fits")
+            .to_be_bytes()
+            .to_vec();
+        wire.extend_from_slice(&head);
+        let writer = tokio::spawn(async move {
+            write_bytes(&mut a, &wire, idle).await.expect("write");
+            write_bytes(&mut a, &distribution(32).encode(), idle)
+                .await
+                .expect("write");
+            a
+        });
+        match read_frame_within(&mut b, 1 << 20, idle, &budget).await {
+            Err(ReadError::Decode(e)) => {
+                assert_eq!(e.reason, ifrelay_proto::Reason::TooLarge);
+                assert_eq!(e.message_id, MessageId::new("d-1").ok());
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(budget.in_flight(), 0);
+        let next = read_frame_within(&mut b, 1 << 20, idle, &budget)
+            .await
+            .expect("the next frame");
+        assert_eq!(next.frame, distribution(32));
+        drop(writer.await.expect("task"));
     }
 }
