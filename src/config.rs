@@ -42,6 +42,15 @@ pub const DEFAULT_MAX_FRAME_BYTES: u64 = ifrelay_proto::frame::DEFAULT_MAX_FRAME
 pub const MIN_FRAME_BYTES: u64 = 1024;
 /// Largest accepted `limits.max_frame_bytes` (64 MiB).
 pub const MAX_FRAME_BYTES: u64 = 64 * 1024 * 1024;
+/// Default `limits.in_flight_bytes` (32 MiB), when that is at least
+/// [`IN_FLIGHT_PER_FRAME`] frames of `limits.max_frame_bytes`.
+pub const DEFAULT_IN_FLIGHT_BYTES: u64 = 32 * 1024 * 1024;
+/// `limits.in_flight_bytes` is at least this many of the largest frame:
+/// one must arrive in the share of frames still arriving (three quarters)
+/// and decode beside its tree and typed copy.
+pub const IN_FLIGHT_PER_FRAME: u64 = 4;
+/// Largest accepted `limits.in_flight_bytes` (4 GiB).
+pub const MAX_IN_FLIGHT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Default `limits.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 256;
 /// Largest accepted `limits.max_connections`.
@@ -308,6 +317,9 @@ pub struct PeersSection {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     pub max_frame_bytes: u64,
+    /// Absent: [`DEFAULT_IN_FLIGHT_BYTES`], or more for large frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight_bytes: Option<u64>,
     pub max_connections: u64,
     pub io_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
@@ -320,6 +332,7 @@ impl Default for LimitsSection {
     fn default() -> Self {
         Self {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            in_flight_bytes: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             io_timeout_ms: DEFAULT_IO_TIMEOUT_MS,
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
@@ -507,6 +520,10 @@ fn allows(nets: &[IpNet], ip: IpAddr) -> bool {
 pub struct Limits {
     /// Largest frame body accepted, checked before the body is read.
     pub max_frame_bytes: usize,
+    /// Bytes in flight across every connection: frame bytes received and
+    /// not yet handled, and the trees decoded from them
+    /// (`crate::net::Budget`). Reading waits beyond it.
+    pub in_flight_bytes: usize,
     /// Most simultaneous authenticated connections per listener.
     pub max_connections: usize,
     /// Longest wait for one read or write on a connection.
@@ -527,6 +544,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_frame_bytes: ifrelay_proto::frame::DEFAULT_MAX_FRAME,
+            in_flight_bytes: DEFAULT_IN_FLIGHT_BYTES as usize,
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
             io_timeout: Duration::from_millis(DEFAULT_IO_TIMEOUT_MS),
             handshake_timeout: Duration::from_millis(DEFAULT_HANDSHAKE_TIMEOUT_MS),
@@ -855,8 +873,20 @@ impl ConfigFile {
                 in_range(field, value, min, MAX_CONNECTIONS, "connections")?,
             )
         };
+        let at_least = frame.saturating_mul(IN_FLIGHT_PER_FRAME);
+        let in_flight = match l.in_flight_bytes {
+            Some(bytes) => in_range(
+                "limits.in_flight_bytes",
+                bytes,
+                at_least,
+                MAX_IN_FLIGHT_BYTES,
+                "bytes (at least 4 × limits.max_frame_bytes)",
+            )?,
+            None => DEFAULT_IN_FLIGHT_BYTES.max(at_least),
+        };
         Ok(Limits {
             max_frame_bytes: to_usize("limits.max_frame_bytes", frame)?,
+            in_flight_bytes: to_usize("limits.in_flight_bytes", in_flight)?,
             max_connections: to_usize("limits.max_connections", conns)?,
             io_timeout: millis("limits.io_timeout_ms", l.io_timeout_ms, TEN_MINUTES_MS)?,
             handshake_timeout: millis(
@@ -1228,6 +1258,7 @@ impl Config {
             },
             limits: LimitsSection {
                 max_frame_bytes: self.limits.max_frame_bytes as u64,
+                in_flight_bytes: Some(self.limits.in_flight_bytes as u64),
                 max_connections: self.limits.max_connections as u64,
                 io_timeout_ms: ms(self.limits.io_timeout),
                 handshake_timeout_ms: ms(self.limits.handshake_timeout),
@@ -1763,6 +1794,27 @@ allow = ["10.1.0.2/32"]
         );
         parse(&with("limits", "max_frame_bytes", "1024")).expect("1 KiB");
         parse(&with("limits", "max_frame_bytes", "67108864")).expect("64 MiB");
+        // The in-flight budget holds at least four of the largest frames;
+        // left out, it grows with them.
+        let in_flight = |text: &str| parse(text).expect("valid").limits.in_flight_bytes;
+        assert_eq!(in_flight(VALID), 32 << 20);
+        assert_eq!(
+            in_flight(&with("limits", "max_frame_bytes", "67108864")),
+            256 << 20
+        );
+        let set = |bytes: &str| {
+            VALID.replace(
+                "[limits]\n",
+                &format!("[limits]\nin_flight_bytes = {bytes}\n"),
+            )
+        };
+        assert_eq!(in_flight(&set("16777216")), 16 << 20);
+        let err = refused(&set("16777215"), "limits.in_flight_bytes");
+        assert!(
+            err.to_string().contains("4 × limits.max_frame_bytes"),
+            "{err}"
+        );
+        refused(&set("4294967297"), "limits.in_flight_bytes");
         refused(
             &with("limits", "max_connections", "0"),
             "limits.max_connections",
