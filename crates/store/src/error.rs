@@ -61,6 +61,17 @@ pub enum StoreError {
         detail: String,
     },
 
+    /// The file's header or pages do not match their checksums: a byte
+    /// changed on disk (a failing medium, an edit that bypassed redb). The
+    /// file is neither read further nor repaired; it stays as it is, as
+    /// evidence.
+    #[error(
+        "the store file {} is damaged ({detail}); nothing in it can be trusted and nothing \
+         was changed: keep the file for the auditor (README, \"When the store is damaged\")",
+        path.display()
+    )]
+    Damaged { path: PathBuf, detail: String },
+
     /// The prefix list may only move forward; a rollback is a new version.
     #[error("prefix version {version} is older than the current version {current}; refused")]
     PrefixVersionStale { version: u64, current: u64 },
@@ -188,6 +199,12 @@ impl StoreError {
                 false
             }
         }
+    }
+
+    /// True for [`StoreError::Damaged`]: the file must not be used and
+    /// must be kept as it is.
+    pub fn is_damaged(&self) -> bool {
+        matches!(self, StoreError::Damaged { .. })
     }
 
     /// True when redb latched an I/O failure: the handle refuses every

@@ -18,6 +18,12 @@
 //! - [`ReadOnlyStore`] opens a store file for inspection without ever
 //!   writing it — no create, repair, migration or index rebuild — also
 //!   while a box has it open and commits: `ifrelay verify-store`.
+//! - Damage on disk: [`ReadOnlyStore::open`] and [`Store::open`] check
+//!   every page of the last commit against redb's checksums before any row
+//!   is read (`integrity`: redb's own check, run over a copy-on-write view
+//!   of the read-only file), and refuse a damaged file with
+//!   [`StoreError::Damaged`], leaving it as it is. [`survey_damaged`]
+//!   then says where, reading row by row — in a process that may die.
 //! - The outbox is indexed per destination, so delivery pages through a
 //!   backlog of any size ([`StoreReader::outbox_for`]) instead of loading
 //!   it at boot; accepted frames are remembered by `(sender, message id)`
@@ -31,13 +37,17 @@
 //! Modules, each importing only modules listed above it (no cycles):
 //! - `tables`, `model`, `fault`: none;
 //! - `chain`: tables; `error`: chain; `schema`: error, tables;
+//! - `integrity` (the page check, read-only): error;
 //! - `shared` (the handle writer and readers share): error;
 //! - `verify` (the chain walk): chain, error, model, schema, tables;
 //! - `writer` (open, prepare, reopen): chain, error, schema, shared, tables;
 //! - `batch`: writer, chain, error, model, tables;
 //! - `reader`: shared, verify, chain, error, model, tables;
-//! - `readonly`: verify, schema, chain, error, tables;
-//! - `store`: writer, batch, reader, error, model, tables (and `fault`).
+//! - `readonly`: integrity, verify, schema, chain, error, tables;
+//! - `survey` (where a damaged file is damaged): readonly, verify, chain,
+//!   error, tables;
+//! - `store`: readonly, writer, batch, reader, error, model, tables (and
+//!   `fault`).
 //!
 //! Invariants kept here:
 //! - Sequence numbers of records, access log and outbox only grow, across
@@ -48,18 +58,23 @@
 //!   the store then reopens the file before the next batch, so the box
 //!   recovers by itself once space returns.
 //! - Nothing reachable from [`ReadOnlyStore`] can write the file.
+//! - No row of an existing file is read, by a reader or the writer, before
+//!   its last commit passed the page check; a damaged file is never
+//!   written.
 
 mod batch;
 mod chain;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+mod integrity;
 mod model;
 mod reader;
 mod readonly;
 mod schema;
 mod shared;
 mod store;
+mod survey;
 pub mod tables;
 mod verify;
 mod writer;
@@ -77,3 +92,4 @@ pub use model::{
 pub use reader::StoreReader;
 pub use readonly::ReadOnlyStore;
 pub use store::Store;
+pub use survey::{survey_damaged, SurveyEvent};

@@ -19,6 +19,13 @@
 //! - Problems with the path or the file (missing, a directory, empty, not
 //!   redb, another schema) are told apart before anything is read through
 //!   redb, each with its own error.
+//! - No row of a file that no box has open is read before every page of
+//!   its last commit matched its checksum ([`crate::integrity`]): a
+//!   damaged file is [`StoreError::Damaged`], never a panic inside redb.
+//!   Opening the handle itself reads only the header, which redb checks
+//!   field by field. A file a box has open is not page-checked (the check
+//!   cannot run beside its writer, see `integrity`; the box checked the
+//!   file when it opened it): [`ReadOnlyStore::pages_checked`] says which.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -29,6 +36,7 @@ use redb::{ConcurrencyMode, DatabaseError, ReadOnlyDatabase, ReadableDatabase, S
 
 use crate::chain::ChainReport;
 use crate::error::{db, StoreError};
+use crate::integrity;
 use crate::schema;
 use crate::tables;
 use crate::verify;
@@ -37,20 +45,18 @@ use crate::verify;
 /// small cache keeps the verifier light beside the running box.
 const CACHE_BYTES: usize = 16 << 20;
 
-/// The first bytes of every redb file (redb's file format; it cannot change
-/// without making every existing file unreadable).
-const REDB_SIGNATURE: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
-
 /// A store file opened for inspection only.
 pub struct ReadOnlyStore {
     db: ReadOnlyDatabase,
     path: PathBuf,
+    pages_checked: bool,
 }
 
 impl core::fmt::Debug for ReadOnlyStore {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ReadOnlyStore")
             .field("path", &self.path)
+            .field("pages_checked", &self.pages_checked)
             .finish_non_exhaustive()
     }
 }
@@ -69,9 +75,14 @@ impl ReadOnlyStore {
     /// - [`StoreError::NeedsRepair`]: left unclean by a crash, no box has it
     ///   open;
     /// - [`StoreError::InUse`]: held by a program that does not share it;
+    /// - [`StoreError::Damaged`]: a redb file whose header or pages do not
+    ///   match their checksums (a byte changed on disk);
     /// - [`StoreError::SchemaTooNew`], [`StoreError::SchemaUnknown`]: a redb
     ///   file of a newer firmware or of another program;
-    /// - [`StoreError::Db`]: redb failed otherwise (damaged file, I/O).
+    /// - [`StoreError::Db`]: redb failed otherwise (I/O).
+    ///
+    /// Cost: the integrity check reads every page of the last commit once
+    /// (docs/architecture.md, "A damaged store").
     pub fn open(path: &Path) -> Result<ReadOnlyStore, StoreError> {
         let owned = || path.to_path_buf();
         let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
@@ -97,23 +108,33 @@ impl ReadOnlyStore {
             });
         }
 
-        let db = match open_read_only(path, ConcurrencyMode::SingleWriter) {
-            // No byte-range locks on this file system: the writer fell back
-            // to an exclusive open too, which redb's exclusive read-only
-            // open (whole-file lock, shared) respects.
-            Err(StoreError::Db {
-                source: redb::Error::Unsupported,
-                ..
-            }) => open_read_only(path, ConcurrencyMode::ExclusiveWriter)?,
-            other => other?,
-        };
+        let db = pin(path)?;
+        let live = integrity::writer_live(path).map_err(|source| StoreError::Unreadable {
+            path: owned(),
+            source,
+        })?;
+        if !live {
+            integrity::check_path(path)?;
+        }
         check_schema(&db)?;
-        Ok(ReadOnlyStore { db, path: owned() })
+        Ok(ReadOnlyStore {
+            db,
+            path: owned(),
+            pages_checked: !live,
+        })
     }
 
     /// The path this store was opened from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether every page of the last commit was checked against its
+    /// checksum at the open: always, unless a box had the file open (it
+    /// checked the file when it opened it, and the check cannot run beside
+    /// a writer).
+    pub fn pages_checked(&self) -> bool {
+        self.pages_checked
     }
 
     /// Walks both chains over one committed snapshot and reports counts,
@@ -127,6 +148,51 @@ impl ReadOnlyStore {
     pub fn verify_chains(&self) -> Result<ChainReport, StoreError> {
         let txn = self.db.begin_read().map_err(db("begin read transaction"))?;
         verify::chains(&txn)
+    }
+}
+
+/// Refuses a damaged file before a writer ([`crate::Store::open`]) opens
+/// it: a writer's open trusts a cleanly closed file, and on a damaged one
+/// it may panic or repair what it should keep. Checks every existing redb
+/// file that can be checked: a clean one, and one a crash left unclean
+/// (the check repairs it in memory as the open will on disk, so a crash is
+/// not damage). Anything else — no file, an empty one, not redb, held by
+/// another program or a running box — is left to the writer's open to
+/// create or refuse.
+///
+/// # Errors
+/// [`StoreError::Damaged`] for a damaged file; [`StoreError::Unreadable`]
+/// or [`StoreError::Db`] when the check cannot read it.
+pub(crate) fn vet(path: &Path) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.len() > 0 => {}
+        _ => return Ok(()),
+    }
+    match pin(path) {
+        // Held by a box that is running: its open refuses a second writer.
+        Ok(_) if integrity::writer_live(path).unwrap_or(true) => Ok(()),
+        Ok(_) | Err(StoreError::NeedsRepair { .. }) => integrity::check_path(path),
+        Err(e @ StoreError::Damaged { .. }) => Err(e),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Opens `path` read-only as a redb database without reading any page
+/// beyond the header: the handle a verifier holds so that a box writing
+/// the file meanwhile keeps the pages of its snapshot from reuse.
+///
+/// # Errors
+/// As [`ReadOnlyStore::open`], less the schema and page checks.
+pub(crate) fn pin(path: &Path) -> Result<ReadOnlyDatabase, StoreError> {
+    match open_read_only(path, ConcurrencyMode::SingleWriter) {
+        // No byte-range locks on this file system: the writer fell back
+        // to an exclusive open too, which redb's exclusive read-only
+        // open (whole-file lock, shared) respects.
+        Err(StoreError::Db {
+            source: redb::Error::Unsupported,
+            ..
+        }) => open_read_only(path, ConcurrencyMode::ExclusiveWriter),
+        other => other,
     }
 }
 
@@ -147,10 +213,18 @@ fn open_read_only(path: &Path, mode: ConcurrencyMode) -> Result<ReadOnlyDatabase
     if len == 0 {
         return Err(StoreError::EmptyFile { path: owned() });
     }
-    let mut signature = [0u8; REDB_SIGNATURE.len()];
+    let mut signature = [0u8; integrity::REDB_SIGNATURE.len()];
     match file.read_exact(&mut signature) {
-        Ok(()) if signature == REDB_SIGNATURE => {}
-        Ok(()) => return Err(StoreError::NotAStore { path: owned() }),
+        Ok(()) if signature == integrity::REDB_SIGNATURE => {}
+        Ok(()) => {
+            return Err(match integrity::damaged_signature(&signature) {
+                Some(detail) => StoreError::Damaged {
+                    path: owned(),
+                    detail,
+                },
+                None => StoreError::NotAStore { path: owned() },
+            })
+        }
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             return Err(StoreError::NotAStore { path: owned() })
         }
@@ -185,7 +259,13 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
             op: "open the store file read-only",
             source: redb::Error::Unsupported,
         },
-        other => db("open the store file read-only")(other),
+        other => match integrity::corruption(&other) {
+            Some(detail) => StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail,
+            },
+            None => db("open the store file read-only")(other),
+        },
     }
 }
 

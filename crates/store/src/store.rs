@@ -52,11 +52,21 @@ impl Store {
     /// re-index an existing one. Never use it to inspect a file; use
     /// [`crate::ReadOnlyStore::open`].
     ///
+    /// Damage: before redb opens an existing file for writing, every page
+    /// of its last commit is checked against its checksum, reading the file
+    /// only ([`crate::ReadOnlyStore`] does the same). A damaged file is
+    /// refused and left exactly as it was, for the auditor; a file left
+    /// unclean by a crash passes (redb's repair on open is no damage).
+    /// Cost: one read of the file (docs/architecture.md, "A damaged
+    /// store").
+    ///
     /// # Errors
+    /// [`StoreError::Damaged`] for a damaged file (refused, untouched);
     /// [`StoreError::SchemaTooNew`] or [`StoreError::SchemaUnknown`] for a
     /// file this firmware must not write; [`StoreError::Db`] when redb cannot
-    /// open it (already open, damaged, I/O).
+    /// open it (already open, I/O).
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+        crate::readonly::vet(path)?;
         Ok(Store {
             writer: Writer::open(Opener::path(path.to_path_buf()), cache_bytes)?,
         })

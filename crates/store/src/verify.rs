@@ -23,35 +23,36 @@ use crate::tables;
 /// [`StoreError::Db`] when the file cannot be read;
 /// [`StoreError::SchemaUnknown`] for a chain table of another type.
 pub(crate) fn chains(txn: &ReadTransaction) -> Result<ChainReport, StoreError> {
-    let marks = optional(txn.open_table(tables::CHAIN_MARKS))?;
-    let mark = |chain: ChainName| -> Result<ChainMark, StoreError> {
-        let Some(marks) = &marks else {
-            return Ok(ChainMark::GENESIS);
-        };
-        Ok(marks
+    Ok(ChainReport {
+        records: chain(txn, ChainName::Records)?,
+        access_log: chain(txn, ChainName::AccessLog)?,
+    })
+}
+
+/// Walks one chain from its anchor over `txn`.
+///
+/// # Errors
+/// As [`chains`].
+pub(crate) fn chain(txn: &ReadTransaction, chain: ChainName) -> Result<ChainSummary, StoreError> {
+    let mark = match optional(txn.open_table(tables::CHAIN_MARKS))? {
+        None => ChainMark::GENESIS,
+        Some(marks) => marks
             .get(chain.key())
             .map_err(db("read chain marks"))?
-            .map_or(ChainMark::GENESIS, |g| ChainMark::from_row(g.value())))
+            .map_or(ChainMark::GENESIS, |g| ChainMark::from_row(g.value())),
     };
-    let records = walk(txn, ChainName::Records, mark(ChainName::Records)?, |b| {
-        ciborium::from_reader::<RecordBody, _>(b)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })?;
-    let access_log = walk(
-        txn,
-        ChainName::AccessLog,
-        mark(ChainName::AccessLog)?,
-        |b| {
+    match chain {
+        ChainName::Records => walk(txn, chain, mark, |b| {
+            ciborium::from_reader::<RecordBody, _>(b)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }),
+        ChainName::AccessLog => walk(txn, chain, mark, |b| {
             ciborium::from_reader::<AccessEntry, _>(b)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
-        },
-    )?;
-    Ok(ChainReport {
-        records,
-        access_log,
-    })
+        }),
+    }
 }
 
 /// A table that may be absent: `None` then.

@@ -379,6 +379,7 @@ fn writer_process() {
     let path = PathBuf::from(path);
     let stop = path.with_extension("stop");
     let mut store = Store::open(&path, CACHE).unwrap();
+    std::fs::write(path.with_extension("started"), b"").unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut next = 1u32;
     while !stop.exists() && Instant::now() < deadline {
@@ -411,7 +412,16 @@ fn verification_runs_beside_a_writer_in_another_process() {
         .unwrap();
     let mut child = Reap(child);
 
+    // The page check of a read-only open cannot run while a writer opens
+    // the file (crates/store/src/integrity.rs): verify once it is open.
     let deadline = Instant::now() + Duration::from_secs(30);
+    while !t.path.with_extension("started").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the writer process did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut seen = Vec::new();
     while seen.len() < 10 {
         assert!(Instant::now() < deadline, "no progress: {seen:?}");
