@@ -8,6 +8,12 @@ pub const OK: u8 = 0;
 pub const FAILURE: u8 = 1;
 /// The command line is wrong.
 pub const USAGE: u8 = 2;
+/// The store file is damaged (`EX_DATAERR`): its pages or header do not
+/// match their checksums. `verify-store` says CORRUPT; `run` refuses to
+/// start on it and leaves it untouched. A restart finds the same damage,
+/// so the service manager should not restart on it
+/// (`RestartPreventExitStatus=65`); README, "When the store is damaged".
+pub const DAMAGED: u8 = 65;
 /// A critical task of the running box died (`EX_SOFTWARE`): the service
 /// manager restarts the box.
 pub const SOFTWARE: u8 = 70;

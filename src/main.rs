@@ -2,14 +2,16 @@
 //! the runtime, and starts the box (or one of the maintenance commands).
 //! Exit codes are in [`ifrelay::exit`] and `docs/config.md`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::Signal;
 use ifrelay::config::Config;
 use ifrelay::exit;
 use ifrelay::supervisor::{Exit, RunningBox, StartError};
+use ifrelay_store::{StoreError, SurveyEvent};
+use tokio::signal::unix::Signal;
 
 /// Firmware of the Interface System appliance: relays every message
 /// between the core system, other agencies' interface systems and the
@@ -27,8 +29,10 @@ enum Command {
     /// Run the box until SIGTERM or SIGINT.
     ///
     /// Exit codes: 0 stopped on request, 78 invalid configuration, 74 the
-    /// store or its directory cannot be opened, 70 a critical task died
-    /// (the service manager restarts the box), 1 any other failure.
+    /// store or its directory cannot be opened, 65 the store is damaged
+    /// (refused and left as it is; README, "When the store is damaged"),
+    /// 70 a critical task died (the service manager restarts the box), 1
+    /// any other failure.
     Run {
         /// The configuration file (docs/config.md).
         #[arg(long, value_name = "FILE")]
@@ -44,13 +48,22 @@ enum Command {
     /// Verify the hash chains of a store file, read-only: never creates,
     /// repairs or writes anything, and is safe while the box runs.
     ///
-    /// Exit codes: 0 intact, 1 damaged (the report names each defect), 74
-    /// not a readable store (missing, not a store, newer schema, or left
-    /// unclean by a crash: start the box once, then verify again).
+    /// Exit codes: 0 intact, 1 tampered (a chain is broken; the report
+    /// names each defect), 65 corrupt (the file's pages do not match their
+    /// checksums; the report says where, as far as it can tell), 74 not a
+    /// readable store (missing, not a store, newer schema, or left unclean
+    /// by a crash: start the box once, then verify again).
     VerifyStore {
         /// The store file (`store.path` of the configuration).
         #[arg(value_name = "FILE")]
         store: PathBuf,
+        /// Internal: verify in this process (the verifier's child).
+        #[arg(long, hide = true)]
+        isolated: bool,
+        /// Internal: read every row of a file found damaged and say what
+        /// reads wrong (the survey's child).
+        #[arg(long, hide = true, conflicts_with = "isolated")]
+        survey: bool,
     },
 }
 
@@ -81,7 +94,15 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(&e),
         },
-        Command::VerifyStore { store } => verify_store(store),
+        Command::VerifyStore {
+            store,
+            isolated,
+            survey,
+        } => match (isolated, survey) {
+            (true, _) => verify_here(&store),
+            (_, true) => survey_here(&store),
+            _ => verify_store(&store),
+        },
     }
 }
 
@@ -127,10 +148,16 @@ fn run(file: PathBuf) -> ExitCode {
         let mut running = match RunningBox::start(&config).await {
             Ok(b) => b,
             Err(e) => {
-                let code = match e {
+                let code = match &e {
+                    StartError::Store { source, .. } if source.is_damaged() => exit::DAMAGED,
                     StartError::Store { .. } | StartError::StoreDir { .. } => exit::IO,
                     _ => exit::FAILURE,
                 };
+                if code == exit::DAMAGED {
+                    print_chain("", &e);
+                    eprintln!("{}", damaged_store_steps(&config.store.path));
+                    return ExitCode::from(code);
+                }
                 return failure(&e, code);
             }
         };
@@ -202,13 +229,91 @@ impl Signals {
     }
 }
 
-/// Verifies through a read-only handle: a mistyped path is an error, not
-/// a new empty store, and a running box keeps committing meanwhile.
-fn verify_store(file: PathBuf) -> ExitCode {
-    let store = match ifrelay_store::ReadOnlyStore::open(&file) {
-        Ok(s) => s,
-        Err(e) => return failure(&e, exit::IO),
+/// What staff do about a damaged store, printed when `run` refuses one.
+fn damaged_store_steps(path: &Path) -> String {
+    let path = path.display();
+    format!(
+        "ifrelay: the box does not start on a damaged store, and wrote nothing to it. What to do:\n\
+         \x20 1. leave the box stopped: a restart finds the same damage (exit 65);\n\
+         \x20 2. `ifrelay verify-store {path}` reports what is damaged and where;\n\
+         \x20 3. move the file aside, e.g. `mv {path} {path}.damaged`, and keep it: the records \
+         in the damaged file are kept for the auditor;\n\
+         \x20 4. start with an empty store only after the municipality's IT department and the \
+         national operator agree (README, \"When the store is damaged\")."
+    )
+}
+
+/// `verify-store`: runs the verifier in a child process of this binary
+/// (`--isolated`), so that nothing redb does on a damaged file — a panic,
+/// which aborts the firmware, or a loop — can end the verification
+/// without a verdict: a verifier that dies is a CORRUPT verdict. On
+/// CORRUPT, a second child (`--survey`) reads the file row by row to say
+/// where the damage is.
+fn verify_store(file: &Path) -> ExitCode {
+    let args = ["verify-store", "--isolated"];
+    let mut verifier = child(&args, file);
+    if verifier.status.is_none() && !verifier.timed_out {
+        eprint!("{}", verifier.stderr);
+        return ExitCode::from(exit::FAILURE);
+    }
+    if verifier.died() {
+        // Once more, in case a box started on the file meanwhile.
+        verifier = child(&args, file);
+    }
+    print!("{}", verifier.stdout);
+    // How the verifier died, when it did not come to a verdict itself.
+    let died = match verifier.status {
+        Some(status) => match status.code().and_then(|c| u8::try_from(c).ok()) {
+            Some(code @ (exit::OK | exit::FAILURE | exit::IO | exit::USAGE)) => {
+                eprint!("{}", verifier.stderr);
+                return ExitCode::from(code);
+            }
+            Some(exit::DAMAGED) => None,
+            _ => Some(format!("{}{}", describe(status), verifier.panic_message())),
+        },
+        None => Some(format!("stopped after {} s", CHILD_TIMEOUT.as_secs())),
     };
+    if let Some(how) = &died {
+        println!("integrity: DAMAGED: reading the file stopped the verifier ({how})");
+    }
+    for line in survey(file) {
+        println!("where: {line}");
+    }
+    println!("verdict: CORRUPT");
+    match died {
+        None => eprint!("{}", verifier.stderr),
+        Some(_) => eprintln!(
+            "ifrelay: the store file {} is damaged: reading it stopped the verifier; keep the \
+             file for the auditor (README, \"When the store is damaged\")",
+            file.display()
+        ),
+    }
+    ExitCode::from(exit::DAMAGED)
+}
+
+/// The verifier itself (`verify-store --isolated`): opens the file through
+/// a read-only handle — a mistyped path is an error, not a new empty
+/// store, and a running box keeps committing meanwhile — whose open checks
+/// every page against its checksum, then walks both chains.
+fn verify_here(file: &Path) -> ExitCode {
+    let store = match ifrelay_store::ReadOnlyStore::open(file) {
+        Ok(s) => s,
+        Err(e) => {
+            if let StoreError::Damaged { detail, .. } = &e {
+                println!("integrity: DAMAGED: {detail}");
+                return failure(&e, exit::DAMAGED);
+            }
+            return failure(&e, exit::IO);
+        }
+    };
+    if store.pages_checked() {
+        println!("integrity: every page of the last commit matches its checksum");
+    } else {
+        println!(
+            "integrity: pages not checked: a box has the file open (it checked them when it \
+             started); verify a copy taken while the box is stopped to check them"
+        );
+    }
     match store.verify_chains() {
         Ok(report) => {
             print!("{}", ifrelay::report::chain_report(&report));
@@ -219,5 +324,167 @@ fn verify_store(file: PathBuf) -> ExitCode {
             }
         }
         Err(e) => failure(&e, exit::IO),
+    }
+}
+
+/// The survey itself (`verify-store --survey`): one line per table read and
+/// per finding, each written before the next read, so a crash loses
+/// nothing said.
+fn survey_here(file: &Path) -> ExitCode {
+    ifrelay_store::survey_damaged(file, |event| match event {
+        SurveyEvent::Reading(table) => println!("reading {table}"),
+        SurveyEvent::Finding { table, what } => println!("finding {table}: {what}"),
+    });
+    println!("done");
+    ExitCode::SUCCESS
+}
+
+/// Reads a damaged file row by row in a child process and returns one
+/// line per finding; when the child died, where it stopped and why.
+fn survey(file: &Path) -> Vec<String> {
+    let survey = child(&["verify-store", "--survey"], file);
+    let mut lines = Vec::new();
+    let mut reading = None;
+    let mut done = false;
+    for line in survey.stdout.lines() {
+        if let Some(table) = line.strip_prefix("reading ") {
+            reading = Some(table);
+        } else if let Some(finding) = line.strip_prefix("finding ") {
+            lines.push(finding.to_owned());
+        } else if line == "done" {
+            done = true;
+        }
+    }
+    let at = reading.map_or_else(|| "the file".to_owned(), |t| format!("table {t}"));
+    match survey.status {
+        Some(status) if status.success() && done => {
+            if lines.is_empty() {
+                lines.push(
+                    "no chain or table reads wrong: the damage is in a row that is not \
+                     hash-chained (duplicate suppression, outbox, process state, an index) or \
+                     in what holds the rows together (page links, free-space bookkeeping)"
+                        .to_owned(),
+                );
+            }
+        }
+        Some(status) => lines.push(format!(
+            "reading {at} stopped the reader ({}{})",
+            describe(status),
+            survey.panic_message()
+        )),
+        None => lines.push(format!(
+            "reading {at} did not finish within {} s",
+            CHILD_TIMEOUT.as_secs()
+        )),
+    }
+    lines
+}
+
+/// Longest a verifier or survey child may take before it is stopped as
+/// stuck: far beyond what reading any store takes.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How a child process of this binary ended and what it wrote.
+struct ChildRun {
+    /// `None`: it did not start (`stderr` says why), or was stopped after
+    /// [`CHILD_TIMEOUT`] (`timed_out`).
+    status: Option<std::process::ExitStatus>,
+    timed_out: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl ChildRun {
+    /// Killed by a signal (a panic aborts the firmware), or a code the
+    /// verifier never exits with (101: a panic in a build that unwinds).
+    fn died(&self) -> bool {
+        !matches!(
+            self.status
+                .and_then(|s| s.code())
+                .and_then(|c| u8::try_from(c).ok()),
+            Some(exit::OK | exit::FAILURE | exit::USAGE | exit::DAMAGED | exit::IO)
+        )
+    }
+
+    /// `": <message>"` when the child's standard error holds the message of
+    /// a Rust panic (inside redb, on a damaged file), else nothing.
+    fn panic_message(&self) -> String {
+        let mut lines = self
+            .stderr
+            .lines()
+            .skip_while(|l| !l.contains("panicked at"));
+        match (lines.next(), lines.next()) {
+            (Some(_), Some(message)) => format!(": {}", message.trim()),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Runs this binary with `args` and `file`, without logging, collecting
+/// what it writes; stops it after [`CHILD_TIMEOUT`].
+fn child(args: &[&str], file: &Path) -> ChildRun {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let failed = |why: String| ChildRun {
+        status: None,
+        timed_out: false,
+        stdout: String::new(),
+        stderr: why,
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return failed(format!("ifrelay: cannot find its own executable: {e}\n")),
+    };
+    let mut child = match Command::new(exe)
+        .args(args)
+        .arg(file)
+        .env("RUST_LOG", "off")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => return failed(format!("ifrelay: cannot start a verifier process: {e}\n")),
+    };
+    fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + CHILD_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    ChildRun {
+        timed_out: status.is_none(),
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// How a child process ended, in words.
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended".to_owned(),
     }
 }
