@@ -408,6 +408,11 @@ impl RunningBox {
         {
             tracing::warn!("connections still open after the grace period");
         }
+        // The counts of refusals coalesced in periods not over yet, while
+        // the engine still takes them.
+        for server in &self.servers {
+            server.flush_refusals();
+        }
         // A dead engine can neither record the notice nor take delivery
         // answers, and after any task's death the restart resends the
         // outbox anyway: waiting for the drain would only delay it.

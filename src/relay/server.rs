@@ -174,6 +174,12 @@ impl ServerContext {
         self.admission.occupancy()
     }
 
+    /// Writes the entries of every period of coalesced refusals, over or
+    /// not (the box is stopping).
+    pub fn flush_refusals(&self) {
+        self.refusals.flush(true);
+    }
+
     /// Notes a refusal in the access log (coalesced) and in the journal:
     /// at `warn` when it got an entry of its own, at `debug` when it was
     /// only counted.
@@ -567,13 +573,27 @@ async fn send_refusal<S: tokio::io::AsyncWrite + Unpin>(
     write_bytes(stream, &frame.encode(), ctx.config.io_timeout).await
 }
 
-/// Binds a listener's address; a separate step so the supervisor can
-/// report every bound address before serving.
+/// Connections the kernel holds for a listener until the accept loop
+/// takes them (capped by `net.core.somaxconn`). The standard 128 fills in
+/// a moment under a flood of connections and the kernel then drops the
+/// handshakes of legitimate clients too, which retry only after a second.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener's address, with a backlog of [`LISTEN_BACKLOG`]; a
+/// separate step so the supervisor can report every bound address before
+/// serving.
 ///
 /// # Errors
 /// The bind error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Builds the acceptor from a server configuration.

@@ -407,8 +407,8 @@ impl Testbed {
             // the box's listeners are bound before either starts, and
             // handed to an in-process box, so no other test can take the
             // ports. A child process binds them itself.
-            let core_listener = tokio::net::TcpListener::bind(any).await?;
-            let agency_listener = tokio::net::TcpListener::bind(any).await?;
+            let core_listener = ifrelay::relay::server::bind(any).await?;
+            let agency_listener = ifrelay::relay::server::bind(any).await?;
             let core_side = core_listener.local_addr()?;
             let agency_side = agency_listener.local_addr()?;
             let ims = ImsSim::start_with(
