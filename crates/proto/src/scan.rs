@@ -15,8 +15,10 @@
 //!
 //! Invariants:
 //! - acceptance and every refusal — reason, text and message id — are those
-//!   of the tree decoder ([`crate::message::Frame::decode_body`] before this
-//!   module existed), except for the limits below, which are new;
+//!   of decoding the whole body into one `Value` tree first, as
+//!   `Frame::decode_body` did before this module existed (the tests below
+//!   keep that decoder and compare), except for the limits below, which are
+//!   new;
 //! - nesting deeper than [`RECURSION_LIMIT`] is refused (as before); a
 //!   body holds at most [`MAX_CBOR_ITEMS`] items and no container may announce
 //!   more; the values built hold at most [`MAX_BUILT_ITEMS`] items;
