@@ -176,7 +176,25 @@ impl RateLimiter {
     /// # Errors
     /// As [`Self::admit`].
     pub fn admit_at(&self, party: &Party, body: &Body, now: Instant) -> Result<(), Exceeded> {
-        let classes = Class::of(party.role, body);
+        self.take(party, Class::of(party.role, body), now)
+    }
+
+    /// Takes a token of `class` from `party`'s bucket: for what the box
+    /// spends on a sender without a frame to classify (an undecodable
+    /// frame of a peer box is logged coalesced beyond it).
+    ///
+    /// # Errors
+    /// [`Exceeded`] when the bucket is empty.
+    pub fn charge(&self, party: &Party, class: Class) -> Result<(), Exceeded> {
+        self.take(party, [Some(class), None], Instant::now())
+    }
+
+    fn take(
+        &self,
+        party: &Party,
+        classes: [Option<Class>; 2],
+        now: Instant,
+    ) -> Result<(), Exceeded> {
         if classes.iter().all(Option::is_none) {
             return Ok(());
         }

@@ -39,7 +39,7 @@ use tracing::Instrument;
 
 use super::admission::{Admission, AdmissionLimits, HandshakePermit, Occupancy};
 use super::channel::{FrameInput, Input, Listener, Peer};
-use super::rates::RateLimiter;
+use super::rates::{Class, RateLimiter};
 use super::refusal_log::{self, Refusal, RefusalLog};
 use crate::logging::Causes;
 use crate::net::{
@@ -390,9 +390,16 @@ async fn frames(
             reason,
         };
         // Undecodable frames of an authenticated peer each keep their
-        // entry (the access log says which frames were refused).
-        ctx.refusals.note_each(refusal);
-        tracing::info!(%reason, "{text}");
+        // entry (the access log says which frames were refused) — except
+        // those of a peer box beyond its rate, which are coalesced like
+        // the frames refused for it.
+        let over = party.role == Role::Is && ctx.rates.charge(party, Class::Peer).is_err();
+        if over {
+            ctx.refused(refusal, text);
+        } else {
+            ctx.refusals.note_each(refusal);
+            tracing::info!(%reason, "{text}");
+        }
     };
     // Pipelining: the reader goes on reading while earlier frames wait for
     // their commit; the writer answers strictly in arrival order. The queue

@@ -632,3 +632,53 @@ async fn a_peer_box_flooding_box_status_meets_its_rate() {
         .sum();
     assert_eq!(counted as usize, busy - 1, "the summary counts the rest");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_box_beyond_its_rate_gets_e_busy_and_its_garbage_is_logged_coalesced() {
+    let _turn = HEAVY.lock().await;
+    let (_dir, bed) = bed_with(|f| {
+        f.rates.peer_per_s = 1;
+        f.rates.peer_burst = 20;
+    })
+    .await;
+    let (a, b) = agencies();
+    let (box_a, peer) = (Party::is(a.clone()), Party::is(b.clone()));
+    let running = bed.nodes[0].running();
+    let reader = running.reader().clone();
+    let last_seq = reader.access_count().expect("count");
+    let mut link = bed
+        .pki
+        .link(&peer, &box_a, running.core_side)
+        .await
+        .expect("link");
+    // Undecodable frames are answered as ever, but beyond the peer's rate
+    // they no longer cost an entry each.
+    for i in 0..300u32 {
+        let reply = link
+            .send_raw(&[0, 0, 0, 4, 0xde, 0xad, 0xbe, (i & 0xff) as u8])
+            .await
+            .expect("answered");
+        assert!(matches!(&reply.body, Body::Refused(r) if r.reason == Reason::Malformed));
+    }
+    // The bucket is empty: a well-formed frame gets E_BUSY naming it.
+    let reply = link
+        .request(&frame(&peer, "after-garbage", unknown_receipt()))
+        .await
+        .expect("answered");
+    match &reply.body {
+        Body::Refused(r) => {
+            assert_eq!(r.reason, Reason::Busy);
+            assert!(r.text.contains("rates.peer_*"), "{}", r.text);
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let entries = reader.access_log(last_seq + 1, 100_000).expect("log");
+    let malformed = entries
+        .iter()
+        .filter(|e| e.entry.outcome == "E_MALFORMED")
+        .count();
+    println!("300 garbage frames: {malformed} E_MALFORMED entries");
+    assert!((20..=24).contains(&malformed), "{malformed} entries");
+    bed.shutdown().await;
+}
