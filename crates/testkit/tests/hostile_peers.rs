@@ -176,10 +176,10 @@ async fn a_peer_that_never_reads_is_dropped_and_every_exit_frees_its_slot() {
     let (box_a, peer) = (Party::is(a.clone()), Party::is(b.clone()));
     let addr = bed.nodes[0].running().core_side;
 
-    // Three peers pipeline thousands of frames and never read: each is
-    // dropped once the box's writes stall for io_timeout, though the
-    // peer keeps sending. A small receive buffer makes the stall come
-    // after a few thousand replies rather than after megabytes.
+    // Three peers pipeline 20,000 frames each and never read: each is
+    // dropped once the box's writes stall for io_timeout (its buffers full
+    // of replies), though the peer keeps sending. A small receive buffer
+    // keeps the peer's side from taking megabytes of replies first.
     let started_at = Instant::now();
     let mut never_readers = Vec::new();
     for i in 0..3 {
@@ -210,6 +210,10 @@ async fn a_peer_that_never_reads_is_dropped_and_every_exit_frees_its_slot() {
     }
     for task in never_readers {
         let (sent, dropped) = task.await.expect("task");
+        println!(
+            "a peer that never reads: dropped after {sent} frames, {:?} from the start",
+            started_at.elapsed()
+        );
         assert!(
             dropped,
             "a peer that never reads was not dropped ({sent} frames written)"
@@ -271,6 +275,7 @@ async fn a_peer_that_never_reads_is_dropped_and_every_exit_frees_its_slot() {
     let stopping = Instant::now();
     bed.shutdown().await;
     let took = stopping.elapsed();
+    println!("the box stopped in {took:?} with a peer that never reads");
     assert!(took < Duration::from_secs(8), "the stop took {took:?}");
     let (_, dropped) = stuck.await.expect("task");
     assert!(dropped, "the stopping box kept the connection");
