@@ -66,7 +66,7 @@ pub enum StoreError {
     /// file is neither read further nor repaired; it stays as it is, as
     /// evidence.
     #[error(
-        "the store file {} is damaged ({detail}); nothing in it can be trusted and nothing \
+        "the store file {} is damaged: {detail}. Nothing in it can be trusted, and nothing \
          was changed: keep the file for the auditor (README, \"When the store is damaged\")",
         path.display()
     )]
