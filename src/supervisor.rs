@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::critical::{self, TaskDied};
+use crate::net::Budget;
 use crate::relay::admission::{AdmissionLimits, Occupancy};
 use crate::relay::channel::{Input, Listener};
 use crate::relay::delivery::{self, DeliveryConfig};
@@ -236,6 +237,8 @@ impl RunningBox {
         let stop_delivery = CancellationToken::new();
         let listeners = TaskTracker::new();
         let workers = TaskTracker::new();
+        // Bytes in flight, across both listeners and delivery's replies.
+        let budget = Budget::new(config.limits.in_flight_bytes);
         let listener_config = |listener| ListenerConfig {
             listener,
             agency: config.agency.clone(),
@@ -250,6 +253,7 @@ impl RunningBox {
                 max_handshakes_per_source: config.limits.max_handshakes_per_source,
             },
             max_frame: config.limits.max_frame_bytes,
+            budget: budget.clone(),
             io_timeout: config.limits.io_timeout,
             handshake_timeout: config.limits.handshake_timeout,
         };
@@ -297,6 +301,7 @@ impl RunningBox {
                 retry_backoff: config.timeouts.retry_backoff,
                 retry_count: config.timeouts.retry_count,
                 max_frame: config.limits.max_frame_bytes,
+                budget: budget.clone(),
             },
             reader.clone(),
             deliver_rx,

@@ -33,7 +33,7 @@ use super::channel::{Delivery, Input, Notice, Undeliverable, Verdict};
 use super::destination::{Destination, OutboxItem};
 use crate::critical::Guards;
 use crate::logging::Causes;
-use crate::net::{Link, LinkReader, LinkWriter};
+use crate::net::{Budget, Link, LinkReader, LinkWriter};
 
 /// Frames a worker keeps in flight to one destination (pipelining): the
 /// next hop answers in order, so up to this many wait on its commits at
@@ -56,6 +56,8 @@ pub struct DeliveryConfig {
     /// Failed attempts before the engine is asked what to do.
     pub retry_count: u32,
     pub max_frame: usize,
+    /// The box's bytes in flight: replies are charged to it as they arrive.
+    pub budget: Budget,
 }
 
 /// Shared between the dispatcher and one worker.
@@ -253,7 +255,7 @@ async fn worker(
                 } {
                     Ok(link) => {
                         let peer = link.peer();
-                        let (reader, writer) = link.into_split();
+                        let (reader, writer) = link.with_budget(cfg.budget.clone()).into_split();
                         conn = Some(Conn {
                             reader,
                             writer,

@@ -43,8 +43,8 @@ use super::rates::{Class, RateLimiter};
 use super::refusal_log::{self, Refusal, RefusalLog};
 use crate::logging::Causes;
 use crate::net::{
-    flush_within, now_millis, read_frame, write_bytes, write_unflushed, IdGen, ReadError,
-    WRITE_BUFFER_BYTES,
+    flush_within, now_millis, read_frame_within, write_bytes, write_unflushed, Budget, Held, IdGen,
+    ReadError, Received, WRITE_BUFFER_BYTES,
 };
 
 /// Who may connect to a listener, and the limits of its connections.
@@ -59,6 +59,10 @@ pub struct ListenerConfig {
     /// Handshake and connection budgets (`limits.*`).
     pub admission: AdmissionLimits,
     pub max_frame: usize,
+    /// The box's bytes in flight, shared by both listeners and delivery:
+    /// a frame is read as it arrives under it and holds its share until
+    /// the engine has answered it.
+    pub budget: Budget,
     pub io_timeout: Duration,
     /// The TLS handshake and party check must be done within this (and
     /// within `io_timeout`, whichever is shorter).
@@ -416,10 +420,15 @@ async fn frames(
             let read = tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = writer_gone.cancelled() => return,
-                r = read_frame(&mut rd, ctx.config.max_frame, ctx.config.io_timeout) => r,
+                r = read_frame_within(
+                    &mut rd,
+                    ctx.config.max_frame,
+                    ctx.config.io_timeout,
+                    &ctx.config.budget,
+                ) => r,
             };
             let pending = match read {
-                Ok(frame) => submit(ctx, peer, frame),
+                Ok(received) => submit(ctx, peer, received),
                 Err(ReadError::Closed) => return,
                 Err(ReadError::Timeout(_)) => {
                     tracing::debug!("idle connection closed");
@@ -482,7 +491,9 @@ async fn frames(
             };
             let body = match pending {
                 Pending::Ready(body) => *body,
-                Pending::Engine(id, mut rx) => match rx.try_recv() {
+                // What the frame holds of the budget goes back with its
+                // answer.
+                Pending::Engine(id, mut rx, _held) => match rx.try_recv() {
                     Ok(body) => body,
                     Err(oneshot::error::TryRecvError::Empty) => {
                         if flush_within(&mut wr, limit).await.is_err() {
@@ -514,15 +525,17 @@ pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
 
 /// An answer the writer of a connection owes, in arrival order.
 enum Pending {
-    /// The engine will answer after its commit.
-    Engine(MessageId, oneshot::Receiver<Body>),
+    /// The engine will answer after its commit; the frame holds its share
+    /// of the in-flight budget until then.
+    Engine(MessageId, oneshot::Receiver<Body>, Held),
     /// Answered already (refused before the engine).
     Ready(Box<Body>),
 }
 
 /// Hands a decoded frame to the engine, or answers busy at once: over its
 /// sender's rate, or the engine's queue full.
-fn submit(ctx: &ServerContext, peer: &Peer, frame: Frame) -> Pending {
+fn submit(ctx: &ServerContext, peer: &Peer, received: Received) -> Pending {
+    let Received { frame, held } = received;
     let id = frame.header.id.clone();
     if let Err(over) = ctx.rates.admit(&peer.party, &frame.body) {
         let refusal = Refusal {
@@ -547,7 +560,7 @@ fn submit(ctx: &ServerContext, peer: &Peer, frame: Frame) -> Pending {
         reply: tx,
     }));
     match ctx.engine.try_send(input) {
-        Ok(()) => Pending::Engine(id, rx),
+        Ok(()) => Pending::Engine(id, rx, held),
         Err(_) => Pending::Ready(Box::new(refusal_body(
             Some(id),
             Reason::Busy,
