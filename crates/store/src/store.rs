@@ -84,6 +84,8 @@ impl Store {
     /// middle of a call keeps the old handle alive for a moment, and a
     /// backend without locks would then let two handles write the same
     /// data. `fault::MemoryFile` (feature `fault-injection`) does refuse it.
+    /// Unlike [`Store::open`], no page check runs first: the backend is the
+    /// caller's.
     ///
     /// # Errors
     /// As [`Store::open`], plus the error of `make_backend`.
