@@ -2,19 +2,24 @@
 //! two budgets that never take from each other.
 //!
 //! - **Handshakes**: a connection that has not yet completed TLS and the
-//!   party check holds a [`HandshakePermit`] — at most
-//!   `limits.max_handshakes` per listener and
-//!   `limits.max_handshakes_per_source` from one address. An address
-//!   that floods the listener with connections that never finish TLS
-//!   uses up only its own share, and never an authenticated slot.
+//!   party check holds a [`HandshakePermit`] — one of
+//!   `limits.max_handshakes` places of the listener and one of
+//!   `limits.max_handshakes_per_source` places of its source address. A
+//!   connection whose address has all its places taken waits for one, in
+//!   a line of at most [`WAITING_PER_PLACE`] per place (a client that
+//!   opens a burst of connections is served a few at a time), within its
+//!   handshake deadline; beyond the line, or when the listener has no
+//!   place at all, it is refused at once. An address that floods the
+//!   listener with connections that never finish TLS so uses up only its
+//!   own places and line, and never an authenticated slot.
 //! - **Slots**: an authenticated connection holds a [`Slot`] for the rest
 //!   of its life: at most `limits.max_connections` per listener, of which
 //!   `limits.reserved_connections` only the core and the own IMS may use
 //!   (they take the reserve first, so peer boxes keep the shared part).
 //!
-//! Invariant: every permit is released by `Drop`, so a connection task
-//! that ends by any path — error, timeout, cancellation, panic — gives
-//! its place back; the counts never leak.
+//! Invariant: every place in line, permit and slot is released by
+//! `Drop`, so a connection task that ends by any path — error, timeout,
+//! cancellation, panic — gives its place back; the counts never leak.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,56 +36,103 @@ pub struct AdmissionLimits {
     pub max_handshakes_per_source: usize,
 }
 
-/// Why a connection got no handshake permit.
+/// Connections that may wait, per handshake place, for one to free.
+pub const WAITING_PER_PLACE: usize = 4;
+
+/// Why a connection got no place in line for a handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Full {
-    /// Its address has `max_handshakes_per_source` under way.
+    /// Its address has all its places taken and its line full.
     Source,
-    /// The listener has `max_handshakes` under way.
+    /// The listener has every handshake place taken, or its line full.
     Listener,
 }
 
 impl Full {
     pub fn describe(self) -> &'static str {
         match self {
-            Full::Source => "too many handshakes under way from this address",
+            Full::Source => "too many handshakes under way or waiting from this address",
             Full::Listener => "too many handshakes under way on this listener",
         }
     }
 }
 
-/// Handshakes under way per source address.
-type Sources = Arc<Mutex<HashMap<IpAddr, usize>>>;
+/// One source address: its places, and how many connections hold or
+/// wait for one.
+#[derive(Debug)]
+struct Source {
+    places: Arc<Semaphore>,
+    queued: usize,
+}
+
+/// Every source with a connection in line, and their number in all.
+#[derive(Debug, Default)]
+struct Line {
+    sources: HashMap<IpAddr, Source>,
+    queued: usize,
+}
+
+type SharedLine = Arc<Mutex<Line>>;
+
+fn lock(line: &SharedLine) -> std::sync::MutexGuard<'_, Line> {
+    line.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The budgets of one listener.
 #[derive(Debug)]
 pub struct Admission {
     handshakes: Arc<Semaphore>,
-    sources: Sources,
+    line: SharedLine,
     per_source: usize,
+    max_queued: usize,
     shared: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
     limits: AdmissionLimits,
+}
+
+/// A connection's place in line for a handshake (held or awaited).
+#[derive(Debug)]
+pub struct Ticket {
+    line: SharedLine,
+    ip: IpAddr,
+    places: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut line = lock(&self.line);
+        line.queued = line.queued.saturating_sub(1);
+        if let Some(source) = line.sources.get_mut(&self.ip) {
+            source.queued = source.queued.saturating_sub(1);
+            if source.queued == 0 {
+                line.sources.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Ticket {
+    /// Waits for a handshake place of the connection's address, then of
+    /// the listener (the caller bounds the wait by the handshake deadline).
+    pub async fn admitted(self) -> HandshakePermit {
+        let closed = "invariant: admission semaphores are never closed";
+        let source = self.places.clone().acquire_owned().await.expect(closed);
+        let overall = self.handshakes.clone().acquire_owned().await.expect(closed);
+        HandshakePermit {
+            _overall: overall,
+            _source: source,
+            _ticket: self,
+        }
+    }
 }
 
 /// Held by a connection until its TLS handshake and party check are done.
 #[derive(Debug)]
 pub struct HandshakePermit {
     _overall: OwnedSemaphorePermit,
-    sources: Sources,
-    ip: IpAddr,
-}
-
-impl Drop for HandshakePermit {
-    fn drop(&mut self) {
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = sources.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                sources.remove(&self.ip);
-            }
-        }
-    }
+    _source: OwnedSemaphorePermit,
+    _ticket: Ticket,
 }
 
 /// Held by an authenticated connection for the rest of its life.
@@ -92,7 +144,11 @@ pub struct Slot {
 /// Connections of a listener at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Occupancy {
+    /// In their TLS handshake (holding a handshake place).
     pub handshaking: usize,
+    /// Waiting for a handshake place.
+    pub waiting: usize,
+    /// Authenticated, holding a slot.
     pub authenticated: usize,
 }
 
@@ -114,8 +170,9 @@ impl Admission {
         };
         Self {
             handshakes: Arc::new(Semaphore::new(handshakes)),
-            sources: Arc::new(Mutex::new(HashMap::new())),
+            line: Arc::new(Mutex::new(Line::default())),
             per_source,
+            max_queued: handshakes * (1 + WAITING_PER_PLACE),
             shared: Arc::new(Semaphore::new(max_connections - reserved)),
             reserve: Arc::new(Semaphore::new(reserved)),
             limits: effective,
@@ -127,27 +184,37 @@ impl Admission {
         self.limits
     }
 
-    /// A place for a connection from `ip` to do its TLS handshake.
+    /// A place in line for a connection from `ip` to do its TLS
+    /// handshake; [`Ticket::admitted`] waits for the place itself.
     ///
     /// # Errors
-    /// [`Full`] when its address or the listener has no handshake left.
-    pub fn handshake(&self, ip: IpAddr) -> Result<HandshakePermit, Full> {
+    /// [`Full`] when the listener has no handshake place free, or the
+    /// line of its address or of the listener is full.
+    pub fn enter(&self, ip: IpAddr) -> Result<Ticket, Full> {
+        if self.handshakes.available_permits() == 0 {
+            return Err(Full::Listener);
+        }
         let ip = ip.to_canonical();
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        let under_way = sources.get(&ip).copied().unwrap_or(0);
-        if under_way >= self.per_source {
+        let mut line = lock(&self.line);
+        if line.queued >= self.max_queued {
+            return Err(Full::Listener);
+        }
+        let per_source = self.per_source;
+        let source = line.sources.entry(ip).or_insert_with(|| Source {
+            places: Arc::new(Semaphore::new(per_source)),
+            queued: 0,
+        });
+        if source.queued >= per_source * (1 + WAITING_PER_PLACE) {
             return Err(Full::Source);
         }
-        let overall = self
-            .handshakes
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Full::Listener)?;
-        sources.insert(ip, under_way + 1);
-        Ok(HandshakePermit {
-            _overall: overall,
-            sources: self.sources.clone(),
+        source.queued += 1;
+        let places = source.places.clone();
+        line.queued += 1;
+        Ok(Ticket {
+            line: self.line.clone(),
             ip,
+            places,
+            handshakes: self.handshakes.clone(),
         })
     }
 
@@ -165,11 +232,14 @@ impl Admission {
         permit.ok().map(|p| Slot { _permit: p })
     }
 
-    /// How many connections hold a place now.
+    /// How many connections hold or wait for a place now.
     pub fn occupancy(&self) -> Occupancy {
         let l = &self.limits;
+        let handshaking = l.max_handshakes - self.handshakes.available_permits();
+        let queued = lock(&self.line).queued;
         Occupancy {
-            handshaking: l.max_handshakes - self.handshakes.available_permits(),
+            handshaking,
+            waiting: queued.saturating_sub(handshaking),
             authenticated: l.max_connections
                 - self.shared.available_permits()
                 - self.reserve.available_permits(),
@@ -180,6 +250,7 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn limits(conns: usize, reserved: usize, hs: usize, per_source: usize) -> AdmissionLimits {
         AdmissionLimits {
@@ -194,26 +265,56 @@ mod tests {
         s.parse().expect("ip")
     }
 
-    #[test]
-    fn handshakes_are_bounded_per_source_and_overall_and_given_back() {
+    async fn permit(a: &Admission, from: &str) -> HandshakePermit {
+        let ticket = a.enter(ip(from)).expect("a place in line");
+        tokio::time::timeout(Duration::from_millis(100), ticket.admitted())
+            .await
+            .expect("a place at once")
+    }
+
+    #[tokio::test]
+    async fn handshakes_are_bounded_per_source_and_overall_and_given_back() {
         let a = Admission::new(limits(256, 16, 4, 2));
-        let x1 = a.handshake(ip("10.0.0.1")).expect("first");
-        let x2 = a
-            .handshake(ip("::ffff:10.0.0.1"))
-            .expect("second, same address");
-        assert_eq!(a.handshake(ip("10.0.0.1")).err(), Some(Full::Source));
-        let y1 = a.handshake(ip("10.0.0.2")).expect("other address");
-        let y2 = a.handshake(ip("10.0.0.2")).expect("other address");
-        assert_eq!(a.handshake(ip("10.0.0.3")).err(), Some(Full::Listener));
-        assert_eq!(a.occupancy().handshaking, 4);
+        let x1 = permit(&a, "10.0.0.1").await;
+        let x2 = permit(&a, "::ffff:10.0.0.1").await;
+        // A third from the same address waits for one of its places...
+        let waiting = a.enter(ip("10.0.0.1")).expect("in line");
+        let mut third = tokio::spawn(waiting.admitted());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!third.is_finished());
+        assert_eq!(a.occupancy().waiting, 1);
+        // ...while another address is served at once.
+        let y1 = permit(&a, "10.0.0.2").await;
         drop(x1);
-        drop(y1);
-        assert!(a.handshake(ip("10.0.0.1")).is_ok());
-        drop(x2);
-        assert!(a.handshake(ip("10.0.0.3")).is_ok());
-        drop(y2);
-        assert_eq!(a.occupancy().handshaking, 0, "every permit given back");
-        assert!(a.sources.lock().expect("lock").is_empty());
+        let x3 = tokio::time::timeout(Duration::from_secs(1), &mut third)
+            .await
+            .expect("admitted once a place is free")
+            .expect("task");
+        // Every place of the listener taken: refused at once.
+        let y2 = permit(&a, "10.0.0.2").await;
+        assert_eq!(a.enter(ip("10.0.0.3")).err(), Some(Full::Listener));
+        assert_eq!(a.occupancy().handshaking, 4);
+        drop((x2, x3, y1, y2));
+        let o = a.occupancy();
+        assert_eq!((o.handshaking, o.waiting), (0, 0), "every place given back");
+        assert!(lock(&a.line).sources.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_line_of_an_address_is_bounded() {
+        let a = Admission::new(limits(256, 16, 64, 2));
+        let held = [permit(&a, "10.0.0.1").await, permit(&a, "10.0.0.1").await];
+        let line: Vec<Ticket> = (0..2 * WAITING_PER_PLACE)
+            .map(|_| a.enter(ip("10.0.0.1")).expect("in line"))
+            .collect();
+        assert_eq!(a.enter(ip("10.0.0.1")).err(), Some(Full::Source));
+        assert!(
+            a.enter(ip("10.0.0.2")).is_ok(),
+            "other addresses unaffected"
+        );
+        drop(line);
+        drop(held);
+        assert_eq!(lock(&a.line).queued, 0);
     }
 
     #[test]
@@ -235,14 +336,16 @@ mod tests {
         assert!(a.slot(false).is_some());
     }
 
-    #[test]
-    fn budgets_fit_a_small_listener() {
+    #[tokio::test]
+    async fn budgets_fit_a_small_listener() {
         let a = Admission::new(limits(3, 16, 64, 8));
         assert_eq!(a.limits(), limits(3, 2, 3, 3));
-        let held: Vec<_> = (0..3)
-            .map(|_| a.handshake(ip("127.0.0.1")).expect("within 3"))
-            .collect();
-        assert!(a.handshake(ip("127.0.0.1")).is_err());
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(permit(&a, "127.0.0.1").await);
+        }
+        // The listener has no place left: no line, refused at once.
+        assert_eq!(a.enter(ip("127.0.0.1")).err(), Some(Full::Listener));
         drop(held);
     }
 }

@@ -5,8 +5,9 @@
 //! (tracing and access log, coalesced per source by [`RefusalLog`]) and
 //! the loop goes on. Admission has two budgets per listener
 //! ([`Admission`]): connections still in their TLS handshake hold a
-//! handshake permit (bounded per source address and overall, with a short
-//! deadline), authenticated ones a slot (with a reserve only the core and
+//! handshake permit (bounded per source address, where a short line may
+//! wait for one, and overall, with a short deadline), authenticated ones
+//! a slot (with a reserve only the core and
 //! the own IMS may use), so a flood that never finishes TLS cannot take
 //! the place of an authenticated peer. Each connection reads frames,
 //! checks each against its sender's rate ([`RateLimiter`]; beyond it
@@ -37,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::admission::{Admission, AdmissionLimits, HandshakePermit, Occupancy};
+use super::admission::{Admission, AdmissionLimits, Occupancy, Ticket};
 use super::channel::{FrameInput, Input, Listener, Peer};
 use super::rates::{Class, RateLimiter};
 use super::refusal_log::{self, Refusal, RefusalLog};
@@ -257,8 +258,8 @@ pub async fn serve(
             );
             continue;
         }
-        let permit = match ctx.admission.handshake(addr.ip()) {
-            Ok(permit) => permit,
+        let ticket = match ctx.admission.enter(addr.ip()) {
+            Ok(ticket) => ticket,
             Err(full) => {
                 refuse_before_tls(&ctx, tcp, addr, Reason::Busy, full.describe());
                 continue;
@@ -270,7 +271,7 @@ pub async fn serve(
         tracker.spawn(
             // The permit, and later the slot, live exactly as long as
             // this task, whichever way it ends.
-            async move { connection(tcp, addr, permit, &ctx, &shutdown).await }.instrument(span),
+            async move { connection(tcp, addr, ticket, &ctx, &shutdown).await }.instrument(span),
         );
     }
     // Counts of periods not over yet; the rest when the last connection
@@ -298,12 +299,25 @@ fn refuse_before_tls(
 async fn connection(
     tcp: TcpStream,
     addr: SocketAddr,
-    permit: HandshakePermit,
+    ticket: Ticket,
     ctx: &ServerContext,
     shutdown: &CancellationToken,
 ) {
     let _ = tcp.set_nodelay(true);
+    // One deadline for waiting for a handshake place and the handshake.
     let deadline = ctx.config.handshake_timeout.min(ctx.config.io_timeout);
+    let until = tokio::time::Instant::now() + deadline;
+    let permit = tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = tokio::time::sleep_until(until) => None,
+        p = ticket.admitted() => Some(p),
+    };
+    let Some(permit) = permit else {
+        // Its place in line is given back; nothing was read.
+        let text = format!("no handshake place free from this address within {deadline:?}");
+        refuse_before_tls(ctx, tcp, addr, Reason::Busy, &text);
+        return;
+    };
     // Pinned here rather than inside a timeout, so that on the deadline
     // the permit is given back before the socket closes: a client that
     // sees the close and connects again finds the place free.
@@ -311,7 +325,7 @@ async fn connection(
     tokio::pin!(accept);
     let handshake = tokio::select! {
         () = shutdown.cancelled() => return,
-        () = tokio::time::sleep(deadline) => None,
+        () = tokio::time::sleep_until(until) => None,
         h = &mut accept => Some(h),
     };
     let mut tls = match handshake {

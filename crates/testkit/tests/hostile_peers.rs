@@ -242,7 +242,7 @@ async fn a_peer_that_never_reads_is_dropped_and_every_exit_frees_its_slot() {
         running
             .connections()
             .iter()
-            .all(|(_, o)| o.handshaking == 0 && o.authenticated == 0)
+            .all(|(_, o)| o.handshaking == 0 && o.waiting == 0 && o.authenticated == 0)
     })
     .await;
     // ...so max_connections + 10 fresh connections in a row are served.
@@ -685,5 +685,53 @@ async fn a_peer_box_beyond_its_rate_gets_e_busy_and_its_garbage_is_logged_coales
         .count();
     println!("300 garbage frames: {malformed} E_MALFORMED entries");
     assert!((20..=24).contains(&malformed), "{malformed} entries");
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_from_the_ims_waits_in_line_and_is_served() {
+    let _turn = HEAVY.lock().await;
+    const BURST: usize = 32;
+    let (_dir, bed) = bed_with(|_| {}).await;
+    let (a, _) = agencies();
+    let (ims, box_a) = (Party::ims(a.clone()), Party::is(a.clone()));
+    let addr = bed.nodes[0].running().agency_side;
+    let client = bed
+        .pki
+        .material(&ims)
+        .expect("material")
+        .client_config()
+        .expect("client config");
+    // Four times the address's 8 handshake places, all at once: those
+    // over the places wait in line instead of being reset.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..BURST {
+        let (client, ims, box_a) = (client.clone(), ims.clone(), box_a.clone());
+        set.spawn(async move {
+            let mut link = Link::connect(
+                addr,
+                &box_a,
+                client,
+                Duration::from_secs(5),
+                Duration::from_secs(10),
+                ifrelay_proto::frame::DEFAULT_MAX_FRAME,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let reply = link
+                .request(&frame(&ims, &format!("burst-{i}"), serial_request()))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(matches!(reply.body, Body::SerialIssued(_)))
+        });
+    }
+    let mut served = 0;
+    while let Some(done) = set.join_next().await {
+        match done.expect("task") {
+            Ok(true) => served += 1,
+            other => panic!("a connection of the burst was not served: {other:?}"),
+        }
+    }
+    assert_eq!(served, BURST);
     bed.shutdown().await;
 }
