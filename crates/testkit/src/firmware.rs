@@ -59,5 +59,9 @@ pub fn binary() -> Result<PathBuf, NotFound> {
 }
 
 fn name() -> &'static Path {
-    Path::new(if cfg!(windows) { "ifrelay.exe" } else { "ifrelay" })
+    Path::new(if cfg!(windows) {
+        "ifrelay.exe"
+    } else {
+        "ifrelay"
+    })
 }

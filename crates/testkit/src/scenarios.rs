@@ -9,8 +9,8 @@ use std::time::Duration;
 use ciborium::Value;
 use ifrelay_proto::*;
 
-use ifrelay::net::{now_millis, IdGen, Link, LinkError};
 use crate::testbed::{agencies, prefix, Testbed, TestbedError};
+use ifrelay::net::{now_millis, IdGen, Link, LinkError};
 
 /// What one scenario provoked.
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ifrelay_testkit::testbed::{agencies, prefix, Testbed};
 use ifrelay_proto::{Body, Reason, SerialPurpose, SerialRequest};
+use ifrelay_testkit::testbed::{agencies, prefix, Testbed};
 
 /// A mounted tmpfs, unmounted when dropped.
 struct Tmpfs(PathBuf);

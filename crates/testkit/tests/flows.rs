@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use ifrelay_store::{Direction, RecordFilter, RecordKind, Side};
 use ifrelay_testkit::sim::ims::FlowReport;
 use ifrelay_testkit::testbed::{agencies, prefix, Testbed};
-use ifrelay_store::{Direction, RecordFilter, RecordKind, Side};
 
 async fn bed() -> (tempfile::TempDir, Testbed) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -97,7 +97,10 @@ async fn a_query_completes_in_both_directions_and_leaves_matching_records() {
                         assert_ne!(code, &flow.code, "codes differ per agency");
                         assert_eq!(
                             code,
-                            &ifrelay_testkit::sim::core::convert_code(&flow.code, &flow.prefix.provider)
+                            &ifrelay_testkit::sim::core::convert_code(
+                                &flow.code,
+                                &flow.prefix.provider
+                            )
                         );
                     }
                 }

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use ifrelay_testkit::scenarios::{self, NOT_PROVOKED};
-use ifrelay_testkit::testbed::{agencies, prefix, write_box_config, Testbed};
 use ifrelay_proto::{
     Body, Frame, Party, PrefixCheck, PrefixResult, Reason, SerialPurpose, SerialRequest,
 };
 use ifrelay_store::Direction;
+use ifrelay_testkit::scenarios::{self, NOT_PROVOKED};
+use ifrelay_testkit::testbed::{agencies, prefix, write_box_config, Testbed};
 
 async fn bed() -> (tempfile::TempDir, Testbed) {
     let dir = tempfile::tempdir().expect("temp dir");

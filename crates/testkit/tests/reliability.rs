@@ -10,12 +10,12 @@
 use std::time::Duration;
 
 use ifrelay::config::ConfigFile;
-use ifrelay_testkit::sim::ims::FlowErrorKind;
-use ifrelay_testkit::testbed::{agencies, prefix, Testbed};
 use ifrelay_proto::{
     Body, BoxStatus, Frame, MessageId, Party, PermitRequest, PrefixCheck, PrefixResult, Reason,
     Serial, SerialPurpose, SerialRequest, StatusEvent,
 };
+use ifrelay_testkit::sim::ims::FlowErrorKind;
+use ifrelay_testkit::testbed::{agencies, prefix, Testbed};
 
 async fn bed_with(tweak: impl Fn(&mut ConfigFile)) -> (tempfile::TempDir, Testbed) {
     let dir = tempfile::tempdir().expect("temp dir");

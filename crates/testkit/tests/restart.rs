@@ -4,10 +4,10 @@
 
 use std::collections::HashSet;
 
-use ifrelay_testkit::testbed::{agencies, prefix, Testbed};
 use ifrelay_proto::{
     Body, PermitRequest, PrefixCheck, PrefixResult, Serial, SerialPurpose, SerialRequest,
 };
+use ifrelay_testkit::testbed::{agencies, prefix, Testbed};
 
 async fn issue_serial(bed: &Testbed) -> Serial {
     let reply = bed.nodes[0]

@@ -19,17 +19,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ifrelay::net::{now_millis, Link};
-use ifrelay_testkit::sim::serve::Answer;
-use ifrelay_testkit::sim::{
-    encrypt_to, CoreSim, FlowErrorKind, FlowStep, ImsOptions, ImsSim, NetOptions, RecordingPeer,
-};
+use ifrelay_devpki::DevPki;
 use ifrelay_proto::{
     AgencyCode, Body, BusinessCode, Distribution, Frame, InfoNameCode, ItemCode, Masters,
     MessageId, Party, PermitFields, PermitId, PermitIssued, PermitRequest, PersonCode, Prefix,
     PrefixEntry, PrefixResult, ProcessError, Provision, Query, Reason, Refused, Route, Serial,
     SerialIssued, SerialNotice, SignedPermit,
 };
-use ifrelay_devpki::DevPki;
+use ifrelay_testkit::sim::serve::Answer;
+use ifrelay_testkit::sim::{
+    encrypt_to, CoreSim, FlowErrorKind, FlowStep, ImsOptions, ImsSim, NetOptions, RecordingPeer,
+};
 use ifrelay_tls::TlsMaterial;
 use tokio::sync::mpsc::UnboundedReceiver;
 

@@ -16,15 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ifrelay_testkit::sim::{
-    convert_code, sim_payload, CoreSim, FlowErrorKind, FlowStep, ImsOptions, ImsSim, ProviderMode,
-    RecordingPeer,
-};
+use ifrelay_devpki::DevPki;
 use ifrelay_proto::{
     AgencyCode, Body, BusinessCode, Frame, InfoNameCode, ItemCode, Masters, Party, PrefixEntry,
     PrefixResult, Reason, Serial, SerialIssued, SignedPermit,
 };
-use ifrelay_devpki::DevPki;
+use ifrelay_testkit::sim::{
+    convert_code, sim_payload, CoreSim, FlowErrorKind, FlowStep, ImsOptions, ImsSim, ProviderMode,
+    RecordingPeer,
+};
 use ifrelay_tls::TlsMaterial;
 use tokio::sync::mpsc::UnboundedReceiver;
 

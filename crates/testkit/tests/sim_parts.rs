@@ -18,15 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ifrelay::net::now_millis;
-use ifrelay_testkit::sim::{
-    convert_code, sim_payload, CoreSim, ImsSim, RecordingPeer, RequesterKey, SimError,
-};
+use ifrelay_devpki::DevPki;
 use ifrelay_proto::{
     AgencyCode, Body, BusinessCode, Frame, InfoNameCode, ItemCode, Masters, MessageId, Party,
     PermitRequest, PersonCode, Prefix, PrefixEntry, Provision, Query, Reason, Serial, SerialNotice,
     SignedPermit,
 };
-use ifrelay_devpki::DevPki;
+use ifrelay_testkit::sim::{
+    convert_code, sim_payload, CoreSim, ImsSim, RecordingPeer, RequesterKey, SimError,
+};
 use ifrelay_tls::TlsMaterial;
 use ring::signature::{UnparsedPublicKey, ED25519};
 use tokio::sync::mpsc::UnboundedReceiver;

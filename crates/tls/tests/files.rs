@@ -5,8 +5,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use ifrelay_proto::{AgencyCode, Party};
 use ifrelay_devpki::DevPki;
+use ifrelay_proto::{AgencyCode, Party};
 use ifrelay_tls::{load_certified_key, load_roots, TlsError, TlsMaterial};
 
 struct Files {

@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ifrelay_devpki::DevPki;
 use ifrelay_proto::{AgencyCode, Party};
 use ifrelay_tls::identity::{connection_party, server_name, IdentityError};
 use ifrelay_tls::rustls::{self, ClientConfig, ServerConfig};
 use ifrelay_tls::tokio_rustls::{TlsAcceptor, TlsConnector};
-use ifrelay_devpki::DevPki;
 use ifrelay_tls::{provider, TlsMaterial};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

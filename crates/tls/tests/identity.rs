@@ -3,11 +3,11 @@
 //! party from a certificate, and a box refuses its own certificate when it
 //! names another party or comes from another CA.
 
+use ifrelay_devpki::DevPki;
 use ifrelay_proto::{AgencyCode, Party, Role};
 use ifrelay_tls::identity::{
     dns_name, party_from_dns, peer_party, server_name, verify_peer, IdentityError,
 };
-use ifrelay_devpki::DevPki;
 use ifrelay_tls::TlsError;
 
 fn agency(code: &str) -> AgencyCode {

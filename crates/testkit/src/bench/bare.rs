@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use ifrelay_proto::frame::{DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use ifrelay_proto::{
-    Accepted, AgencyCode, Body, Frame, MessageId, MessageType, Party, PermitFields, PermitId, PermitIssued,
-    PermitRequest, PersonCode, Provision, Query, Route, Serial, SerialNotice, SignedPermit,
+    Accepted, AgencyCode, Body, Frame, MessageId, MessageType, Party, PermitFields, PermitId,
+    PermitIssued, PermitRequest, PersonCode, Provision, Query, Route, Serial, SerialNotice,
+    SignedPermit,
 };
 use ifrelay_tls::TlsMaterial;
 use rustls::{ClientConfig, ServerConfig};
@@ -42,10 +43,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::BenchError;
-use ifrelay::net::{now_millis, read_body, IdGen, Link};
 use crate::sim::crypto::{encrypt_to, RequesterKey};
 use crate::sim::ims::sim_payload;
 use crate::testbed::prefix;
+use ifrelay::net::{now_millis, read_body, IdGen, Link};
 
 /// A connection with no frame for this long is closed.
 const IDLE: Duration = Duration::from_secs(60);

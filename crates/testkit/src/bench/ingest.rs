@@ -26,8 +26,8 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
 use super::BenchError;
-use ifrelay::net::{now_millis, read_frame, Link};
 use crate::testbed::prefix;
+use ifrelay::net::{now_millis, read_frame, Link};
 
 /// How long a reply may take before a connection gives up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);

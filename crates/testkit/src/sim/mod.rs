@@ -50,9 +50,7 @@ use ifrelay::net::LinkError;
 #[non_exhaustive]
 pub enum SimError {
     /// The listener address could not be bound.
-    #[error(
-        "cannot bind the simulator listener on {addr}; choose a free address or port 0"
-    )]
+    #[error("cannot bind the simulator listener on {addr}; choose a free address or port 0")]
     Bind {
         addr: SocketAddr,
         #[source]
