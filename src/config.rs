@@ -46,9 +46,10 @@ pub const MAX_FRAME_BYTES: u64 = 64 * 1024 * 1024;
 /// [`IN_FLIGHT_PER_FRAME`] frames of `limits.max_frame_bytes`.
 pub const DEFAULT_IN_FLIGHT_BYTES: u64 = 32 * 1024 * 1024;
 /// `limits.in_flight_bytes` is at least this many of the largest frame:
-/// one must arrive in the share of frames still arriving (three quarters)
-/// and decode beside its tree and typed copy.
-pub const IN_FLIGHT_PER_FRAME: u64 = 4;
+/// half of it is for frames arriving (where a large one reserves its
+/// length in three quarters of that half), half for decoding, where a
+/// frame of the largest size needs twice its size and a little more.
+pub const IN_FLIGHT_PER_FRAME: u64 = 8;
 /// Largest accepted `limits.in_flight_bytes` (4 GiB).
 pub const MAX_IN_FLIGHT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Default `limits.max_connections`.
@@ -880,7 +881,7 @@ impl ConfigFile {
                 bytes,
                 at_least,
                 MAX_IN_FLIGHT_BYTES,
-                "bytes (at least 4 × limits.max_frame_bytes)",
+                "bytes (at least 8 × limits.max_frame_bytes)",
             )?,
             None => DEFAULT_IN_FLIGHT_BYTES.max(at_least),
         };
@@ -1794,13 +1795,13 @@ allow = ["10.1.0.2/32"]
         );
         parse(&with("limits", "max_frame_bytes", "1024")).expect("1 KiB");
         parse(&with("limits", "max_frame_bytes", "67108864")).expect("64 MiB");
-        // The in-flight budget holds at least four of the largest frames;
+        // The in-flight budget holds at least eight of the largest frames;
         // left out, it grows with them.
         let in_flight = |text: &str| parse(text).expect("valid").limits.in_flight_bytes;
         assert_eq!(in_flight(VALID), 32 << 20);
         assert_eq!(
             in_flight(&with("limits", "max_frame_bytes", "67108864")),
-            256 << 20
+            512 << 20
         );
         let set = |bytes: &str| {
             VALID.replace(
@@ -1808,10 +1809,10 @@ allow = ["10.1.0.2/32"]
                 &format!("[limits]\nin_flight_bytes = {bytes}\n"),
             )
         };
-        assert_eq!(in_flight(&set("16777216")), 16 << 20);
-        let err = refused(&set("16777215"), "limits.in_flight_bytes");
+        assert_eq!(in_flight(&set("67108864")), 64 << 20);
+        let err = refused(&set("33554431"), "limits.in_flight_bytes");
         assert!(
-            err.to_string().contains("4 × limits.max_frame_bytes"),
+            err.to_string().contains("8 × limits.max_frame_bytes"),
             "{err}"
         );
         refused(&set("4294967297"), "limits.in_flight_bytes");

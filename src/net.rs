@@ -109,6 +109,7 @@ pub async fn read_body_within<S: AsyncRead + Unpin>(
     let len = frame::body_len(prefix, max)?;
     let large = len > SMALL_FRAME;
     let mut held = budget.account();
+    let mut reserved = false;
     let mut body = Vec::new();
     while body.len() < len {
         let want = (len - body.len()).min(READ_CHUNK);
@@ -127,9 +128,12 @@ pub async fn read_body_within<S: AsyncRead + Unpin>(
                 expected: len,
             });
         }
-        held.charge_received(n, large, idle)
-            .await
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e))?;
+        let starved = |e: Starved| std::io::Error::new(std::io::ErrorKind::TimedOut, e);
+        if large && !reserved {
+            held.reserve_large(len, idle).await.map_err(starved)?;
+            reserved = true;
+        }
+        held.charge_received(n, idle).await.map_err(starved)?;
     }
     held.arrived();
     Ok((body, held))
@@ -217,18 +221,17 @@ pub async fn read_frame_within<S: AsyncRead + Unpin>(
         e.message_id = scan.message_id().cloned();
         ReadError::Decode(e)
     };
-    if len.saturating_add(need) > budget.limit() {
+    if need > budget.decode_limit() {
         return Err(refuse(
             Reason::TooLarge,
             format!(
-                "decoding this frame of {len} bytes would take about {} bytes more, beyond the \
-                 box's budget of {} bytes in flight (limits.in_flight_bytes)",
-                need,
-                budget.limit()
+                "decoding this frame of {len} bytes would take about {need} bytes, more than the \
+                 box's budget for decoding ({} bytes, half of limits.in_flight_bytes)",
+                budget.decode_limit()
             ),
         ));
     }
-    if held.charge(need, idle).await.is_err() {
+    if held.charge_decoding(need, idle).await.is_err() {
         return Err(refuse(
             Reason::Busy,
             "the box is at its budget of bytes in flight; send again later".to_owned(),
@@ -237,8 +240,9 @@ pub async fn read_frame_within<S: AsyncRead + Unpin>(
     let frame = off_runtime(len.max(tree), move || scan.decode())
         .await?
         .map_err(ReadError::Decode)?;
-    // What stays is the typed frame: about its body or its tree.
-    held.keep(len.max(tree));
+    // What stays is the typed frame, built from the tree: about as large
+    // (the body and the tree are gone; keys skipped were never built).
+    held.decoded(tree);
     Ok(Received { frame, held })
 }
 
@@ -679,7 +683,11 @@ mod tests {
         start.extend(std::iter::repeat_n(7u8, 1000));
         write_bytes(&mut a, &start, idle).await.expect("write");
         until(|| budget.in_flight() == 1000).await;
-        assert_eq!(budget.receiving(), 1000, "a large frame, still arriving");
+        assert_eq!(
+            budget.large_reserved(),
+            4 << 20,
+            "its length, reserved to finish"
+        );
         // The peer goes away: the frame is cut off and its charge is back.
         drop(a);
         match reader.await.expect("task") {
@@ -708,25 +716,80 @@ mod tests {
 
     #[tokio::test]
     async fn reading_pauses_at_the_budget_and_gives_up_after_the_read_timeout() {
-        // Arriving large frames may hold 48 KiB of 64.
-        let budget = Budget::new(64 << 10);
-        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        // 64 KiB for frames arriving, 48 KiB of it for large ones.
+        let budget = Budget::new(128 << 10);
         let idle = Duration::from_millis(300);
+        let frame = |len: usize| {
+            let mut out = u32::try_from(len).expect("fits").to_be_bytes().to_vec();
+            out.extend(std::iter::repeat_n(7u8, len));
+            out
+        };
+        // Small frames not yet decoded hold 24 KiB.
+        let mut waiting = budget.account();
+        waiting.charge_received(24 << 10, idle).await.expect("room");
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
         let reader = {
             let budget = budget.clone();
             tokio::spawn(async move { read_body_within(&mut b, 1 << 20, idle, &budget).await })
         };
-        let mut frame = (100u32 << 10).to_be_bytes().to_vec();
-        frame.extend(std::iter::repeat_n(7u8, 100 << 10));
-        write_bytes(&mut a, &frame, idle).await.expect("write");
-        until(|| budget.receiving() == budget.receiving_limit()).await;
-        // No room: reading waits, then the frame (and the connection) is
-        // given up once the read timeout has passed.
+        write_bytes(&mut a, &frame(48 << 10), idle)
+            .await
+            .expect("write");
+        until(|| budget.in_flight() == 64 << 10).await;
+        // No room for the rest: reading waits...
         tokio::time::sleep(idle / 2).await;
-        assert_eq!(budget.in_flight(), 48 << 10);
-        match reader.await.expect("task") {
+        assert_eq!(budget.in_flight(), 64 << 10);
+        // ...and goes on as soon as room is back.
+        drop(waiting);
+        let (body, held) = reader.await.expect("task").expect("the whole body");
+        assert_eq!((body.len(), held.bytes()), (48 << 10, 48 << 10));
+        assert_eq!(
+            budget.large_reserved(),
+            0,
+            "arrived: its reservation is back"
+        );
+
+        // Still holding it, a second frame gets no room: given up (with
+        // its connection) once the read timeout has passed.
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let second = {
+            let budget = budget.clone();
+            tokio::spawn(async move { read_body_within(&mut b, 1 << 20, idle, &budget).await })
+        };
+        write_bytes(&mut a, &frame(40 << 10), idle)
+            .await
+            .expect("write");
+        match second.await.expect("task") {
             Err(ReadError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
             other => panic!("expected a timeout, got {other:?}"),
+        }
+        drop(held);
+        assert_eq!(budget.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn large_frames_arriving_together_all_finish() {
+        // Room for only one 40 KiB frame at a time to arrive: the others
+        // wait for it, rather than all holding part of theirs for ever.
+        let budget = Budget::new(200 << 10);
+        let idle = Duration::from_secs(5);
+        let mut readers = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let (mut a, mut b) = tokio::io::duplex(1 << 20);
+            let budget = budget.clone();
+            readers.spawn(async move {
+                let mut frame = (40u32 << 10).to_be_bytes().to_vec();
+                frame.extend(std::iter::repeat_n(7u8, 40 << 10));
+                let write = write_bytes(&mut a, &frame, idle);
+                let read = read_body_within(&mut b, 1 << 20, idle, &budget);
+                let (written, read) = tokio::join!(write, read);
+                written.expect("write");
+                // Handled at once: what it held goes back.
+                read.map(|(body, _)| body.len())
+            });
+        }
+        while let Some(done) = readers.join_next().await {
+            assert_eq!(done.expect("task").expect("every frame arrives"), 40 << 10);
         }
         assert_eq!(budget.in_flight(), 0);
     }
@@ -753,8 +816,8 @@ mod tests {
     #[tokio::test]
     async fn a_frame_whose_tree_would_not_fit_is_refused_and_the_stream_stays_in_sync() {
         // 200 000 prefix entries that are empty maps: ~13 MB of tree from a
-        // 200 kB body, in a 1 MiB budget.
-        let budget = Budget::new(1 << 20);
+        // 200 kB body, in a 2 MiB budget.
+        let budget = Budget::new(2 << 20);
         let idle = Duration::from_secs(5);
         let (mut a, mut b) = tokio::io::duplex(1 << 20);
         let mut head = distribution(32).encode_body();

@@ -1,19 +1,31 @@
 //! The box's budget of bytes in flight, shared by every connection of both
 //! listeners and by the delivery workers' replies (`limits.in_flight_bytes`).
 //!
-//! A frame's bytes are charged as they arrive (never the length its prefix
-//! announces), then the tree its decoding builds before it is built
-//! ([`ifrelay_proto::Scan::tree_bytes`]), and what the decoded frame keeps
-//! stays charged until the frame has been handled ([`Held`] travels with
-//! it and gives everything back when dropped — a connection that closes
-//! drops it). When the budget is spent, reading waits: backpressure, not
-//! refusal; TCP then holds the peers back.
+//! What it counts, and when it gives it back:
+//! - a frame's body bytes, charged as they arrive (never the length its
+//!   prefix announces), until the frame has been decoded;
+//! - the tree decoding builds, charged before it is built
+//!   ([`ifrelay_proto::Scan::tree_bytes`], twice: the tree and the typed
+//!   frame made from it exist together for a while);
+//! - the decoded frame (about its tree), until it has been handled: [`Held`]
+//!   travels with it and gives everything back when dropped — a connection
+//!   that closes drops it.
 //!
-//! Two shares keep that from starving anyone:
-//! - the bytes of frames still arriving that are larger than
-//!   [`SMALL_FRAME`] may hold at most three quarters of the budget
-//!   ([`Budget::receiving_limit`]), so slow or stalled large frames can
-//!   never take the room small frames and decoding need;
+//! When the budget is spent, reading waits: backpressure, not refusal; TCP
+//! then holds the peers back. Three rules keep that from deadlocking or
+//! starving anyone:
+//! - the budget is split in two pools: half for frames arriving and
+//!   arrived ([`Budget::frames_limit`]), half for decoding and decoded
+//!   frames ([`Budget::decode_limit`]). A frame waiting to be decoded holds
+//!   only the first and waits only on the second, which is given back by
+//!   decoding (CPU) and by the engine answering — never by a peer;
+//! - a frame larger than [`SMALL_FRAME`], once its first body bytes are
+//!   there, reserves its announced length in a share of three quarters of
+//!   the first pool ([`Budget::large_limit`]) until it has arrived. So
+//!   large frames that have started can always finish (they never wait on
+//!   one another's half-received bytes), and slow or stalled ones can never
+//!   take the room small frames need. A peer that only announces a length
+//!   reserves nothing;
 //! - every wait is bounded by the connection's read timeout: a frame that
 //!   cannot get room within it is given up (while arriving: the connection
 //!   is dropped; when decoding: it is refused `E_BUSY`), so no peer holds
@@ -24,13 +36,12 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Frames up to this size are small: their bytes are charged to the
-/// budget but never to the share of frames still arriving, so control
-/// traffic keeps moving while large frames wait.
+/// Frames up to this size are small: they reserve nothing in the share of
+/// large frames, so control traffic keeps moving while large frames wait.
 pub const SMALL_FRAME: usize = 8 * 1024;
 
-/// Bytes in flight across every connection, with the share of large
-/// frames still arriving. Cheap to clone (one allocation, shared).
+/// Bytes in flight across every connection, in its pools. Cheap to clone
+/// (one allocation, shared).
 #[derive(Debug, Clone)]
 pub struct Budget {
     inner: Arc<Inner>,
@@ -38,10 +49,53 @@ pub struct Budget {
 
 #[derive(Debug)]
 struct Inner {
-    total: Arc<Semaphore>,
-    receiving: Arc<Semaphore>,
+    /// Body bytes of frames arriving or arrived, until decoded.
+    frames: Pool,
+    /// Announced lengths of large frames that have started to arrive.
+    large: Pool,
+    /// Trees being built, and decoded frames until handled.
+    decode: Pool,
+}
+
+#[derive(Debug)]
+struct Pool {
+    sem: Arc<Semaphore>,
     limit: usize,
-    receiving_limit: usize,
+}
+
+impl Pool {
+    fn new(limit: usize) -> Pool {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
+        Pool {
+            sem: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    fn used(&self) -> usize {
+        self.limit - self.sem.available_permits()
+    }
+
+    /// `n` permits, waiting at most `wait`.
+    async fn take(&self, n: usize, wait: Duration) -> Result<OwnedSemaphorePermit, Starved> {
+        let starved = Starved {
+            wanted: n,
+            waited: wait,
+        };
+        // More than the pool can ever grant at once.
+        let k = u32::try_from(n)
+            .ok()
+            .filter(|_| n <= self.limit)
+            .ok_or(starved)?;
+        if let Ok(permit) = self.sem.clone().try_acquire_many_owned(k) {
+            return Ok(permit);
+        }
+        tokio::time::timeout(wait, self.sem.clone().acquire_many_owned(k))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(starved)
+    }
 }
 
 /// No room within the wait: the frame is given up.
@@ -53,17 +107,15 @@ pub struct Starved {
 }
 
 impl Budget {
-    /// A budget of `limit` bytes (at least one, at most what a semaphore
-    /// counts).
+    /// A budget of `limit` bytes (at most what a semaphore counts).
     pub fn new(limit: usize) -> Budget {
-        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
-        let receiving_limit = (limit / 4).saturating_mul(3).max(1);
+        let limit = limit.clamp(2, Semaphore::MAX_PERMITS);
+        let frames = limit / 2;
         Budget {
             inner: Arc::new(Inner {
-                total: Arc::new(Semaphore::new(limit)),
-                receiving: Arc::new(Semaphore::new(receiving_limit)),
-                limit,
-                receiving_limit,
+                frames: Pool::new(frames),
+                large: Pool::new(frames / 4 * 3),
+                decode: Pool::new(limit - frames),
             }),
         }
     }
@@ -76,129 +128,118 @@ impl Budget {
 
     /// The whole budget, in bytes.
     pub fn limit(&self) -> usize {
-        self.inner.limit
+        self.inner.frames.limit + self.inner.decode.limit
     }
 
-    /// The share large frames still arriving may hold.
-    pub fn receiving_limit(&self) -> usize {
-        self.inner.receiving_limit
+    /// The pool of frames arriving and arrived.
+    pub fn frames_limit(&self) -> usize {
+        self.inner.frames.limit
     }
 
-    /// Bytes charged now.
+    /// The share of that pool large frames arriving may reserve.
+    pub fn large_limit(&self) -> usize {
+        self.inner.large.limit
+    }
+
+    /// The pool of decoding and decoded frames: no frame whose decoding
+    /// needs more is ever decoded.
+    pub fn decode_limit(&self) -> usize {
+        self.inner.decode.limit
+    }
+
+    /// Bytes charged now, in both pools.
     pub fn in_flight(&self) -> usize {
-        self.inner.limit - self.inner.total.available_permits()
+        self.inner.frames.used() + self.inner.decode.used()
     }
 
-    /// Bytes of large frames still arriving, charged now.
-    pub fn receiving(&self) -> usize {
-        self.inner.receiving_limit - self.inner.receiving.available_permits()
+    /// Announced bytes of large frames arriving, reserved now.
+    pub fn large_reserved(&self) -> usize {
+        self.inner.large.used()
     }
 
     /// Nothing charged yet: the account of one frame.
     pub fn account(&self) -> Held {
         Held {
             budget: self.clone(),
-            total: None,
-            receiving: None,
+            frames: None,
+            large: None,
+            decode: None,
         }
     }
 }
 
-/// Bytes charged to a [`Budget`] for one frame; given back when dropped.
+/// What one frame holds of a [`Budget`]; given back when dropped.
 #[derive(Debug)]
 pub struct Held {
     budget: Budget,
-    total: Option<OwnedSemaphorePermit>,
-    receiving: Option<OwnedSemaphorePermit>,
+    frames: Option<OwnedSemaphorePermit>,
+    large: Option<OwnedSemaphorePermit>,
+    decode: Option<OwnedSemaphorePermit>,
 }
 
 impl Held {
-    /// Bytes this account holds.
+    /// Bytes this frame holds, in both pools.
     pub fn bytes(&self) -> usize {
-        self.total
-            .as_ref()
-            .map_or(0, OwnedSemaphorePermit::num_permits)
+        [&self.frames, &self.decode]
+            .into_iter()
+            .flatten()
+            .map(OwnedSemaphorePermit::num_permits)
+            .sum()
     }
 
-    /// Charges `n` bytes just received of a frame; those of a large frame
-    /// count in the arriving share too. Waits at most `wait` for room.
+    /// Reserves a large frame's announced `len` in the share of large
+    /// frames arriving, once its first bytes are there, waiting at most
+    /// `wait`.
     ///
     /// # Errors
-    /// [`Starved`] when there was no room in time (nothing more is held).
-    pub async fn charge_received(
-        &mut self,
-        n: usize,
-        large: bool,
-        wait: Duration,
-    ) -> Result<(), Starved> {
-        let inner = self.budget.inner.clone();
-        if !large {
-            return self.charge(n, wait).await;
-        }
-        let starved = Starved {
-            wanted: n,
-            waited: wait,
-        };
-        let both = async {
-            let receiving = acquire(&inner.receiving, n).await?;
-            let total = acquire(&inner.total, n).await?;
-            Some((receiving, total))
-        };
-        let (receiving, total) = match try_both(&inner, n) {
-            Some(pair) => pair,
-            None => tokio::time::timeout(wait, both)
-                .await
-                .ok()
-                .flatten()
-                .ok_or(starved)?,
-        };
-        merge(&mut self.receiving, receiving);
-        merge(&mut self.total, total);
+    /// [`Starved`] when there was no room in time, or `len` is more than
+    /// the whole share.
+    pub async fn reserve_large(&mut self, len: usize, wait: Duration) -> Result<(), Starved> {
+        let permit = self.budget.inner.large.take(len, wait).await?;
+        merge(&mut self.large, permit);
         Ok(())
     }
 
-    /// Charges `n` bytes of the total only (a small frame's bytes, a tree
-    /// about to be built), waiting at most `wait` for room.
+    /// Charges `n` body bytes just received, waiting at most `wait`.
     ///
     /// # Errors
-    /// [`Starved`] when there was no room in time, or `n` exceeds the whole
-    /// budget.
-    pub async fn charge(&mut self, n: usize, wait: Duration) -> Result<(), Starved> {
-        let starved = Starved {
-            wanted: n,
-            waited: wait,
-        };
+    /// [`Starved`] when there was no room in time.
+    pub async fn charge_received(&mut self, n: usize, wait: Duration) -> Result<(), Starved> {
+        let permit = self.budget.inner.frames.take(n, wait).await?;
+        merge(&mut self.frames, permit);
+        Ok(())
+    }
+
+    /// The frame has arrived whole: its reservation as a large frame goes
+    /// back (its bytes stay charged until decoded).
+    pub fn arrived(&mut self) {
+        self.large = None;
+    }
+
+    /// Charges `n` bytes of decoding (a tree about to be built, and the
+    /// typed frame made from it), waiting at most `wait`.
+    ///
+    /// # Errors
+    /// [`Starved`] when there was no room in time, or `n` is more than the
+    /// whole decoding pool.
+    pub async fn charge_decoding(&mut self, n: usize, wait: Duration) -> Result<(), Starved> {
         if n == 0 {
             return Ok(());
         }
-        let total = self.budget.inner.total.clone();
-        let permit = match u32::try_from(n)
-            .ok()
-            .and_then(|k| total.clone().try_acquire_many_owned(k).ok())
-        {
-            Some(p) => p,
-            None => tokio::time::timeout(wait, acquire(&total, n))
-                .await
-                .ok()
-                .flatten()
-                .ok_or(starved)?,
-        };
-        merge(&mut self.total, permit);
+        let permit = self.budget.inner.decode.take(n, wait).await?;
+        merge(&mut self.decode, permit);
         Ok(())
     }
 
-    /// The frame has arrived whole: its bytes leave the arriving share
-    /// (they stay in the total).
-    pub fn arrived(&mut self) {
-        self.receiving = None;
-    }
-
-    /// Gives back all but `n` bytes (what the decoded frame keeps).
-    pub fn keep(&mut self, n: usize) {
-        if let Some(total) = &mut self.total {
-            let extra = total.num_permits().saturating_sub(n);
+    /// Decoded: the body is gone, and the frame keeps `n` bytes of
+    /// decoding (what its typed form takes) until it has been handled.
+    pub fn decoded(&mut self, n: usize) {
+        self.frames = None;
+        self.large = None;
+        if let Some(decode) = &mut self.decode {
+            let extra = decode.num_permits().saturating_sub(n);
             if extra > 0 {
-                drop(total.split(extra));
+                drop(decode.split(extra));
             }
         }
     }
@@ -211,85 +252,83 @@ fn merge(into: &mut Option<OwnedSemaphorePermit>, permit: OwnedSemaphorePermit) 
     }
 }
 
-/// Waits for `n` permits; `None` if `n` can never be granted at once.
-async fn acquire(sem: &Arc<Semaphore>, n: usize) -> Option<OwnedSemaphorePermit> {
-    let n = u32::try_from(n).ok()?;
-    sem.clone().acquire_many_owned(n).await.ok()
-}
-
-/// Both shares at once, without waiting.
-fn try_both(inner: &Inner, n: usize) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
-    let k = u32::try_from(n).ok()?;
-    let receiving = inner.receiving.clone().try_acquire_many_owned(k).ok()?;
-    let total = inner.total.clone().try_acquire_many_owned(k).ok()?;
-    Some((receiving, total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const WAIT: Duration = Duration::from_millis(50);
 
+    #[test]
+    fn the_budget_splits_into_its_pools() {
+        let budget = Budget::new(32 << 20);
+        assert_eq!(budget.limit(), 32 << 20);
+        assert_eq!(budget.frames_limit(), 16 << 20);
+        assert_eq!(budget.large_limit(), 12 << 20);
+        assert_eq!(budget.decode_limit(), 16 << 20);
+    }
+
     #[tokio::test]
     async fn charges_wait_for_room_and_come_back_when_dropped() {
-        let budget = Budget::new(1000);
+        let budget = Budget::new(2000);
         let mut a = budget.account();
-        a.charge(600, WAIT).await.expect("room");
+        a.charge_received(600, WAIT).await.expect("room");
         assert_eq!((a.bytes(), budget.in_flight()), (600, 600));
         let mut b = budget.account();
         assert_eq!(
-            b.charge(500, WAIT).await,
+            b.charge_received(500, WAIT).await,
             Err(Starved {
                 wanted: 500,
                 waited: WAIT
             })
         );
         assert_eq!(budget.in_flight(), 600, "a failed charge holds nothing");
-        a.keep(100);
-        assert_eq!(budget.in_flight(), 100);
-        b.charge(500, WAIT).await.expect("room again");
+        // Decoding has a pool of its own.
+        a.charge_decoding(900, WAIT).await.expect("decoding room");
+        a.decoded(100);
+        assert_eq!((a.bytes(), budget.in_flight()), (100, 100));
+        b.charge_received(1000, WAIT).await.expect("room again");
         drop((a, b));
         assert_eq!(budget.in_flight(), 0);
-        // More than the whole budget can never be granted.
-        assert!(budget.account().charge(1001, WAIT).await.is_err());
+        // More than a pool can never be granted.
+        assert!(budget.account().charge_decoding(1001, WAIT).await.is_err());
     }
 
     #[tokio::test]
-    async fn large_frames_arriving_leave_a_quarter_for_the_rest() {
-        let budget = Budget::new(1000);
-        assert_eq!(budget.receiving_limit(), 750);
+    async fn large_frames_arriving_reserve_at_most_three_quarters_of_their_pool() {
+        let budget = Budget::new(2000);
+        assert_eq!(budget.large_limit(), 750);
         let mut large = budget.account();
+        large.reserve_large(500, WAIT).await.expect("room");
         large
-            .charge_received(750, true, WAIT)
+            .charge_received(100, WAIT)
             .await
-            .expect("the arriving share");
-        assert!(large.charge_received(1, true, WAIT).await.is_err());
-        // Small frames and decoding still find room.
+            .expect("its first bytes");
+        // Another large frame finds no room to finish: it waits, then
+        // gives up, holding nothing.
+        let mut other = budget.account();
+        assert!(other.reserve_large(300, WAIT).await.is_err());
+        assert_eq!(other.bytes(), 0);
+        assert!(budget.account().reserve_large(751, WAIT).await.is_err());
+        // Small frames still find room.
         let mut small = budget.account();
-        small
-            .charge_received(250, false, WAIT)
-            .await
-            .expect("the rest");
+        small.charge_received(900, WAIT).await.expect("the rest");
         assert_eq!(budget.in_flight(), 1000);
-        // Once arrived, a frame's bytes leave the arriving share only.
+        // Once arrived, a frame's reservation goes back; its bytes stay.
         large.arrived();
-        assert_eq!((budget.receiving(), budget.in_flight()), (0, 1000));
-        drop(small);
-        let mut next = budget.account();
-        next.charge_received(250, true, WAIT).await.expect("room");
+        assert_eq!((budget.large_reserved(), budget.in_flight()), (0, 1000));
+        other.reserve_large(750, WAIT).await.expect("room again");
     }
 
     #[tokio::test]
     async fn a_waiting_charge_gets_room_as_soon_as_it_is_given_back() {
-        let budget = Budget::new(100);
+        let budget = Budget::new(200);
         let mut first = budget.account();
-        first.charge(100, WAIT).await.expect("room");
+        first.charge_received(100, WAIT).await.expect("room");
         let waiter = {
             let budget = budget.clone();
             tokio::spawn(async move {
                 let mut mine = budget.account();
-                mine.charge(40, Duration::from_secs(10))
+                mine.charge_received(40, Duration::from_secs(10))
                     .await
                     .map(|()| mine.bytes())
             })

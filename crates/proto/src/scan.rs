@@ -352,9 +352,13 @@ struct Tally {
 /// Bytes of one `Value` in its container's buffer, which grows by doubling.
 const SLOT_BYTES: usize = 2 * core::mem::size_of::<Value>();
 
-/// Bytes an allocation costs beyond its contents (allocator header, and the
-/// minimum capacity of a small `Vec`).
-const ALLOC_BYTES: usize = 4 * core::mem::size_of::<Value>() + 16;
+/// Bytes a container's buffer costs beyond its slots: the allocator's
+/// header, and a small `Vec`'s minimum capacity of four.
+const CONTAINER_BYTES: usize = 4 * core::mem::size_of::<Value>() + 16;
+
+/// Bytes a string's buffer costs beyond its contents (allocator header and
+/// rounding), and a tag's box.
+const ALLOC_BYTES: usize = 32;
 
 impl Tally {
     /// A placeholder key and its `Null` value.
@@ -478,7 +482,7 @@ impl<'a> Walker<'a> {
             }
             Head::Array(n) | Head::Map(n) => {
                 let per = if matches!(head, Head::Map(_)) { 2 } else { 1 };
-                tally.add_bytes(ALLOC_BYTES);
+                tally.add_bytes(CONTAINER_BYTES);
                 match n {
                     Some(n) => {
                         for _ in 0..n.saturating_mul(per) {
@@ -495,7 +499,7 @@ impl<'a> Walker<'a> {
                 }
             }
             Head::Tag => {
-                tally.add_bytes(ALLOC_BYTES);
+                tally.add_bytes(core::mem::size_of::<Value>() + ALLOC_BYTES);
                 self.skip(tally)?;
             }
             Head::Break => return Err(broken()),
