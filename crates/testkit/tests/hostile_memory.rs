@@ -261,6 +261,10 @@ async fn connections(
 /// How long the slow senders and the flows go on.
 const FLOOD: Duration = Duration::from_secs(8);
 
+/// What each slow sender writes every 100 ms: 250 of them offer 40 MB/s,
+/// so a box that kept whatever arrived would pass 128 MiB within seconds.
+const SLOW_PIECE: usize = 16 * 1024;
+
 /// The read timeout of the flooded box.
 const IO_TIMEOUT_MS: u64 = 3000;
 
@@ -338,7 +342,7 @@ async fn stalled_and_slow_frames_stay_under_128_mib_and_are_given_back() {
                 return tls;
             }
             let mut left = DEFAULT_MAX_FRAME - 1;
-            let piece = [0xa0u8; 4096];
+            let piece = [0xa0u8; SLOW_PIECE];
             while left > 0 && Instant::now() < deadline {
                 let n = left.min(piece.len());
                 let write = tokio::time::timeout(Duration::from_secs(1), async {
