@@ -5,16 +5,21 @@
 //! log), that a refusal changes nothing but the access log, that a
 //! duplicate frame gets the same reply and changes nothing, out-of-sequence
 //! refusals, step timers closing a process with `E_TIMEOUT`, the serial's
-//! JST date, and that serials never repeat across a re-boot on the same
-//! store.
+//! JST date, that serials never repeat across a re-boot on the same
+//! store, and failed commits on a store that fails on command (a full disk,
+//! a write error): every input answered `E_STORE`, nothing of the batch
+//! kept, the engine working again once the disk is.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use ifrelay::relay::channel::Verdict;
 use ifrelay::relay::destination::Destination;
-use ifrelay::relay::engine::harness::{Event, Fixture, Harness, Snapshot};
+use ifrelay::relay::engine::harness::{
+    Event, FaultSwitch, Fixture, Harness, MemoryFile, Outcome, Snapshot,
+};
 use ifrelay_proto::{
-    Accepted, Body, Distribution, PermitRequest, PrefixCheck, ProcessError, Reason, Serial,
+    Accepted, Body, Distribution, Frame, PermitRequest, PrefixCheck, ProcessError, Reason, Serial,
     SerialNotice, SerialPurpose, SerialRequest,
 };
 use ifrelay_store::{RecordKind, Side};
@@ -562,4 +567,190 @@ fn a_serial_carries_the_japan_date_of_its_issue() {
     let after = issue(&mut h, &f);
     assert!(before.as_str().starts_with("131016-20261201-"), "{before}");
     assert!(after.as_str().starts_with("131016-20261202-"), "{after}");
+}
+
+/// A box on a store in memory that fails on command, with the prefix list
+/// distributed (its entry for the IMS still in the outbox), one serial
+/// bound to the fixture's prefix, and a second serial issued.
+fn faulty_ready() -> (MemoryFile, FaultSwitch, Harness, Fixture, Serial) {
+    let (memory, faults, f) = (MemoryFile::new(), FaultSwitch::new(), Fixture::new());
+    let mut h = Harness::on_faulty_store(&memory, &faults, f.config()).expect("boot");
+    h.set_now(NOON_JST);
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.distribution(1))));
+    let serial = issue(&mut h, &f);
+    let r = h.send(
+        &f.ims(),
+        Body::PrefixCheck(PrefixCheck {
+            serial: serial.clone(),
+            prefix: f.prefix(),
+        }),
+    );
+    assert!(matches!(r, Body::PrefixResult(ref p) if p.ok), "{r:?}");
+    issue(&mut h, &f);
+    (memory, faults, h, f, serial)
+}
+
+/// A batch with an effect of every kind: a new serial, a permit request
+/// (a process step and an outbox entry), the IMS's distribution entry
+/// answered, a tick and a refusal noted by a listener.
+fn busy_batch(h: &mut Harness, f: &Fixture, serial: &Serial) -> (Vec<Event>, Vec<Frame>) {
+    let ims = f.ims();
+    let frames = vec![
+        h.frame(
+            &ims.party,
+            Body::SerialRequest(SerialRequest {
+                purpose: SerialPurpose::Query,
+            }),
+        ),
+        h.frame(
+            &ims.party,
+            Body::PermitRequest(PermitRequest {
+                serial: serial.clone(),
+                prefix: f.prefix(),
+            }),
+        ),
+    ];
+    let (item, frame) = h
+        .outbox()
+        .expect("outbox")
+        .into_iter()
+        .next()
+        .expect("the distribution waits for the IMS");
+    let ack = Body::Accepted(Accepted {
+        in_reply_to: frame.header.id.clone(),
+    });
+    let mut events: Vec<Event> = frames
+        .iter()
+        .map(|fr| Event::Frame(ims.clone(), fr.clone()))
+        .collect();
+    events.push(Event::Delivered(item, ack));
+    events.push(Event::Tick);
+    events.push(Event::Refused {
+        terminal: "192.0.2.1:9".parse().expect("address"),
+        reason: Reason::Identity,
+    });
+    (events, frames)
+}
+
+/// Every frame of a failed batch was answered `E_STORE`, naming the frame.
+fn assert_store_refusals(out: &[Outcome], frames: &[Frame], full: bool) {
+    let replies: Vec<&Body> = out.iter().filter_map(|o| o.reply.as_ref()).collect();
+    assert_eq!(replies.len(), frames.len(), "{out:?}");
+    for (reply, frame) in replies.into_iter().zip(frames) {
+        match reply {
+            Body::Refused(r) => {
+                assert_eq!(r.reason, Reason::Store, "{}", r.text);
+                assert_eq!(r.in_reply_to.as_ref(), Some(&frame.header.id));
+                assert_eq!(r.text.contains("disk is full"), full, "{}", r.text);
+            }
+            other => panic!("expected E_STORE, got {other:?}"),
+        }
+    }
+}
+
+/// `after` is `before` in a later boot: the same state, a newer epoch.
+fn assert_same_but_epoch(after: Snapshot, before: &Snapshot) {
+    assert!(
+        after.epoch > before.epoch,
+        "{} <= {}",
+        after.epoch,
+        before.epoch
+    );
+    assert_eq!(
+        Snapshot {
+            epoch: before.epoch,
+            ..after
+        },
+        *before,
+        "something of the failed batch was kept"
+    );
+}
+
+#[test]
+fn a_commit_on_a_full_disk_keeps_nothing_and_the_engine_recovers_in_place() {
+    let (_memory, faults, mut h, f, serial) = faulty_ready();
+    let before = snapshot(&h);
+    let (events, frames) = busy_batch(&mut h, &f, &serial);
+
+    faults.set_disk_full(true);
+    let out = h.run(events);
+    assert!(faults.injected() > 0, "the full disk was never hit");
+    assert_store_refusals(&out, &frames, true);
+    assert_eq!(h.stats().commit_failures, 1);
+    // Still full at the next batch: the reload fails, and so does it.
+    let late = h.frame(
+        &f.ims().party,
+        Body::SerialRequest(SerialRequest {
+            purpose: SerialPurpose::Query,
+        }),
+    );
+    let out = h.run(vec![Event::Frame(f.ims(), late.clone())]);
+    assert_store_refusals(&out, std::slice::from_ref(&late), true);
+    assert_eq!(h.stats().commit_failures, 2);
+
+    // Space returns: the next batch (here an empty one) reloads the state
+    // from the store first and tells delivery to read its outbox again.
+    faults.clear();
+    h.run(Vec::new());
+    assert_eq!(h.rewinds(), 1);
+    assert_same_but_epoch(snapshot(&h), &before);
+
+    // The senders send again: handled afresh (refused frames are not
+    // remembered), the serial a new one.
+    let old: BTreeSet<Serial> = before.processes.keys().cloned().collect();
+    for frame in frames.iter().chain([&late]) {
+        match h.send_frame(&f.ims(), frame.clone()) {
+            Body::SerialIssued(s) => assert!(!old.contains(&s.serial), "{} again", s.serial),
+            other => assert_accepted(&other),
+        }
+    }
+    assert_eq!(snapshot(&h).processes.len(), old.len() + 2);
+    let h = h.reboot().expect("reboot");
+    assert_eq!(snapshot(&h).processes.len(), old.len() + 2);
+}
+
+#[test]
+fn a_write_error_in_the_commit_keeps_nothing_across_a_restart() {
+    let (memory, faults, mut h, f, serial) = faulty_ready();
+    let before = snapshot(&h);
+    let (events, frames) = busy_batch(&mut h, &f, &serial);
+
+    // Some pages of the commit reach the memory, then one write fails.
+    faults.fail_write_after(2);
+    let out = h.run(events);
+    assert_eq!(faults.injected(), 1);
+    assert_store_refusals(&out, &frames, false);
+
+    // The box restarts on the same store (faults cleared).
+    faults.clear();
+    drop(h);
+    let mut h = Harness::on_faulty_store(&memory, &faults, f.config()).expect("reopen");
+    h.set_now(NOON_JST);
+    assert_same_but_epoch(snapshot(&h), &before);
+    assert!(matches!(
+        h.send(
+            &f.ims(),
+            Body::SerialRequest(SerialRequest {
+                purpose: SerialPurpose::Query
+            })
+        ),
+        Body::SerialIssued(s) if !before.processes.contains_key(&s.serial)
+    ));
+}
+
+#[test]
+#[ignore = "finding: a give-up handled in a batch whose commit then fails gets no verdict \
+            (run_batch drops its sender), and the delivery worker then ends; remove with the fix"]
+fn a_give_up_in_a_failed_batch_is_answered_keep() {
+    let (_memory, faults, mut h, _f, _serial) = faulty_ready();
+    let (item, _) = h
+        .outbox()
+        .expect("outbox")
+        .into_iter()
+        .next()
+        .expect("the distribution waits for the IMS");
+    faults.set_disk_full(true);
+    let out = h.run(vec![Event::Undeliverable(item)]);
+    assert_eq!(h.stats().commit_failures, 1);
+    assert_eq!(out[0].verdict, Some(Verdict::Keep));
 }

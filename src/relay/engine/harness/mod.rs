@@ -10,6 +10,13 @@
 //! [`Harness::reboot`] boots a new engine on the same store, as a restart
 //! (or a crash: nothing but the store survives either) would.
 //!
+//! [`Harness::on_faulty_store`] runs the engine on a store in memory whose
+//! writes, syncs and reads fail on command (`ifrelay_store::fault`,
+//! re-exported here as [`MemoryFile`] and [`FaultSwitch`]): the engine fuzz
+//! target and the failed-commit tests. Its [`Harness::reboot`] drops the
+//! store and opens the same memory again, as a restarted process opens the
+//! same file.
+//!
 //! [`Fixture`] (in `fixture.rs`) is a small network around the box — its
 //! IMS, the core with a deterministic Ed25519 key, one peer box — that
 //! builds the distribution, signed permits and messages a flow needs.
@@ -26,14 +33,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ifrelay_proto::{Body, Frame, MessageId, Millis, Party, Reason, Serial, StatusEvent};
+pub use ifrelay_store::fault::{FaultSwitch, MemoryFile};
 use ifrelay_store::{Direction, Store, StoreError, StoreReader};
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::fixture::Fixture;
+use super::dedup::{decode_seen, fingerprint};
 use super::{Engine, EngineConfig, EngineStats};
 use crate::net::now_millis;
 use crate::relay::channel::{Delivery, FrameInput, Input, Notice, Peer, Undeliverable, Verdict};
-use crate::relay::destination::{Destination, OutboxItem};
+use crate::relay::destination::{party_label, Destination, OutboxItem};
 use crate::relay::process::Process;
 
 /// Store cache for a harness: small, the store is small.
@@ -118,6 +127,14 @@ pub struct Harness {
     cfg: EngineConfig,
     reader: StoreReader,
     notices: mpsc::UnboundedReceiver<Notice>,
+    /// Wake-ups read from `notices` and not yet taken by [`Self::woken`].
+    wakes: Vec<Destination>,
+    /// Rewinds read from `notices` and not yet counted by
+    /// [`Self::rewinds`].
+    rewinds: u64,
+    /// The memory and the switch of a store opened by
+    /// [`Self::on_faulty_store`], for [`Self::reboot`] to open again.
+    faulty: Option<(MemoryFile, FaultSwitch)>,
     stats: Arc<Mutex<EngineStats>>,
     now: Millis,
     next_id: u64,
@@ -130,6 +147,26 @@ impl Harness {
     /// The store's, when it cannot open or boot.
     pub fn open(path: &Path, cfg: EngineConfig) -> Result<Harness, StoreError> {
         Harness::boot(Store::open(path, CACHE_BYTES)?, cfg, now_millis())
+    }
+
+    /// Opens (or creates, when `memory` is empty) a store on `memory` whose
+    /// operations fail whenever `faults` says, and boots an engine on it.
+    /// The caller keeps clones of both: it arms and clears `faults` around
+    /// the batches it wants to fail, and may open `memory` again after the
+    /// harness is gone.
+    ///
+    /// # Errors
+    /// The store's, when it cannot open or boot (an armed fault can make
+    /// either fail).
+    pub fn on_faulty_store(
+        memory: &MemoryFile,
+        faults: &FaultSwitch,
+        cfg: EngineConfig,
+    ) -> Result<Harness, StoreError> {
+        let store = Store::open_with_faults(memory, faults, CACHE_BYTES)?;
+        let mut h = Harness::boot(store, cfg, now_millis())?;
+        h.faulty = Some((memory.clone(), faults.clone()));
+        Ok(h)
     }
 
     /// Boots an engine on `store`, with the harness clock at `now`.
@@ -146,6 +183,9 @@ impl Harness {
             cfg,
             reader,
             notices,
+            wakes: Vec::new(),
+            rewinds: 0,
+            faulty: None,
             stats,
             now,
             next_id: 0,
@@ -153,22 +193,36 @@ impl Harness {
     }
 
     /// Stops this engine and boots a new one on the same store, keeping
-    /// the clock: a restart, or a crash after the last commit.
+    /// the clock: a restart, or a crash after the last commit. A harness
+    /// [`on_faulty_store`](Self::on_faulty_store) closes its store and opens
+    /// the same memory again (through the same switch), as a new process
+    /// opens the same file; any other keeps its open store.
     ///
     /// # Errors
-    /// The store's, when it cannot boot.
+    /// The store's, when it cannot open or boot.
     pub fn reboot(self) -> Result<Harness, StoreError> {
         let Harness {
             engine,
             cfg,
             now,
             next_id,
+            faulty,
             ..
         } = self;
-        let mut h = Harness::boot(engine.store, cfg, now)?;
+        let store = match &faulty {
+            Some((memory, faults)) => {
+                // The old handle must be gone first: the memory, like a
+                // file, refuses a second writer.
+                drop(engine);
+                Store::open_with_faults(memory, faults, CACHE_BYTES)?
+            }
+            None => engine.store,
+        };
+        let mut h = Harness::boot(store, cfg, now)?;
         // Frame ids keep counting: the store remembers the old ones, and
         // a reused id would be answered from the duplicate table.
         h.next_id = next_id;
+        h.faulty = faulty;
         Ok(h)
     }
 
@@ -298,13 +352,40 @@ impl Harness {
 
     /// Destinations the engine woke since the last call, in order.
     pub fn woken(&mut self) -> Vec<Destination> {
-        let mut out = Vec::new();
+        self.read_notices();
+        std::mem::take(&mut self.wakes)
+    }
+
+    /// How many times since the last call the engine told delivery to read
+    /// its outbox again from the start (after a failed commit, once the
+    /// store is back).
+    pub fn rewinds(&mut self) -> u64 {
+        self.read_notices();
+        std::mem::take(&mut self.rewinds)
+    }
+
+    fn read_notices(&mut self) {
         while let Ok(n) = self.notices.try_recv() {
-            if let Notice::Wake(d) = n {
-                out.push(d);
+            match n {
+                Notice::Wake(d) => self.wakes.push(d),
+                Notice::Rewind => self.rewinds += 1,
             }
         }
-        out
+    }
+
+    /// The reply the store remembers for `frame` (duplicate suppression):
+    /// `Some` when a batch that accepted it was committed, and the frame is
+    /// the one remembered under its sender and id. Reads through a write
+    /// transaction that is then dropped, so nothing is written.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn remembered(&mut self, frame: &Frame) -> Result<Option<Body>, HarnessError> {
+        let sender = party_label(&frame.header.from);
+        let batch = self.engine.store.begin()?;
+        let seen = batch.seen(&sender, frame.header.id.as_str())?;
+        drop(batch);
+        Ok(seen.and_then(|s| decode_seen(&s.reply, &fingerprint(frame))))
     }
 
     /// Every outbox entry, by destination then seq, with its frame.
