@@ -738,9 +738,10 @@ fn a_write_error_in_the_commit_keeps_nothing_across_a_restart() {
     ));
 }
 
+/// Regression: a give-up handled in a batch whose commit then failed got no
+/// verdict (its sender was dropped), which the delivery worker read as
+/// "stopping": the worker ended and the box exited 70.
 #[test]
-#[ignore = "finding: a give-up handled in a batch whose commit then fails gets no verdict \
-            (run_batch drops its sender), and the delivery worker then ends; remove with the fix"]
 fn a_give_up_in_a_failed_batch_is_answered_keep() {
     let (_memory, faults, mut h, _f, _serial) = faulty_ready();
     let (item, _) = h

@@ -310,14 +310,10 @@ impl Run {
                     let reply = outcome.reply.clone().expect("answered");
                     self.m.sent.push((peer.clone(), frame.clone(), reply));
                 }
-                // Nothing was decided: the worker keeps the entry. No
-                // verdict at all is a known engine fault, accepted here
-                // until it is fixed: the engine drops the sender of a
-                // give-up it handled in a batch whose commit then failed
-                // (`a_give_up_in_a_failed_batch_is_answered_keep` in
-                // tests/engine.rs, ignored until then).
+                // Nothing was decided: the worker keeps the entry (a
+                // dropped verdict once ended the worker and the box).
                 Event::Undeliverable(_) => assert!(
-                    matches!(outcome.verdict, Some(Verdict::Keep) | None),
+                    matches!(outcome.verdict, Some(Verdict::Keep)),
                     "a give-up in a failed batch: {:?}",
                     outcome.verdict
                 ),

@@ -283,12 +283,20 @@ impl Engine {
             Err(e) => {
                 tracing::error!(error = %crate::logging::Causes(&e), full = e.is_storage_full(), "commit failed; batch refused");
                 self.needs_reload = true;
-                for (tx, body) in done.into_iter().filter_map(|h| h.reply) {
-                    let mut refusal = store_refusal(&e);
-                    if let (Body::Refused(r), Some(id)) = (&mut refusal, body.in_reply_to()) {
-                        r.in_reply_to = Some(id.clone());
+                for h in done {
+                    if let Some((tx, body)) = h.reply {
+                        let mut refusal = store_refusal(&e);
+                        if let (Body::Refused(r), Some(id)) = (&mut refusal, body.in_reply_to()) {
+                            r.in_reply_to = Some(id.clone());
+                        }
+                        let _ = tx.send(refusal);
                     }
-                    let _ = tx.send(refusal);
+                    // A give-up decided in this batch was not kept: the
+                    // worker keeps the entry. A dropped channel would read
+                    // as "stopping" and end the worker (and the box).
+                    if let Some((tx, _)) = h.verdict {
+                        let _ = tx.send(Verdict::Keep);
+                    }
                 }
                 self.fail_all(unhandled.into_iter(), &e);
             }
