@@ -212,6 +212,7 @@ impl<B: AsRef<[u8]>> Scan<B> {
         for f in &fields {
             built.add(f.tally);
         }
+        built.add_bytes(container_bytes(fields.len(), 2 * VALUE_BYTES));
         if built.items > MAX_BUILT_ITEMS {
             let mut e = DecodeError::new(
                 Reason::TooLarge,
@@ -349,24 +350,36 @@ struct Tally {
     bytes: usize,
 }
 
-/// Bytes of one `Value` in its container's buffer, which grows by doubling.
-const SLOT_BYTES: usize = 2 * core::mem::size_of::<Value>();
+/// Bytes of one `Value`.
+const VALUE_BYTES: usize = core::mem::size_of::<Value>();
 
-/// Bytes a container's buffer costs beyond its slots: the allocator's
-/// header, and a small `Vec`'s minimum capacity of four.
-const CONTAINER_BYTES: usize = 4 * core::mem::size_of::<Value>() + 16;
+/// Bytes an allocation costs beyond what it holds: the allocator's header
+/// and rounding.
+const ALLOC_BYTES: usize = 16;
 
-/// Bytes a string's buffer costs beyond its contents (allocator header and
-/// rounding), and a tag's box.
-const ALLOC_BYTES: usize = 32;
+/// Bytes the buffer of a container of `n` slots of `slot` bytes takes: a
+/// `Vec` grown by pushing holds 4, 8, 16… slots.
+fn container_bytes(n: usize, slot: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    n.max(4)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX)
+        .saturating_mul(slot)
+        .saturating_add(ALLOC_BYTES)
+}
+
+/// Bytes a string of `n` bytes takes. A long one is read in pieces into
+/// a buffer that doubles, but only what the pieces fill is ever touched.
+fn string_bytes(n: usize) -> usize {
+    n.max(16).saturating_add(ALLOC_BYTES)
+}
 
 impl Tally {
     /// A placeholder key and its `Null` value.
     fn placeholder() -> Tally {
-        Tally {
-            items: 2,
-            bytes: 2 * SLOT_BYTES,
-        }
+        Tally { items: 2, bytes: 0 }
     }
 
     fn add(&mut self, other: Tally) {
@@ -457,13 +470,16 @@ impl<'a> Walker<'a> {
         self.skip_after(head, tally)
     }
 
+    /// The item is counted with the heap it takes as a `Value`; its own
+    /// slot belongs to its container (or, at the top, to the entries the
+    /// typed decoder reads: [`Scan::tree_bytes`] counts those).
     fn skip_after(&mut self, head: Head, tally: &mut Tally) -> Result<(), DecodeError> {
-        tally.add_item(SLOT_BYTES);
+        tally.add_item(0);
         match head {
             Head::Int | Head::Simple => {}
             Head::Bytes(Some(n)) | Head::Text(Some(n)) => {
                 self.take(n)?;
-                tally.add_bytes(n.saturating_add(ALLOC_BYTES));
+                tally.add_bytes(string_bytes(n));
             }
             Head::Bytes(None) | Head::Text(None) => {
                 let mut total = 0usize;
@@ -477,29 +493,36 @@ impl<'a> Walker<'a> {
                         _ => return Err(broken()),
                     }
                 }
-                // Grown chunk by chunk: up to twice its length.
-                tally.add_bytes(total.saturating_mul(2).saturating_add(ALLOC_BYTES));
+                tally.add_bytes(string_bytes(total));
             }
             Head::Array(n) | Head::Map(n) => {
+                // A map holds pairs: two values a slot.
                 let per = if matches!(head, Head::Map(_)) { 2 } else { 1 };
-                tally.add_bytes(CONTAINER_BYTES);
-                match n {
+                let slots = match n {
                     Some(n) => {
                         for _ in 0..n.saturating_mul(per) {
                             self.skip(tally)?;
                         }
+                        n
                     }
-                    None => loop {
-                        let h = self.head()?;
-                        if matches!(h, Head::Break) {
-                            break;
+                    None => {
+                        let mut values = 0usize;
+                        loop {
+                            let h = self.head()?;
+                            if matches!(h, Head::Break) {
+                                break;
+                            }
+                            self.skip_after(h, tally)?;
+                            values += 1;
                         }
-                        self.skip_after(h, tally)?;
-                    },
-                }
+                        values / per
+                    }
+                };
+                tally.add_bytes(container_bytes(slots, per * VALUE_BYTES));
             }
             Head::Tag => {
-                tally.add_bytes(core::mem::size_of::<Value>() + ALLOC_BYTES);
+                // The tagged value is boxed.
+                tally.add_bytes(VALUE_BYTES + ALLOC_BYTES);
                 self.skip(tally)?;
             }
             Head::Break => return Err(broken()),
