@@ -6,6 +6,7 @@
 //!
 //! `docs/protocol.md` is the normative description; this crate implements it.
 
+pub mod distribution;
 pub mod frame;
 pub mod message;
 pub mod permit;
@@ -15,6 +16,7 @@ pub mod scan;
 pub mod screen;
 pub mod types;
 
+pub use distribution::DistributionError;
 pub use message::*;
 pub use permit::PermitError;
 pub use reason::Reason;

@@ -21,6 +21,10 @@ use ciborium::Value;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::distribution::{
+    CoreKey, Distribution, DistributionFields, KeyCertFields, KeyCertificate, RootKey,
+    TrustedDistribution, DISTRIBUTION_KEY_CONTEXT, DISTRIBUTION_SIGNING_CONTEXT,
+};
 pub use crate::permit::{
     PermitFields, Route, SignedPermit, MAX_PERMIT_BYTES, PERMIT_SIGNING_CONTEXT,
 };
@@ -173,18 +177,6 @@ pub struct ItemRow {
     pub item: ItemCode,
     pub label: String,
     pub business: BusinessCode,
-}
-
-/// Core → IS → IMS: a new prefix list and masters (R-DST-1..3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Distribution {
-    /// Increases with every distribution; an older version is ignored.
-    pub version: u64,
-    pub prefixes: Vec<PrefixEntry>,
-    pub masters: Masters,
-    /// The core's Ed25519 public key for permit signatures (32 bytes).
-    #[serde(with = "serde_bytes")]
-    pub core_key: Vec<u8>,
 }
 
 /// Lifecycle events announced to the core and the IMS (R-COM-3).

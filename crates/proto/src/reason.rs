@@ -74,6 +74,22 @@ reason_codes! {
     NotOwnAgency = "E_NOT_OWN_AGENCY",
     /// No prefix list has been distributed to the box yet.
     NoPrefixList = "E_NO_PREFIX_LIST",
+    /// Prefix check NG: the list in force has passed its `not_after`; no
+    /// new process starts until a newer distribution arrives (R-DST-3).
+    PrefixListExpired = "E_PREFIX_LIST_EXPIRED",
+    /// A distribution without a signature or without the certificate of
+    /// its signing key (R-DST-1, R-SEC-6).
+    DistUnsigned = "E_DIST_UNSIGNED",
+    /// A distribution signed by a key no pinned root certifies, or whose
+    /// certificate is not valid now.
+    DistUncertified = "E_DIST_UNCERTIFIED",
+    /// A distribution whose signature does not verify: altered, or
+    /// signed by another key than the certified one.
+    DistSignature = "E_DIST_SIGNATURE",
+    /// A distribution already past its `not_after` on arrival.
+    DistExpired = "E_DIST_EXPIRED",
+    /// A distribution whose version is not newer than the newest held.
+    DistVersion = "E_DIST_VERSION",
     /// A permit request without a live (serial, prefix) binding (R-PRM-1).
     NoBinding = "E_NO_BINDING",
     /// The query carries no permit (R-QRY-6).
@@ -143,6 +159,12 @@ impl Reason {
             Reason::PrefixNotListed => "the prefix is not in the prefix list",
             Reason::NotOwnAgency => "the requester is not this box's agency",
             Reason::NoPrefixList => "no prefix list has been distributed yet",
+            Reason::PrefixListExpired => "the prefix list in force has expired",
+            Reason::DistUnsigned => "the distribution is not signed",
+            Reason::DistUncertified => "the distribution key is not certified by a pinned root",
+            Reason::DistSignature => "the distribution's signature does not verify",
+            Reason::DistExpired => "the distribution has expired",
+            Reason::DistVersion => "the distribution's version is not newer than the one held",
             Reason::NoBinding => "no live binding for this serial and prefix",
             Reason::NoPermit => "the query carries no permit",
             Reason::NoPublicKey => "the query carries no encryption public key",

@@ -1376,10 +1376,12 @@ mod tests {
                 text: "busy".into(),
             }),
             Body::Distribution(Distribution {
-                version: 3,
-                prefixes: Vec::new(),
-                masters: Masters::default(),
-                core_key: vec![1; 32],
+                signed: vec![0xa0],
+                sig: vec![1; 64],
+                signer: KeyCertificate {
+                    signed: vec![0xa0],
+                    sig: vec![2; 64],
+                },
             }),
         ];
         let body = rng.pick(&bodies).clone();
@@ -1541,21 +1543,21 @@ mod limits {
 
     #[test]
     fn four_million_empty_maps_under_a_defined_key_are_refused_before_building() {
-        // `prefixes` is a key `distribution` defines: its values would be
+        // `signer` is a key `distribution` defines: its values would be
         // built, so the frame is refused by their count, naming its id.
-        let body = fill("distribution", "prefixes");
+        let body = fill("distribution", "signer");
         let err = Frame::scan(&body[..]).expect_err("too many items to build");
         assert_eq!(err.reason, Reason::TooLarge);
         assert_eq!(err.message_id, MessageId::new("m-9").ok());
         // Under the limit it is built, and its size is known first.
-        let body = with_empty_maps("distribution", "prefixes", 100_000);
+        let body = with_empty_maps("distribution", "signer", 100_000);
         let scan = Frame::scan(&body[..]).expect("within the limit");
         assert!(scan.tree_bytes() >= 100_000 * core::mem::size_of::<Value>());
         assert_eq!(
             scan.decode()
-                .expect_err("empty maps are no prefix entries")
+                .expect_err("an array of empty maps is no certificate")
                 .reason,
-            Reason::MissingField
+            Reason::InvalidField
         );
     }
 

@@ -16,6 +16,40 @@ use ifrelay_proto::*;
 
 // ------------------------------------------------------------- helpers
 
+/// A distribution signed under a root from a fixed seed, so the seed
+/// corpus is the same on every run.
+fn signed_distribution(masters: Masters) -> Distribution {
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let seeded = |b: u8| Ed25519KeyPair::from_seed_unchecked(&[b; 32]).expect("any seed");
+    let (root, online) = (seeded(8), seeded(9));
+    let signer = KeyCertFields {
+        key: online.public_key().as_ref().to_vec(),
+        not_before: 0,
+        not_after: 4_102_444_800_000,
+    }
+    .certify(&root);
+    DistributionFields {
+        version: 3,
+        issued_at: 1_700_000_000_000,
+        not_before: None,
+        not_after: 4_102_444_800_000,
+        prefixes: vec![PrefixEntry {
+            requester: code("131016"),
+            provider: code("271004"),
+            business: code("B010"),
+            info_name: code("N020"),
+            item: code("I001"),
+        }],
+        masters,
+        core_keys: vec![CoreKey {
+            key: vec![7; 32],
+            not_before: 0,
+            not_after: 4_102_444_800_000,
+        }],
+    }
+    .sign(&online, signer)
+}
+
 fn code<T: std::str::FromStr>(s: &str) -> T
 where
     T::Err: std::fmt::Debug,
@@ -187,18 +221,7 @@ fn seed_frames() -> Vec<(&'static str, Frame)> {
         ),
         (
             "distribution",
-            frame(Body::Distribution(Distribution {
-                version: 3,
-                prefixes: vec![PrefixEntry {
-                    requester: code("131016"),
-                    provider: code("271004"),
-                    business: code("B010"),
-                    info_name: code("N020"),
-                    item: code("I001"),
-                }],
-                masters,
-                core_key: vec![7; 32],
-            })),
+            frame(Body::Distribution(signed_distribution(masters))),
         ),
         (
             "box_status",
