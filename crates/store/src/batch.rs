@@ -120,6 +120,29 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
+    /// Removes every stored prefix version below `version`: the engine
+    /// keeps only the list in force and the one scheduled, so ten years
+    /// of distributions do not pile up. Returns how many were removed.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn prune_prefixes_below(&mut self, version: u64) -> Result<usize, StoreError> {
+        let mut prefix = self
+            .txn
+            .open_table(tables::PREFIX)
+            .map_err(db("open table prefix"))?;
+        let old: Vec<u64> = prefix
+            .range(..version)
+            .map_err(db("read prefix"))?
+            .map(|entry| entry.map(|(v, _)| v.value()))
+            .collect::<Result<_, _>>()
+            .map_err(db("read prefix"))?;
+        for v in &old {
+            prefix.remove(*v).map_err(db("remove prefix"))?;
+        }
+        Ok(old.len())
+    }
+
     /// Appends a query or provision record (R-REC-1) to the records
     /// chain; returns its seq.
     ///

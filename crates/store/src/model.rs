@@ -206,8 +206,10 @@ pub struct OutboxEntry {
 pub struct BootState {
     /// The serial epoch of this boot, already durable.
     pub epoch: u64,
-    /// The current prefix snapshot: `(version, opaque CBOR)`.
-    pub prefix: Option<(u64, Vec<u8>)>,
+    /// Every stored prefix snapshot `(version, opaque CBOR)`, oldest
+    /// first; the last is the current one. The engine prunes all but the
+    /// ones it may still need ([`crate::Batch::prune_prefixes_below`]).
+    pub prefixes: Vec<(u64, Vec<u8>)>,
     /// Every stored process state, by serial, in serial order.
     pub processes: Vec<(Serial, Vec<u8>)>,
     /// Number of frames waiting in the outbox. The entries themselves are

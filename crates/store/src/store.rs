@@ -221,29 +221,29 @@ fn boot_in(txn: WriteTransaction, now: Millis) -> Result<BootState, StoreError> 
         meta.insert(tables::EPOCH_KEY, epoch)
             .map_err(db("write epoch"))?;
 
-        let prefix = match meta
+        let current = meta
             .get(tables::PREFIX_CURRENT_KEY)
             .map_err(db("read prefix version"))?
+            .map(|v| v.value());
+        let mut prefixes = Vec::new();
         {
-            None => None,
-            Some(v) => {
-                let version = v.value();
-                let table = txn
-                    .open_table(tables::PREFIX)
-                    .map_err(db("open table prefix"))?;
-                let snapshot = table
-                    .get(version)
-                    .map_err(db("read prefix"))?
-                    .ok_or_else(|| StoreError::Corrupt {
-                        what: "current prefix version",
-                        key: version.to_string(),
-                        detail: "no snapshot is stored for it".into(),
-                    })?
-                    .value()
-                    .to_vec();
-                Some((version, snapshot))
+            let table = txn
+                .open_table(tables::PREFIX)
+                .map_err(db("open table prefix"))?;
+            for entry in table.iter().map_err(db("read prefix"))? {
+                let (version, snapshot) = entry.map_err(db("read prefix"))?;
+                prefixes.push((version.value(), snapshot.value().to_vec()));
             }
-        };
+        }
+        if let Some(current) = current {
+            if prefixes.last().map(|(v, _)| *v) != Some(current) {
+                return Err(StoreError::Corrupt {
+                    what: "current prefix version",
+                    key: current.to_string(),
+                    detail: "it is not the newest stored snapshot".into(),
+                });
+            }
+        }
 
         let mut processes = Vec::new();
         let table = txn
@@ -266,7 +266,7 @@ fn boot_in(txn: WriteTransaction, now: Millis) -> Result<BootState, StoreError> 
             .map_err(db("count outbox"))?;
         BootState {
             epoch,
-            prefix,
+            prefixes,
             processes,
             outbox_len,
         }

@@ -82,11 +82,27 @@ fn prefix_versions_are_kept_and_the_current_one_switches_atomically() {
     }
     let mut store = t.open();
     let boot = store.boot(1_700_000_000_000).unwrap();
-    assert_eq!(boot.prefix, Some((2, b"v2".to_vec())));
+    assert_eq!(
+        boot.prefixes,
+        vec![(1, b"v1".to_vec()), (2, b"v2".to_vec())],
+        "every stored version, oldest first"
+    );
     assert_eq!(
         store.reader().prefix_version(1).unwrap(),
         Some(b"v1".to_vec())
     );
+
+    // Pruning removes the versions below the one given, atomically.
+    let mut b = store.begin().unwrap();
+    b.put_prefix(3, b"v3").unwrap();
+    assert_eq!(b.prune_prefixes_below(2).unwrap(), 1);
+    b.commit().unwrap();
+    let boot = store.boot(1_700_000_000_001).unwrap();
+    assert_eq!(
+        boot.prefixes,
+        vec![(2, b"v2".to_vec()), (3, b"v3".to_vec())]
+    );
+    assert_eq!(store.reader().prefix_version(1).unwrap(), None);
 }
 
 #[test]
