@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use crate::relay::hours::{Date, ServiceHours, Window};
 pub use crate::relay::rates::{Rate, RateLimits};
-use ifrelay_proto::{AgencyCode, Party};
+use ifrelay_proto::{AgencyCode, Party, RootKey};
 use ifrelay_tls::{TlsError, TlsMaterial};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -211,7 +211,39 @@ pub struct ConfigFile {
     /// `[rates]`: per-sender rates of the frames that cost store space.
     #[serde(default)]
     pub rates: RatesSection,
+    /// `[trust]`: the pinned distribution roots.
+    #[serde(default)]
+    pub trust: TrustSection,
 }
+
+/// `[trust]`: the trust anchors the box pins (R-DST-1, R-SEC-6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustSection {
+    /// PEM file of the national operator's distribution root public
+    /// key(s), Ed25519 `PUBLIC KEY` blocks.
+    pub distribution_roots: PathBuf,
+    /// Warn this many hours before the list in force expires.
+    pub expiry_warning_hours: u64,
+}
+
+impl Default for TrustSection {
+    fn default() -> Self {
+        TrustSection {
+            distribution_roots: PathBuf::from(DEFAULT_DISTRIBUTION_ROOTS),
+            expiry_warning_hours: DEFAULT_EXPIRY_WARNING_HOURS,
+        }
+    }
+}
+
+/// Where the image installs the operator's root keys (from `keys/`).
+pub const DEFAULT_DISTRIBUTION_ROOTS: &str = "/etc/ifrelay/distribution-roots.pem";
+
+/// Three days: time for the national operator to notice and re-send.
+pub const DEFAULT_EXPIRY_WARNING_HOURS: u64 = 72;
+
+/// A year: a longer warning would always be on.
+const MAX_EXPIRY_WARNING_HOURS: u64 = 8760;
 
 /// `[service]`: when new processes may start (R-AV-1). Times are JST.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +464,14 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub service: ServiceHours,
     pub rates: RateLimits,
+    pub trust: Trust,
+}
+
+/// The trust anchors: where the pinned roots are, and when to warn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trust {
+    pub distribution_roots: PathBuf,
+    pub expiry_warning: Duration,
 }
 
 /// The two listeners, one per NIC.
@@ -762,6 +802,23 @@ impl ConfigFile {
         let timeouts = self.timeouts()?;
         let service = self.service()?;
         let rates = self.rates()?;
+        let trust = Trust {
+            distribution_roots: path(
+                "trust.distribution_roots",
+                &self.trust.distribution_roots,
+                base_dir,
+                "the PEM file of the distribution root public keys",
+            )?,
+            expiry_warning: Duration::from_secs(
+                in_range(
+                    "trust.expiry_warning_hours",
+                    self.trust.expiry_warning_hours,
+                    1,
+                    MAX_EXPIRY_WARNING_HOURS,
+                    "hours",
+                )? * 3600,
+            ),
+        };
 
         Ok(Config {
             agency,
@@ -776,6 +833,7 @@ impl ConfigFile {
             timeouts,
             service,
             rates,
+            trust,
         })
     }
 
@@ -1185,7 +1243,71 @@ impl Config {
     /// `store.path`.
     pub fn validate_files(&self) -> Result<(), ConfigError> {
         self.tls_material()?;
+        self.distribution_roots()?;
         check_store_path(&self.store.path)
+    }
+
+    /// Loads the pinned distribution roots: every `PUBLIC KEY` block of
+    /// `trust.distribution_roots`, each an Ed25519 key; at least one. The
+    /// file must not be writable by group or others.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `trust.distribution_roots`.
+    pub fn distribution_roots(&self) -> Result<Vec<RootKey>, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::SubjectPublicKeyInfoDer;
+
+        const FIELD: &str = "trust.distribution_roots";
+        let path = &self.trust.distribution_roots;
+        let shown = path.display();
+        check_readable_file(
+            FIELD,
+            path,
+            "the PEM file of the distribution root public keys",
+        )?;
+        let writable_by_others = std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o022 != 0)
+            .unwrap_or(false);
+        if writable_by_others {
+            return Err(ConfigError::invalid(
+                FIELD,
+                format!("file {shown} is writable by group or others"),
+                "chmod go-w it: whoever can write it decides which distributions the box trusts",
+            ));
+        }
+        let blocks = SubjectPublicKeyInfoDer::pem_file_iter(path).map_err(|e| {
+            ConfigError::invalid(
+                FIELD,
+                format!("file {shown} cannot be read as PEM: {e}"),
+                "install the operator's root keys as PEM PUBLIC KEY blocks",
+            )
+        })?;
+        let mut roots = Vec::new();
+        for (i, block) in blocks.enumerate() {
+            let der = block.map_err(|e| {
+                ConfigError::invalid(
+                    FIELD,
+                    format!("block {} of {shown} is not PEM: {e}", i + 1),
+                    "install the operator's root keys as PEM PUBLIC KEY blocks",
+                )
+            })?;
+            let root = RootKey::from_spki_der(der.as_ref()).ok_or_else(|| {
+                ConfigError::invalid(
+                    FIELD,
+                    format!("key {} of {shown} is not an Ed25519 public key", i + 1),
+                    "the distribution roots are Ed25519 keys (openssl pkey -pubout of an ed25519 key)",
+                )
+            })?;
+            roots.push(root);
+        }
+        if roots.is_empty() {
+            return Err(ConfigError::invalid(
+                FIELD,
+                format!("file {shown} holds no PUBLIC KEY block"),
+                "install the operator's root keys as PEM PUBLIC KEY blocks",
+            ));
+        }
+        Ok(roots)
     }
 
     /// Loads the TLS material, checking that the key matches the
@@ -1281,6 +1403,10 @@ impl Config {
                     serial_per_s: r.serial.per_s.into(),
                     serial_burst: r.serial.burst.into(),
                 }
+            },
+            trust: TrustSection {
+                distribution_roots: self.trust.distribution_roots.clone(),
+                expiry_warning_hours: self.trust.expiry_warning.as_secs() / 3600,
             },
             timeouts: TimeoutsSection {
                 connect_ms: ms(self.timeouts.connect),
@@ -1464,6 +1590,10 @@ agency_side = "127.0.0.1:7444"
 ca = "pki/ca.pem"
 cert = "pki/is-131016.pem"
 key = "pki/is-131016.key"
+
+[trust]
+distribution_roots = "pki/distribution-roots.pem"
+expiry_warning_hours = 48
 
 [store]
 path = "var/ifrelay.redb"
@@ -1886,6 +2016,7 @@ allow = ["10.1.0.2/32"]
             std::fs::create_dir(&pki_dir).expect("pki dir");
             let pki = DevPki::new().expect("CA");
             pki.write_ca(&pki_dir).expect("CA");
+            pki.operator().write_roots(&pki_dir).expect("roots");
             pki.issue(&Party::is(AgencyCode::new("131016").expect("code")))
                 .expect("cert")
                 .write(&pki_dir, "is-131016")
@@ -1985,6 +2116,53 @@ allow = ["10.1.0.2/32"]
         b.refused(
             &with_in(&text, "tls", "key", "\"pki/foreign.key\""),
             "tls.cert",
+        );
+    }
+
+    #[test]
+    fn distribution_roots_are_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let b = Site::new();
+        let c = b.check(VALID).expect("valid");
+        assert_eq!(c.trust.expiry_warning, Duration::from_secs(48 * 3600));
+        assert_eq!(
+            c.distribution_roots().expect("roots"),
+            vec![b.pki.operator().root()]
+        );
+        let pki_dir = b.dir.path().join("pki");
+        b.refused(
+            &with("trust", "distribution_roots", "\"pki/none.pem\""),
+            "trust.distribution_roots",
+        );
+        // A certificate is not a root key; nor is an empty file.
+        b.refused(
+            &with("trust", "distribution_roots", "\"pki/ca.pem\""),
+            "trust.distribution_roots",
+        );
+        std::fs::write(pki_dir.join("empty.pem"), "").expect("write");
+        b.refused(
+            &with("trust", "distribution_roots", "\"pki/empty.pem\""),
+            "trust.distribution_roots",
+        );
+        // Two roots: both pinned.
+        let second = ifrelay_devpki::DevOperator::generate().expect("operator");
+        let both = format!("{}{}", b.pki.operator().roots_pem(), second.roots_pem());
+        std::fs::write(pki_dir.join("both.pem"), both).expect("write");
+        let c = b
+            .check(&with("trust", "distribution_roots", "\"pki/both.pem\""))
+            .expect("two roots");
+        assert_eq!(c.distribution_roots().expect("roots").len(), 2);
+        // Whoever may write the file decides what the box trusts.
+        let roots = pki_dir.join("distribution-roots.pem");
+        std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+        let err = b.refused(VALID, "trust.distribution_roots");
+        assert!(
+            err.to_string().contains("writable by group or others"),
+            "{err}"
+        );
+        b.refused(
+            &with("trust", "expiry_warning_hours", "0"),
+            "trust.expiry_warning_hours",
         );
     }
 

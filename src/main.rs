@@ -151,6 +151,7 @@ fn run(file: PathBuf) -> ExitCode {
                 let code = match &e {
                     StartError::Store { source, .. } if source.is_damaged() => exit::DAMAGED,
                     StartError::Store { .. } | StartError::StoreDir { .. } => exit::IO,
+                    StartError::Trust(_) => exit::CONFIG,
                     _ => exit::FAILURE,
                 };
                 if code == exit::DAMAGED {

@@ -607,19 +607,23 @@ impl IdGen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ifrelay_proto::message::{Distribution, Masters};
+    use ifrelay_proto::message::{Distribution, KeyCertificate};
     use ifrelay_proto::Body;
 
-    fn distribution(key_len: usize) -> Frame {
+    /// A distribution frame whose signed bytes are `len` long (the frame
+    /// codec does not look into them).
+    fn distribution(len: usize) -> Frame {
         Frame::new(
             MessageId::new("d-1").expect("id"),
             Party::core(),
             1,
             Body::Distribution(Distribution {
-                version: 1,
-                prefixes: Vec::new(),
-                masters: Masters::default(),
-                core_key: vec![7; key_len],
+                signed: vec![7; len],
+                sig: vec![1; 64],
+                signer: KeyCertificate {
+                    signed: vec![2; 40],
+                    sig: vec![3; 64],
+                },
             }),
         )
     }
@@ -820,15 +824,19 @@ mod tests {
         let budget = Budget::new(2 << 20);
         let idle = Duration::from_secs(5);
         let (mut a, mut b) = tokio::io::duplex(1 << 20);
-        let mut head = distribution(32).encode_body();
-        // One more key: `prefixes` again, as an array of empty maps.
-        assert_eq!(head[0] & 0xe0, 0xa0);
-        head[0] += 1;
-        let n = 200_000u32;
-        ciborium::into_writer(&ciborium::Value::Text("prefixes".into()), &mut head).expect("vec");
-        head.push(0x9a);
-        head.extend_from_slice(&n.to_be_bytes());
-        head.resize(head.len() + n as usize, 0xa0);
+        // `signer`, a key `distribution` defines, as 200,000 empty maps.
+        let Ok(ciborium::Value::Map(mut entries)) =
+            ciborium::from_reader(distribution(32).encode_body().as_slice())
+        else {
+            panic!("own encoding is a map");
+        };
+        entries.retain(|(k, _)| k.as_text() != Some("signer"));
+        entries.push((
+            ciborium::Value::Text("signer".into()),
+            ciborium::Value::Array(vec![ciborium::Value::Map(Vec::new()); 200_000]),
+        ));
+        let mut head = Vec::new();
+        ciborium::into_writer(&ciborium::Value::Map(entries), &mut head).expect("vec");
         let mut wire = u32::try_from(head.len())
             .expect("fits")
             .to_be_bytes()

@@ -70,6 +70,9 @@ pub enum StartError {
     },
     #[error("cannot start the engine thread")]
     Thread(#[source] std::io::Error),
+    /// The pinned distribution roots cannot be loaded.
+    #[error("cannot load the trust anchors")]
+    Trust(#[source] crate::config::ConfigError),
 }
 
 /// Why a running box stopped.
@@ -168,6 +171,7 @@ impl RunningBox {
         core_listener: tokio::net::TcpListener,
         agency_listener: tokio::net::TcpListener,
     ) -> Result<RunningBox, StartError> {
+        let roots = config.distribution_roots().map_err(StartError::Trust)?;
         let store_path = config.store.path.clone();
         ensure_store_dir(&store_path)?;
         let store = Store::open(&store_path, config.store.cache_bytes()).map_err(|source| {
@@ -198,9 +202,12 @@ impl RunningBox {
                     provision_complete: config.timeouts.provision_complete,
                     idle_process: config.timeouts.idle_process,
                 },
+                roots,
+                expiry_warning: config.trust.expiry_warning,
             },
             deliver_tx,
             stats.clone(),
+            crate::net::now_millis(),
         )
         .map_err(|source| StartError::Store {
             path: store_path.display().to_string(),

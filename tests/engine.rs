@@ -16,13 +16,14 @@ use std::time::Duration;
 use ifrelay::relay::channel::Verdict;
 use ifrelay::relay::destination::Destination;
 use ifrelay::relay::engine::harness::{
-    Event, FaultSwitch, Fixture, Harness, MemoryFile, Outcome, Snapshot,
+    Event, FaultSwitch, Fixture, Harness, MemoryFile, Outcome, Snapshot, FAR_FUTURE,
 };
 use ifrelay_proto::{
-    Accepted, Body, Distribution, Frame, PermitRequest, PrefixCheck, ProcessError, Reason, Serial,
-    SerialNotice, SerialPurpose, SerialRequest,
+    Accepted, Body, Distribution, Frame, KeyCertFields, MasterRow, PermitRequest, PrefixCheck,
+    ProcessError, Reason, Serial, SerialNotice, SerialPurpose, SerialRequest,
 };
 use ifrelay_store::{RecordKind, Side};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use tempfile::TempDir;
 
 /// 2026-12-01T03:00:00Z, noon in Japan.
@@ -46,6 +47,16 @@ fn ready() -> (TempDir, Harness, Fixture) {
         [(Destination::Ims, "distribution")]
     );
     (dir, h, f)
+}
+
+/// The core sends distribution `d`.
+fn core_sends(h: &mut Harness, core: &ifrelay::relay::channel::Peer, d: Distribution) -> Event {
+    Event::Frame(core.clone(), h.frame(&core.party, Body::Distribution(d)))
+}
+
+/// An Ed25519 key from a fixed seed.
+fn ed25519(seed: u8) -> Ed25519KeyPair {
+    Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("any seed")
 }
 
 fn assert_accepted(reply: &Body) {
@@ -308,6 +319,9 @@ fn a_refusal_changes_nothing_but_the_access_log() {
     forged.sig[0] ^= 1;
     let mut liar = h.frame(&core.party, Body::QueryAccepted(notice(&serial)));
     liar.header.from = ims.party.clone();
+    assert_accepted(&h.send(&core, Body::Distribution(f.distribution(2))));
+    deliver_all(&mut h);
+    let now = h.now();
 
     let cases: Vec<(Event, Reason)> = vec![
         // No binding yet (R-PRM-1).
@@ -362,19 +376,83 @@ fn a_refusal_changes_nothing_but_the_access_log() {
         ),
         // A distribution with a key that is not an Ed25519 key.
         (
-            Event::Frame(
-                core.clone(),
-                h.frame(
-                    &core.party,
-                    Body::Distribution(Distribution {
-                        core_key: vec![1; 5],
-                        ..f.distribution(3)
-                    }),
-                ),
-            ),
+            core_sends(&mut h, &core, {
+                let mut fields = f.distribution_fields(3);
+                fields.core_keys[0].key = vec![1; 5];
+                f.sign_distribution(&fields)
+            }),
             Reason::InvalidField,
         ),
+        // Signed by a key no pinned root certified (R-DST-1).
+        (
+            core_sends(&mut h, &core, {
+                let stranger = ed25519(42);
+                let signer = KeyCertFields {
+                    key: stranger.public_key().as_ref().to_vec(),
+                    not_before: 0,
+                    not_after: FAR_FUTURE,
+                }
+                .certify(&stranger);
+                f.distribution_fields(3).sign(&stranger, signer)
+            }),
+            Reason::DistUncertified,
+        ),
+        // A list altered after signing (R-SEC-6).
+        (
+            core_sends(&mut h, &core, {
+                let mut fields = f.distribution_fields(3);
+                fields.prefixes.pop();
+                Distribution {
+                    signed: f.sign_distribution(&fields).signed,
+                    ..f.distribution(3)
+                }
+            }),
+            Reason::DistSignature,
+        ),
+        // A masters table altered after signing.
+        (
+            core_sends(&mut h, &core, {
+                let mut fields = f.distribution_fields(3);
+                fields.masters.businesses.push(MasterRow {
+                    code: "B999".parse().expect("code"),
+                    label: "forged".into(),
+                });
+                Distribution {
+                    signed: f.sign_distribution(&fields).signed,
+                    ..f.distribution(3)
+                }
+            }),
+            Reason::DistSignature,
+        ),
+        // A well-signed older version replayed: version 2 is held.
+        (
+            core_sends(&mut h, &core, {
+                let mut fields = f.distribution_fields(1);
+                fields.issued_at = 1;
+                f.sign_distribution(&fields)
+            }),
+            Reason::DistVersion,
+        ),
+        // Already expired when it arrives.
+        (
+            core_sends(&mut h, &core, {
+                let mut fields = f.distribution_fields(3);
+                fields.not_after = now;
+                f.sign_distribution(&fields)
+            }),
+            Reason::DistExpired,
+        ),
+        // No signature.
+        (
+            core_sends(&mut h, &core, {
+                let mut d = f.distribution(3);
+                d.sig.clear();
+                d
+            }),
+            Reason::DistUnsigned,
+        ),
     ];
+    let refusals = cases.len();
     for (event, reason) in cases {
         h.woken();
         let before = snapshot(&h);
@@ -389,7 +467,7 @@ fn a_refusal_changes_nothing_but_the_access_log() {
     }
     assert_eq!(
         h.stats().refused.values().sum::<u64>(),
-        7,
+        u64::try_from(refusals).expect("small"),
         "every refusal counted"
     );
 }

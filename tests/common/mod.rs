@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ifrelay::config::{
     BoxSection, ConfigFile, EndpointSection, ListenSection, PeersSection, ServiceSection,
-    StoreSection, TimeoutsSection, TlsSection,
+    StoreSection, TimeoutsSection, TlsSection, TrustSection,
 };
 use ifrelay_devpki::DevPki;
 use ifrelay_proto::{AgencyCode, Party};
@@ -21,6 +21,7 @@ impl<'a> Site<'a> {
     pub fn new(dir: &'a Path) -> Self {
         let pki = DevPki::new().expect("CA");
         pki.write_ca(dir).expect("CA file");
+        pki.operator().write_roots(dir).expect("roots file");
         pki.issue(&Party::is(AgencyCode::new("131016").expect("code")))
             .expect("cert")
             .write(dir, "box")
@@ -71,6 +72,10 @@ impl<'a> Site<'a> {
             },
             service: ServiceSection::default(),
             rates: Default::default(),
+            trust: TrustSection {
+                distribution_roots: self.dir.join("distribution-roots.pem"),
+                ..TrustSection::default()
+            },
         };
         let path = self.dir.join("ifrelay.toml");
         std::fs::write(&path, file.to_toml_string().expect("toml")).expect("write");

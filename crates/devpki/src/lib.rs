@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod operator;
+
+pub use operator::{generate_ed25519, public_key_pem, DevOperator};
+
 use ifrelay_proto::Party;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -60,6 +64,9 @@ pub enum PkiError {
     /// The issued material is not usable by rustls.
     #[error("issued material is not usable")]
     Tls(#[from] TlsError),
+    /// An Ed25519 key of the development operator could not be made.
+    #[error("cannot generate an Ed25519 key: {0}")]
+    Ed25519(&'static str),
 }
 
 /// A development CA: self-signed, ECDSA P-256, may only sign leaves.
@@ -67,6 +74,8 @@ pub struct DevPki {
     ca_der: CertificateDer<'static>,
     ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// The national operator of this development network.
+    operator: Arc<DevOperator>,
 }
 
 impl std::fmt::Debug for DevPki {
@@ -135,6 +144,7 @@ impl DevPki {
             ca_der: cert.der().clone(),
             ca_pem: cert.pem(),
             issuer: Issuer::new(params, key),
+            operator: Arc::new(DevOperator::generate()?),
         })
     }
 
@@ -235,6 +245,17 @@ impl DevPki {
         )?)
     }
 
+    /// The development national operator, whose root signs this
+    /// network's distributions.
+    pub fn operator(&self) -> Arc<DevOperator> {
+        Arc::clone(&self.operator)
+    }
+
+    /// The distribution roots boxes and IMSs of this network pin.
+    pub fn distribution_roots(&self) -> Vec<ifrelay_proto::RootKey> {
+        vec![self.operator.root()]
+    }
+
     /// Writes the CA certificate to `dir/ca.pem` and returns that path.
     ///
     /// # Errors
@@ -287,7 +308,7 @@ impl IssuedCert {
     }
 }
 
-fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiError> {
+pub(crate) fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiError> {
     let fail = |source| PkiError::Write {
         path: path.to_owned(),
         source,

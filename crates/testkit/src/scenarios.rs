@@ -489,6 +489,30 @@ pub const NOT_PROVOKED: &[(Reason, &str)] = &[
         "a box never sent a distribution: crates/testkit/tests/refusals.rs",
     ),
     (
+        Reason::PrefixListExpired,
+        "a distribution left to expire: crates/testkit/tests/trust.rs",
+    ),
+    (
+        Reason::DistUnsigned,
+        "a distribution without signature: crates/testkit/tests/trust.rs",
+    ),
+    (
+        Reason::DistUncertified,
+        "a distribution key no pinned root certified: crates/testkit/tests/trust.rs",
+    ),
+    (
+        Reason::DistSignature,
+        "an altered list or masters table: crates/testkit/tests/trust.rs",
+    ),
+    (
+        Reason::DistExpired,
+        "a distribution already expired: crates/testkit/tests/trust.rs",
+    ),
+    (
+        Reason::DistVersion,
+        "an older distribution replayed: crates/testkit/tests/trust.rs",
+    ),
+    (
         Reason::Busy,
         "connection limit reached: crates/testkit/tests/reliability.rs",
     ),

@@ -10,11 +10,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use ifrelay_devpki::DevPki;
+use ifrelay_devpki::{DevOperator, DevPki};
 use ifrelay_proto::{
     AgencyCode, BusinessCode, InfoNameCode, ItemCode, ItemRow, MasterRow, Masters, Party, Prefix,
-    PrefixEntry,
+    PrefixEntry, RootKey,
 };
 use ifrelay_tls::TlsMaterial;
 
@@ -24,7 +25,7 @@ use crate::sim::ims::{ImsOptions, ImsSim};
 use crate::sim::serve::NetOptions;
 use ifrelay::config::{
     BoxSection, Config, ConfigFile, EndpointSection, ListenSection, PeersSection, ServiceSection,
-    StoreSection, TlsSection,
+    StoreSection, TlsSection, TrustSection,
 };
 use ifrelay::net::Link;
 use ifrelay::supervisor::RunningBox;
@@ -32,11 +33,14 @@ use ifrelay::supervisor::RunningBox;
 /// Anything that can go wrong while building the testbed.
 pub type TestbedError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The development PKI, its files under `dir/pki`.
+/// The development PKI, its files under `dir/pki`: the network CA and
+/// the national operator's distribution root (`distribution-roots.pem`).
 pub struct Pki {
     dev: DevPki,
     dir: PathBuf,
     ca: PathBuf,
+    operator: Arc<DevOperator>,
+    roots: PathBuf,
 }
 
 impl Pki {
@@ -47,7 +51,30 @@ impl Pki {
         std::fs::create_dir_all(&dir)?;
         let dev = DevPki::new()?;
         let ca = dev.write_ca(&dir)?;
-        Ok(Pki { dev, dir, ca })
+        let operator = dev.operator();
+        let roots = operator.write_roots(&dir)?;
+        Ok(Pki {
+            dev,
+            dir,
+            ca,
+            operator,
+            roots,
+        })
+    }
+
+    /// The operator that signs distributions under the pinned root.
+    pub fn operator(&self) -> Arc<DevOperator> {
+        Arc::clone(&self.operator)
+    }
+
+    /// The pinned distribution roots, as boxes and IMSs check them.
+    pub fn roots(&self) -> Vec<RootKey> {
+        vec![self.operator.root()]
+    }
+
+    /// The PEM file of the distribution roots.
+    pub fn roots_path(&self) -> &Path {
+        &self.roots
     }
 
     /// In-memory TLS material for `party`, signed by this PKI.
@@ -144,6 +171,10 @@ pub fn write_box_config(
             ..ServiceSection::default()
         },
         rates: Default::default(),
+        trust: TrustSection {
+            distribution_roots: pki.roots_path().to_owned(),
+            ..TrustSection::default()
+        },
     };
     let path = box_dir.join("ifrelay.toml");
     std::fs::write(&path, file.to_toml_string()?)?;
@@ -394,6 +425,7 @@ impl Testbed {
         let core = CoreSim::start_with(
             any,
             pki.material(&Party::core())?,
+            pki.operator(),
             prefix_list(),
             masters(),
             options.core.clone(),
@@ -416,6 +448,7 @@ impl Testbed {
                 any,
                 pki.material(&Party::ims(agency.clone()))?,
                 agency_side,
+                pki.roots(),
                 options.ims.clone(),
             )
             .await?;

@@ -110,6 +110,7 @@ async fn a_box_without_a_prefix_list_answers_ng_no_prefix_list() {
         "127.0.0.1:0".parse().expect("addr"),
         bed.pki.material(&Party::ims(agency.clone())).expect("tls"),
         ports.1,
+        bed.pki.roots(),
     )
     .await
     .expect("its IMS starts");

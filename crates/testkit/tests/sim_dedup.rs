@@ -21,10 +21,10 @@ use std::time::Duration;
 use ifrelay::net::{now_millis, Link};
 use ifrelay_devpki::DevPki;
 use ifrelay_proto::{
-    AgencyCode, Body, BusinessCode, Distribution, Frame, InfoNameCode, ItemCode, Masters,
-    MessageId, Party, PermitFields, PermitId, PermitIssued, PermitRequest, PersonCode, Prefix,
-    PrefixEntry, PrefixResult, ProcessError, Provision, Query, Reason, Refused, Route, Serial,
-    SerialIssued, SerialNotice, SignedPermit,
+    AgencyCode, Body, BusinessCode, Frame, InfoNameCode, ItemCode, Masters, MessageId, Party,
+    PermitFields, PermitId, PermitIssued, PermitRequest, PersonCode, Prefix, PrefixEntry,
+    PrefixResult, ProcessError, Provision, Query, Reason, Refused, Route, Serial, SerialIssued,
+    SerialNotice, SignedPermit,
 };
 use ifrelay_testkit::sim::serve::Answer;
 use ifrelay_testkit::sim::{
@@ -172,6 +172,7 @@ async fn provider() -> Provider {
         any_port(),
         material(&pki, &Party::ims(prov)),
         box_p.local_addr(),
+        pki.distribution_roots(),
     )
     .await
     .expect("ims");
@@ -346,6 +347,7 @@ async fn the_core_issues_one_permit_for_a_resent_request() {
     let core = CoreSim::start(
         any_port(),
         material(&pki, &Party::core()),
+        pki.operator(),
         listed(),
         Masters::default(),
     )
@@ -457,6 +459,7 @@ async fn a_resilient_request_survives_the_box_being_down_for_a_second() {
             any_port(),
             material(&pki, &Party::ims(a.clone())),
             box_addr,
+            pki.distribution_roots(),
             opts,
         )
         .await
@@ -535,6 +538,7 @@ async fn run_query_waits_out_a_box_that_starts_late() {
             any_port(),
             material(&pki, &Party::ims(a.clone())),
             box_addr,
+            pki.distribution_roots(),
             opts,
         )
         .await
@@ -595,6 +599,7 @@ async fn the_core_keeps_delivering_to_a_box_that_comes_back() {
         CoreSim::start_with(
             any_port(),
             material(&pki, &Party::core()),
+            pki.operator(),
             listed(),
             Masters::default(),
             NetOptions::retrying_for(Duration::from_secs(30)),
@@ -603,10 +608,10 @@ async fn the_core_keeps_delivering_to_a_box_that_comes_back() {
         .expect("core"),
     );
     core.register_box(a.clone(), box_addr);
-    let body = Body::Distribution(Distribution {
-        version: 3,
-        ..core.current_distribution()
-    });
+    let mut fields = core.current_distribution_fields();
+    fields.version = 3;
+    fields.not_after = ifrelay::net::now_millis() + 3_600_000;
+    let body = Body::Distribution(core.operator().sign(&fields));
     let send = {
         let core = Arc::clone(&core);
         let a = a.clone();
@@ -678,6 +683,7 @@ async fn close_flow_at(at: CloseAt) -> ifrelay_testkit::sim::FlowError {
             any_port(),
             material(&pki, &Party::ims(a.clone())),
             stand_in.local_addr(),
+            pki.distribution_roots(),
             opts,
         )
         .await

@@ -162,6 +162,7 @@ async fn world() -> World {
     let core = CoreSim::start(
         any_port(),
         material(&pki, &Party::core()),
+        pki.operator(),
         listed(),
         Masters::default(),
     )
@@ -178,6 +179,7 @@ async fn world() -> World {
         any_port(),
         material(&pki, &Party::ims(agency(REQ))),
         box_r.local_addr(),
+        pki.distribution_roots(),
         opts.clone(),
     )
     .await
@@ -187,6 +189,7 @@ async fn world() -> World {
         any_port(),
         material(&pki, &Party::ims(agency(PROV))),
         box_p.local_addr(),
+        pki.distribution_roots(),
         opts,
     )
     .await
@@ -221,7 +224,7 @@ async fn a_query_runs_end_to_end_between_the_simulators() {
         ims.wait_for(WAIT, |s| s.distributions_received == 1)
             .await
             .expect("the distribution reaches the IMS");
-        assert_eq!(ims.distribution().expect("kept").version, 1);
+        assert_eq!(ims.distribution().expect("kept").fields.version, 1);
     }
     let prefixes = w.ims_r.valid_prefixes();
     assert_eq!(prefixes.len(), 2, "{prefixes:?}");

@@ -115,6 +115,7 @@ async fn net() -> Net {
     let core = CoreSim::start(
         any_port(),
         material(&pki, &Party::core()),
+        pki.operator(),
         listed(),
         Masters::default(),
     )
@@ -400,9 +401,17 @@ async fn core_distributes_to_every_registered_box() {
         let Body::Distribution(d) = got.body else {
             panic!("expected a distribution, got {}", got.body.type_name());
         };
-        assert_eq!(d.version, 7);
-        assert_eq!(d.prefixes.len(), listed().len());
-        assert_eq!(d.core_key, n.core.core_public_key());
+        // Signed under the network's root; the IMS and the box check it.
+        let t = ifrelay_proto::distribution::verify(
+            &d,
+            &n.pki.distribution_roots(),
+            ifrelay::net::now_millis(),
+        )
+        .expect("verifies under the pinned root");
+        assert_eq!(t.fields.version, 7);
+        assert_eq!(t.fields.prefixes.len(), listed().len());
+        assert_eq!(t.fields.core_keys.len(), 1);
+        assert_eq!(t.fields.core_keys[0].key, n.core.core_public_key());
     }
     assert_eq!(n.core.stats().distributions_delivered, 2);
 
@@ -458,6 +467,7 @@ async fn provider_ims_answers_a_query_with_an_encrypted_provision() {
         any_port(),
         material(&pki, &Party::ims(prov.clone())),
         box_p.local_addr(),
+        pki.distribution_roots(),
     )
     .await
     .expect("ims");

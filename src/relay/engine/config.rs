@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ifrelay_proto::{AgencyCode, Millis};
+use ifrelay_proto::{AgencyCode, Millis, RootKey};
 
 use crate::relay::hours::ServiceHours;
 use crate::relay::process::{Process, Step};
@@ -22,6 +22,10 @@ pub struct EngineConfig {
     pub hours: ServiceHours,
     /// How long each step of a process may take (R-COM-2).
     pub steps: StepTimeouts,
+    /// The pinned distribution roots (`trust.distribution_roots`).
+    pub roots: Vec<RootKey>,
+    /// Warn this long before the list in force expires.
+    pub expiry_warning: Duration,
 }
 
 /// Longest wait for each step of a process; past it the process is closed

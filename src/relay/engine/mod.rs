@@ -58,7 +58,7 @@ use tokio::sync::mpsc;
 
 pub use self::config::{EngineConfig, StepTimeouts};
 pub use self::dedup::SEEN_RETENTION;
-use self::prefix::PrefixState;
+use self::prefix::Lists;
 use self::reply::store_refusal;
 use self::state::{Handled, Relay};
 use super::channel::{FrameInput, Input, Notice, Verdict};
@@ -99,7 +99,8 @@ pub struct Engine {
 
 impl Engine {
     /// Boots the store (bumping the serial epoch durably) and loads the
-    /// state. Delivery finds the outbox in the store by itself.
+    /// state as of `now` (which stored list is in force). Delivery finds
+    /// the outbox in the store by itself.
     ///
     /// # Errors
     /// The store's error when it cannot boot.
@@ -108,8 +109,9 @@ impl Engine {
         cfg: EngineConfig,
         deliver: mpsc::UnboundedSender<Notice>,
         stats: Arc<Mutex<EngineStats>>,
+        now: ifrelay_proto::Millis,
     ) -> Result<(Engine, Arc<IdGen>), StoreError> {
-        let boot = store.boot(now_millis())?;
+        let boot = store.boot(now)?;
         let party = Party::is(cfg.agency.clone());
         let ids = Arc::new(
             IdGen::new(format!("is-{}-{}", cfg.agency, boot.epoch))
@@ -123,25 +125,48 @@ impl Engine {
                 ids: ids.clone(),
                 epoch: boot.epoch,
                 serial_counter: 0,
-                prefix: None,
+                lists: Lists::default(),
                 processes: HashMap::new(),
             },
             needs_reload: false,
             deliver,
             stats,
         };
-        engine.load(boot);
+        engine.load(boot, now);
         Ok((engine, ids))
     }
 
-    /// Replaces the in-memory state with `boot`'s.
-    fn load(&mut self, boot: BootState) {
+    /// Replaces the in-memory state with `boot`'s. Stored distributions
+    /// are verified again against the pinned roots (R-SEC-6): one that
+    /// fails (altered on disk, written by a version without signatures,
+    /// or certified by a root no longer pinned) is not held, and the box
+    /// waits for the core's next distribution.
+    fn load(&mut self, boot: BootState, now: ifrelay_proto::Millis) {
         self.relay.epoch = boot.epoch;
         self.relay.serial_counter = 0;
-        self.relay.prefix = boot
-            .prefix
-            .and_then(|(_, bytes)| ciborium::from_reader(&bytes[..]).ok())
-            .map(|d| PrefixState::of(&d));
+        let mut trusted = Vec::new();
+        for (version, bytes) in boot.prefixes {
+            let checked = ciborium::from_reader::<ifrelay_proto::Distribution, _>(&bytes[..])
+                .map_err(|e| e.to_string())
+                .and_then(|d| {
+                    ifrelay_proto::distribution::verify_stored(&d, &self.relay.cfg.roots)
+                        .map_err(|e| e.to_string())
+                });
+            match checked {
+                Ok(t) if t.fields.version == version => trusted.push(t),
+                Ok(t) => tracing::error!(
+                    version,
+                    signed_version = t.fields.version,
+                    "stored distribution is filed under another version; not held"
+                ),
+                Err(error) => tracing::error!(
+                    version,
+                    %error,
+                    "stored distribution does not verify against the pinned roots; not held, the box waits for the core's next distribution"
+                ),
+            }
+        }
+        self.relay.lists = Lists::from_stored(trusted, now);
         self.relay.processes = boot
             .processes
             .into_iter()
@@ -196,7 +221,7 @@ impl Engine {
         if self.needs_reload {
             match self.store.boot(now_millis()) {
                 Ok(boot) => {
-                    self.load(boot);
+                    self.load(boot, now);
                     self.needs_reload = false;
                     // Deliveries the failed batch did not record are
                     // still in the outbox: read it again from the start.
@@ -209,6 +234,9 @@ impl Engine {
                     return;
                 }
             }
+        }
+        if let Some(version) = self.relay.lists.promote(now) {
+            tracing::info!(version, "scheduled distribution took effect");
         }
         let mut store_batch = match self.store.begin() {
             Ok(b) => b,

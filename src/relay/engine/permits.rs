@@ -18,25 +18,33 @@ use ifrelay_proto::{
 };
 
 use super::config::EngineConfig;
-use super::prefix::PrefixState;
+use super::prefix::Lists;
 use super::reply::{refuse, Refusal};
 use crate::relay::destination::Destination;
 use crate::relay::process::Process;
 
 /// Checks the core's signature, the fields, the issuer and the validity
 /// window, through the one verifier every party uses
-/// ([`ifrelay_proto::permit::verify`]). No prefix list means no core key:
-/// refused [`Reason::NoPrefixList`].
+/// ([`ifrelay_proto::permit::verify`]), with the core keys of the list in
+/// force that are valid now. No list means no core key: refused
+/// [`Reason::NoPrefixList`]; a list whose keys are all outside their
+/// windows: [`Reason::PermitInvalid`].
 pub(super) fn verify(
-    list: Option<&PrefixState>,
+    lists: &Lists,
     permit: &SignedPermit,
     now: Millis,
 ) -> Result<PermitFields, Refusal> {
-    let keys: &[&[u8]] = match list {
-        Some(list) => &[list.core_key.as_slice()],
-        None => &[],
-    };
-    permit::verify(permit, keys, now).map_err(refusal)
+    if !lists.has_list() {
+        return Err(refusal(PermitError::NoKey));
+    }
+    let keys = lists.core_keys_at(now);
+    if keys.is_empty() {
+        return Err(refuse(
+            Reason::PermitInvalid,
+            "no core key of the list in force is valid now",
+        ));
+    }
+    permit::verify(permit, &keys, now).map_err(refusal)
 }
 
 /// A permit is good only until its `expires_at`; checked again when the
@@ -56,12 +64,12 @@ fn refusal(e: PermitError) -> Refusal {
 /// routes.
 pub(super) fn for_requester(
     cfg: &EngineConfig,
-    list: Option<&PrefixState>,
+    lists: &Lists,
     p: &Process,
     m: &PermitIssued,
     now: Millis,
 ) -> Result<PermitFields, Refusal> {
-    let fields = verify(list, &m.permit, now)?;
+    let fields = verify(lists, &m.permit, now)?;
     let bound = p
         .prefix
         .as_ref()
@@ -101,11 +109,11 @@ pub(super) fn for_requester(
 /// requester.
 pub(super) fn for_provider(
     cfg: &EngineConfig,
-    list: Option<&PrefixState>,
+    lists: &Lists,
     m: &Query,
     now: Millis,
 ) -> Result<PermitFields, Refusal> {
-    let fields = verify(list, &m.permit, now)?;
+    let fields = verify(lists, &m.permit, now)?;
     if fields
         .check_serial_and_prefix(&m.serial, &m.prefix)
         .is_err()

@@ -38,10 +38,16 @@ impl Relay {
             .into());
         }
         permits::check_query_format(m)?;
-        let fields = permits::for_provider(&self.cfg, self.prefix.as_ref(), m, now)?;
-        let Some(list) = &self.prefix else {
-            return Err(refuse(Reason::NoPrefixList, "no prefix list distributed yet").into());
-        };
+        let fields = permits::for_provider(&self.cfg, &self.lists, m, now)?;
+        let list = self.lists.usable(now).map_err(|reason| {
+            let text = match reason {
+                Reason::PrefixListExpired => {
+                    "this box's prefix list has expired; no new process starts"
+                }
+                _ => "no prefix list distributed yet",
+            };
+            refuse(reason, text)
+        })?;
         if !list.lists(&m.prefix) {
             return Err(refuse(
                 Reason::PrefixNotListed,

@@ -93,8 +93,9 @@ impl Relay {
         if m.prefix.requester != self.cfg.agency {
             return ng(self, batch, Reason::NotOwnAgency);
         }
-        let Some(list) = &self.prefix else {
-            return ng(self, batch, Reason::NoPrefixList);
+        let list = match self.lists.usable(now) {
+            Ok(list) => list,
+            Err(reason) => return ng(self, batch, reason),
         };
         if !list.lists(&m.prefix) {
             return ng(self, batch, Reason::PrefixNotListed);
@@ -176,7 +177,7 @@ impl Relay {
             )
             .into());
         }
-        let fields = match permits::for_requester(&self.cfg, self.prefix.as_ref(), p, m, now) {
+        let fields = match permits::for_requester(&self.cfg, &self.lists, p, m, now) {
             Ok(fields) => fields,
             Err(r) => {
                 // The process cannot go on without a usable permit, and the

@@ -16,7 +16,7 @@ use ifrelay_store::{Batch, Record, RecordKind, Side, StoreError};
 use tokio::sync::oneshot;
 
 use super::config::EngineConfig;
-use super::prefix::PrefixState;
+use super::prefix::Lists;
 use super::reply::{accepted, refuse, Fault, Refusal};
 use crate::net::IdGen;
 use crate::relay::channel::Verdict;
@@ -34,7 +34,8 @@ pub(super) struct Relay {
     pub(super) epoch: u64,
     /// Serials issued in this epoch.
     pub(super) serial_counter: u64,
-    pub(super) prefix: Option<PrefixState>,
+    /// The prefix lists held: in force and scheduled (R-DST-1..3).
+    pub(super) lists: Lists,
     pub(super) processes: HashMap<Serial, Process>,
 }
 

@@ -4,15 +4,18 @@
 //!
 //! Invariants: a peer that stops closes exactly the processes waiting on
 //! it, each with `E_PEER_STOPPED` to the parties still able to hear; a
-//! distribution replaces the list in force only when its version is
-//! newer, and is relayed to the IMS only then.
+//! distribution is held only after its chain to a pinned root verified
+//! and only when its version is newer; it is stored and relayed to the
+//! IMS (with its signature) in the same batch, and nothing changes when
+//! it is refused.
 
+use ifrelay_proto::distribution;
 use ifrelay_proto::{
     Body, BoxStatus, Distribution, Millis, Party, Reason, Role, Serial, StatusEvent,
 };
 use ifrelay_store::{Batch, StoreError};
 
-use super::prefix::PrefixState;
+use super::prefix::Arrival;
 use super::reply::{accepted, refuse, Fault};
 use super::state::Relay;
 use crate::relay::destination::Destination;
@@ -75,25 +78,46 @@ impl Relay {
         m: &Distribution,
         out: &mut Vec<Destination>,
     ) -> Result<Body, Fault> {
-        if m.core_key.len() != 32 {
-            return Err(refuse(
-                Reason::InvalidField,
-                format!(
-                    "core_key is {} bytes; an Ed25519 key is 32",
-                    m.core_key.len()
-                ),
-            )
-            .into());
-        }
-        if self.prefix.as_ref().is_some_and(|p| p.version >= m.version) {
-            // Older or same version: already in force; acknowledged, not relayed.
-            return Ok(accepted());
+        let trusted = distribution::verify(m, &self.cfg.roots, now).map_err(|e| {
+            tracing::warn!(reason = %e.reason(), error = %e, "distribution refused; nothing changed");
+            refuse(e.reason(), e.text())
+        })?;
+        let version = trusted.fields.version;
+        match self.lists.arrival(&trusted) {
+            // A resent copy (its accepted reply was lost): acknowledged,
+            // neither stored nor relayed again.
+            Arrival::AlreadyHeld => return Ok(accepted()),
+            Arrival::NotNewer { newest } => {
+                let text = format!(
+                    "distribution version {version} is not newer than version {newest} held"
+                );
+                tracing::warn!(version, newest, "distribution refused; nothing changed");
+                return Err(refuse(Reason::DistVersion, text).into());
+            }
+            Arrival::New => {}
         }
         let mut bytes = Vec::new();
         ciborium::into_writer(m, &mut bytes)
             .map_err(|e| refuse(Reason::Internal, format!("encoding distribution: {e}")))?;
-        batch.put_prefix(m.version, &bytes)?;
-        self.prefix = Some(PrefixState::of(m));
+        batch.put_prefix(version, &bytes)?;
+        self.lists.hold(&trusted, now);
+        if let Some(oldest) = self.lists.oldest_needed() {
+            batch.prune_prefixes_below(oldest)?;
+        }
+        match trusted.fields.not_before.filter(|&nb| nb > now) {
+            Some(not_before) => tracing::info!(
+                version,
+                not_before,
+                signer = %distribution::fingerprint(&trusted.signer.key),
+                "distribution verified and scheduled"
+            ),
+            None => tracing::info!(
+                version,
+                not_after = trusted.fields.not_after,
+                signer = %distribution::fingerprint(&trusted.signer.key),
+                "distribution verified and in force"
+            ),
+        }
         out.push(self.enqueue(batch, now, Destination::Ims, Body::Distribution(m.clone()))?);
         Ok(accepted())
     }

@@ -25,6 +25,7 @@ impl Relay {
         batch: &mut Batch<'_>,
         now: Millis,
     ) -> Result<Handled, StoreError> {
+        self.lists.watch_expiry(now, self.cfg.expiry_warning);
         let horizon = now.saturating_sub(i64::try_from(SEEN_RETENTION.as_millis()).unwrap_or(0));
         batch.prune_seen(horizon, SEEN_PRUNE_PER_TICK)?;
         let expired: Vec<(Serial, &'static str)> = self

@@ -66,7 +66,14 @@ pub async fn start(dir: &Path, cmd: &BoxCommand) -> Result<Network, BenchError> 
     let dir = &std::path::absolute(dir)?;
     let pki = Pki::new(dir)?;
     let any: SocketAddr = "127.0.0.1:0".parse()?;
-    let core = CoreSim::start(any, pki.material(&Party::core())?, prefix_list(), masters()).await?;
+    let core = CoreSim::start(
+        any,
+        pki.material(&Party::core())?,
+        pki.operator(),
+        prefix_list(),
+        masters(),
+    )
+    .await?;
     let (a, b) = agencies();
     let mut nodes = Vec::new();
     let mut boxes = Vec::new();
@@ -101,6 +108,7 @@ async fn start_node(
             any,
             pki.material(&Party::ims(agency.clone()))?,
             agency_side,
+            pki.roots(),
         )
         .await?;
         let config_path = write_box_config(

@@ -37,10 +37,10 @@ use std::time::Duration;
 
 use ifrelay_proto::permit::{self, PermitError};
 use ifrelay_proto::{
-    AgencyCode, Body, BusinessCode, Distribution, Frame, InfoNameCode, ItemCode, MessageId,
-    MessageType, Party, PermitRequest, PersonCode, Prefix, PrefixCheck, ProcessError, Provision,
-    Query, Reason, Serial, SerialNotice, SerialPurpose, SerialRequest, SignedPermit, StatusEvent,
-    MAX_ITEMS,
+    distribution, AgencyCode, Body, BusinessCode, Frame, InfoNameCode, ItemCode, MessageId,
+    MessageType, Millis, Party, PermitRequest, PersonCode, Prefix, PrefixCheck, ProcessError,
+    Provision, Query, Reason, RootKey, Serial, SerialNotice, SerialPurpose, SerialRequest,
+    SignedPermit, StatusEvent, TrustedDistribution, MAX_ITEMS,
 };
 use ifrelay_tls::TlsMaterial;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -346,7 +346,9 @@ struct Provided {
 }
 
 struct ImsState {
-    distribution: Option<Distribution>,
+    /// Distributions verified and held: the newest in effect and any
+    /// scheduled after it, oldest first.
+    distributions: Vec<TrustedDistribution>,
     waiters: HashMap<Serial, Waiter>,
     provided: HashMap<Serial, Provided>,
     mode: ProviderMode,
@@ -357,6 +359,16 @@ struct ImsState {
     delivered: HashMap<(&'static str, Serial), BTreeSet<MessageId>>,
 }
 
+impl ImsState {
+    /// The newest distribution held whose `not_before` has come.
+    fn in_effect(&self, now: Millis) -> Option<&TrustedDistribution> {
+        self.distributions
+            .iter()
+            .rev()
+            .find(|d| d.effective_from() <= now)
+    }
+}
+
 struct ImsInner {
     node: Arc<Node>,
     agency: AgencyCode,
@@ -364,6 +376,8 @@ struct ImsInner {
     box_addr: SocketAddr,
     pool: Pool,
     step_timeout: Duration,
+    /// Distribution roots every distribution is checked against.
+    roots: Vec<RootKey>,
     resend_for: Option<Duration>,
     state: Mutex<ImsState>,
 }
@@ -415,11 +429,13 @@ impl ImsSim {
         bind: SocketAddr,
         tls: TlsMaterial,
         box_addr: SocketAddr,
+        roots: Vec<RootKey>,
     ) -> Result<ImsSim, SimError> {
-        Self::start_with(agency, bind, tls, box_addr, ImsOptions::default()).await
+        Self::start_with(agency, bind, tls, box_addr, roots, ImsOptions::default()).await
     }
 
-    /// As [`ImsSim::start`], with options.
+    /// As [`ImsSim::start`], with options. `roots` are the distribution
+    /// roots the IMS checks every distribution against, as its box does.
     ///
     /// # Errors
     /// As [`ImsSim::start`].
@@ -428,6 +444,7 @@ impl ImsSim {
         bind: SocketAddr,
         tls: TlsMaterial,
         box_addr: SocketAddr,
+        roots: Vec<RootKey>,
         opts: ImsOptions,
     ) -> Result<ImsSim, SimError> {
         let mut net = opts.net.clone();
@@ -447,9 +464,10 @@ impl ImsSim {
             box_addr,
             pool: Pool::new(box_party, box_addr),
             step_timeout: opts.step_timeout,
+            roots,
             resend_for: opts.resend_for,
             state: Mutex::new(ImsState {
-                distribution: None,
+                distributions: Vec::new(),
                 waiters: HashMap::new(),
                 provided: HashMap::new(),
                 mode: opts.provider_mode,
@@ -487,9 +505,9 @@ impl ImsSim {
         lock(&self.inner.state).mode = mode;
     }
 
-    /// The last distribution received from the box.
-    pub fn distribution(&self) -> Option<Distribution> {
-        lock(&self.inner.state).distribution.clone()
+    /// The distribution in effect now, of those received from the box.
+    pub fn distribution(&self) -> Option<TrustedDistribution> {
+        lock(&self.inner.state).in_effect(now_millis()).cloned()
     }
 
     /// The prefixes this agency may ask for under the last distribution:
@@ -497,12 +515,13 @@ impl ImsSim {
     /// (provider, business, info name) with their items.
     pub fn valid_prefixes(&self) -> Vec<Prefix> {
         let st = lock(&self.inner.state);
-        let Some(d) = &st.distribution else {
+        let Some(d) = st.in_effect(now_millis()) else {
             return Vec::new();
         };
         let mut groups: BTreeMap<(AgencyCode, BusinessCode, InfoNameCode), Vec<ItemCode>> =
             BTreeMap::new();
         for e in d
+            .fields
             .prefixes
             .iter()
             .filter(|e| e.requester == self.inner.agency)
@@ -998,16 +1017,29 @@ impl ImsInner {
         }
         let reply = match frame.body {
             Body::Distribution(d) => {
-                let mut st = lock(&self.state);
-                let newer = st
-                    .distribution
-                    .as_ref()
-                    .is_none_or(|cur| d.version >= cur.version);
-                if newer {
-                    st.distribution = Some(d);
+                // The IMS checks the signature too (R-DST-1): the box
+                // relays the distribution as the operator signed it.
+                match distribution::verify(&d, &self.roots, now_millis()) {
+                    Ok(t) => {
+                        let mut st = lock(&self.state);
+                        let newest = st.distributions.last().map(|h| h.fields.version);
+                        if newest.is_none_or(|v| t.fields.version > v) {
+                            st.distributions.push(t);
+                            let now = now_millis();
+                            // Keep the newest in effect and what follows it.
+                            if let Some(i) = st
+                                .distributions
+                                .iter()
+                                .rposition(|h| h.effective_from() <= now)
+                            {
+                                st.distributions.drain(..i);
+                            }
+                        }
+                        st.stats.distributions_received += 1;
+                        Reply::accepted(&id)
+                    }
+                    Err(e) => Reply::refused(&id, e.reason(), e.text()),
                 }
-                st.stats.distributions_received += 1;
-                Reply::accepted(&id)
             }
             Body::Permit(p) => {
                 let verdict = self.check_permit(&p.serial, &p.permit);
@@ -1086,8 +1118,18 @@ impl ImsInner {
             // Unknown serials are refused by to_waiter.
             return Ok(());
         };
-        let fields = match &st.distribution {
-            Some(d) => permit::verify(permit, &[&d.core_key], now_millis()).map_err(refusal)?,
+        let now = now_millis();
+        let fields = match st.in_effect(now) {
+            Some(d) => {
+                let keys: Vec<&[u8]> = d
+                    .fields
+                    .core_keys
+                    .iter()
+                    .filter(|k| k.valid_at(now))
+                    .map(|k| k.key.as_slice())
+                    .collect();
+                permit::verify(permit, &keys, now).map_err(refusal)?
+            }
             None => permit
                 .fields()
                 .map_err(|e| refusal(PermitError::Undecodable(e)))?,

@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ifrelay_proto::{
-    AgencyCode, Body, Distribution, Masters, Millis, Party, PermitFields, PermitIssued, PersonCode,
-    Prefix, PrefixEntry, Provision, Query, Route, Serial, SignedPermit,
+    AgencyCode, Body, CoreKey, Distribution, DistributionFields, KeyCertFields, KeyCertificate,
+    Masters, Millis, Party, PermitFields, PermitIssued, PersonCode, Prefix, PrefixEntry, Provision,
+    Query, RootKey, Route, Serial, SignedPermit,
 };
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
@@ -29,8 +30,14 @@ pub struct Fixture {
     /// Where this box's core-side listener is, as permits name it.
     pub own_endpoint: SocketAddr,
     key: Ed25519KeyPair,
+    /// The national operator's distribution root and its online key.
+    root: Ed25519KeyPair,
+    distribution_key: Ed25519KeyPair,
     permits: u64,
 }
+
+/// 2100-01-01: the fixture's distributions and keys outlive any run.
+pub const FAR_FUTURE: Millis = 4_102_444_800_000;
 
 impl Default for Fixture {
     fn default() -> Self {
@@ -53,8 +60,9 @@ impl Fixture {
             other: code("271004"),
             other_endpoint: SocketAddr::from(([127, 0, 0, 2], 7443)),
             own_endpoint: SocketAddr::from(([127, 0, 0, 1], 7443)),
-            key: Ed25519KeyPair::from_seed_unchecked(&[7; 32])
-                .expect("invariant: any 32 bytes are an Ed25519 seed"),
+            key: seeded(7),
+            root: seeded(8),
+            distribution_key: seeded(9),
             permits: 0,
         }
     }
@@ -67,7 +75,29 @@ impl Fixture {
             clock_synced: false,
             hours: ServiceHours::always(),
             steps: Fixture::STEPS,
+            roots: vec![self.root()],
+            expiry_warning: Duration::from_secs(72 * 3600),
         }
+    }
+
+    /// The pinned distribution root.
+    pub fn root(&self) -> RootKey {
+        RootKey::of(&self.root)
+    }
+
+    /// The online distribution key, certified by the root for all time.
+    pub fn signer(&self) -> KeyCertificate {
+        KeyCertFields {
+            key: self.distribution_key.public_key().as_ref().to_vec(),
+            not_before: 0,
+            not_after: FAR_FUTURE,
+        }
+        .certify(&self.root)
+    }
+
+    /// Signs `fields` with the certified distribution key.
+    pub fn sign_distribution(&self, fields: &DistributionFields) -> Distribution {
+        fields.sign(&self.distribution_key, self.signer())
     }
 
     /// The core's permit-signing public key.
@@ -85,8 +115,14 @@ impl Fixture {
         prefix(&self.other, &self.own)
     }
 
-    /// A prefix list holding both prefixes, with the core key.
+    /// A signed prefix list holding both prefixes, with the core key,
+    /// in force on arrival until [`FAR_FUTURE`].
     pub fn distribution(&self, version: u64) -> Distribution {
+        self.sign_distribution(&self.distribution_fields(version))
+    }
+
+    /// The fields of [`Fixture::distribution`], to alter before signing.
+    pub fn distribution_fields(&self, version: u64) -> DistributionFields {
         let entries = [self.prefix(), self.reverse_prefix()]
             .into_iter()
             .flat_map(|p| {
@@ -102,11 +138,18 @@ impl Fixture {
                     .collect::<Vec<_>>()
             })
             .collect();
-        Distribution {
+        DistributionFields {
             version,
+            issued_at: 0,
+            not_before: None,
+            not_after: FAR_FUTURE,
             prefixes: entries,
             masters: Masters::default(),
-            core_key: self.core_key(),
+            core_keys: vec![CoreKey {
+                key: self.core_key(),
+                not_before: 0,
+                not_after: FAR_FUTURE,
+            }],
         }
     }
 
@@ -234,4 +277,10 @@ where
     T::Err: std::fmt::Debug,
 {
     s.parse().expect("invariant: fixture codes are valid")
+}
+
+/// A key pair from a fixed seed, so fuzz inputs replay exactly.
+fn seeded(byte: u8) -> Ed25519KeyPair {
+    Ed25519KeyPair::from_seed_unchecked(&[byte; 32])
+        .expect("invariant: any 32 bytes are an Ed25519 seed")
 }

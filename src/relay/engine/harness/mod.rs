@@ -37,7 +37,7 @@ pub use ifrelay_store::fault::{FaultSwitch, MemoryFile};
 use ifrelay_store::{Direction, Store, StoreError, StoreReader};
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::fixture::Fixture;
+pub use self::fixture::{Fixture, FAR_FUTURE};
 use super::dedup::{decode_seen, fingerprint};
 use super::{Engine, EngineConfig, EngineStats};
 use crate::net::now_millis;
@@ -177,7 +177,7 @@ impl Harness {
         let reader = store.reader();
         let (tx, notices) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(EngineStats::default()));
-        let (engine, _ids) = Engine::boot(store, cfg.clone(), tx, stats.clone())?;
+        let (engine, _ids) = Engine::boot(store, cfg.clone(), tx, stats.clone(), now)?;
         Ok(Harness {
             engine,
             cfg,
@@ -201,9 +201,18 @@ impl Harness {
     /// # Errors
     /// The store's, when it cannot open or boot.
     pub fn reboot(self) -> Result<Harness, StoreError> {
+        let cfg = self.cfg.clone();
+        self.reboot_with(cfg)
+    }
+
+    /// As [`Harness::reboot`], under another configuration (say, other
+    /// pinned roots).
+    ///
+    /// # Errors
+    /// As [`Harness::reboot`].
+    pub fn reboot_with(self, cfg: EngineConfig) -> Result<Harness, StoreError> {
         let Harness {
             engine,
-            cfg,
             now,
             next_id,
             faulty,
