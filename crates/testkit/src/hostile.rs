@@ -452,8 +452,26 @@ pub async fn ims_serial_requests(
     (tag, period): (&str, Duration),
     link: Option<Link>,
 ) -> Vec<Option<Duration>> {
+    timed_serial_requests(addr, ims, the_box, client, (tag, period), link)
+        .await
+        .into_iter()
+        .map(|(_, answer)| answer)
+        .collect()
+}
+
+/// As [`ims_serial_requests`], each answer time beside when its request
+/// was due, counted from the first.
+pub async fn timed_serial_requests(
+    addr: SocketAddr,
+    ims: &Party,
+    the_box: &Party,
+    client: Arc<ClientConfig>,
+    (tag, period): (&str, Duration),
+    link: Option<Link>,
+) -> Vec<(Duration, Option<Duration>)> {
     let link = link.map(|l| Arc::new(tokio::sync::Mutex::new(l)));
-    let end = Instant::now() + period;
+    let first = Instant::now();
+    let end = first + period;
     let mut asks = Vec::new();
     let mut n = 0u32;
     while Instant::now() < end {
@@ -466,42 +484,46 @@ pub async fn ims_serial_requests(
             }),
         );
         let (link, client, the_box) = (link.clone(), client.clone(), the_box.clone());
-        asks.push(tokio::spawn(async move {
-            let request = request.ok()?;
-            let t0 = Instant::now();
-            let answer = async {
-                match link {
-                    Some(link) => link.lock().await.request(&request).await.ok(),
-                    None => {
-                        let fresh = Link::connect(
-                            addr,
-                            &the_box,
-                            client,
-                            Duration::from_secs(5),
-                            Duration::from_secs(5),
-                            DEFAULT_MAX_FRAME,
-                        );
-                        match fresh.await {
-                            Ok(mut fresh) => fresh.request(&request).await.ok(),
-                            Err(_) => None,
+        let due = first.elapsed();
+        asks.push((
+            due,
+            tokio::spawn(async move {
+                let request = request.ok()?;
+                let t0 = Instant::now();
+                let answer = async {
+                    match link {
+                        Some(link) => link.lock().await.request(&request).await.ok(),
+                        None => {
+                            let fresh = Link::connect(
+                                addr,
+                                &the_box,
+                                client,
+                                Duration::from_secs(5),
+                                Duration::from_secs(5),
+                                DEFAULT_MAX_FRAME,
+                            );
+                            match fresh.await {
+                                Ok(mut fresh) => fresh.request(&request).await.ok(),
+                                Err(_) => None,
+                            }
                         }
                     }
-                }
-            };
-            let reply = tokio::time::timeout(Duration::from_secs(5), answer)
-                .await
-                .ok()
-                .flatten();
-            let ok = matches!(reply.map(|r| r.body), Some(Body::SerialIssued(_)));
-            ok.then(|| t0.elapsed())
-        }));
+                };
+                let reply = tokio::time::timeout(Duration::from_secs(5), answer)
+                    .await
+                    .ok()
+                    .flatten();
+                let ok = matches!(reply.map(|r| r.body), Some(Body::SerialIssued(_)));
+                ok.then(|| t0.elapsed())
+            }),
+        ));
         let pause = 50 + u64::from(n * 37 % 51);
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
     let mut times = Vec::new();
-    for ask in asks {
+    for (due, ask) in asks {
         // A request task that panicked counts as not answered.
-        times.push(ask.await.ok().flatten());
+        times.push((due, ask.await.ok().flatten()));
     }
     times
 }
@@ -550,6 +572,12 @@ pub struct FloodMix {
     /// `slow_piece` bytes every 100 ms.
     pub slow: usize,
     pub slow_piece: usize,
+    /// The stalled and slow attackers start this long after the others:
+    /// once their announced frames hold the box's budget for arriving
+    /// frames, the box reads no other large frame until its read timeout
+    /// drops it, so the frames of empty maps would never reach the
+    /// decoder.
+    pub holders_after: Duration,
     /// `box_status` frames per round of the flooding peer box (a fresh
     /// link each round), and most rounds.
     pub box_status_frames: usize,
@@ -578,6 +606,7 @@ impl FloodMix {
             stalled: 200,
             slow: 150,
             slow_piece: 16 * 1024,
+            holders_after: Duration::from_secs(3),
             box_status_frames: 20_000,
             box_status_rounds: 1_000,
         }
@@ -594,6 +623,7 @@ impl FloodMix {
             empty_map_frames_each: 2,
             stalled: 20,
             slow: 20,
+            holders_after: Duration::from_secs(1),
             box_status_frames: 2_000,
             box_status_rounds: 5,
             ..FloodMix::full(duration)
@@ -625,14 +655,26 @@ impl FloodMix {
         let counts = Arc::new(Tally::default());
         let mut tasks = JoinSet::new();
 
-        let held = announce_and_stall(stalled, 10, self.duration).await?;
-        tasks.spawn(hold_stalled(held, counts.clone()));
+        let holders_begin = started + self.holders_after.min(self.duration);
+        {
+            let counts = counts.clone();
+            tasks.spawn(async move {
+                tokio::time::sleep_until(holders_begin).await;
+                let hold = deadline.saturating_duration_since(Instant::now());
+                match announce_and_stall(stalled, 10, hold).await {
+                    Ok(held) => hold_stalled(held, counts).await,
+                    Err(e) => counts.failed("a stalled peer could not announce its frame", &e),
+                }
+            });
+        }
         for tls in slow {
             let counts = counts.clone();
             let sent = Arc::new(AtomicU64::new(0));
-            let (piece, duration) = (self.slow_piece, self.duration);
+            let piece = self.slow_piece;
             tasks.spawn(async move {
-                let tls = send_slowly(tls, piece, duration, sent.clone()).await;
+                tokio::time::sleep_until(holders_begin).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let tls = send_slowly(tls, piece, left, sent.clone()).await;
                 counts.add(&counts.slow_bytes, sent.load(Ordering::Relaxed));
                 // Held until the flood ends, as a slow sender would.
                 tokio::time::sleep_until(deadline).await;
@@ -712,12 +754,17 @@ impl RunningFlood {
             slow_bytes: get(&c.slow_bytes),
             box_status_accepted: get(&c.box_status_accepted),
             box_status_busy: get(&c.box_status_busy),
-            failures: get(&c.failures),
-            first_failure: c
-                .first_failure
+            failures: c
+                .failures
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+                .iter()
+                .map(|(what, (n, first))| Failures {
+                    what,
+                    count: *n,
+                    first: first.clone(),
+                })
+                .collect(),
             aborted,
         }
     }
@@ -743,12 +790,20 @@ pub struct FloodCounts {
     pub slow_bytes: u64,
     pub box_status_accepted: u64,
     pub box_status_busy: u64,
-    /// Attacker steps that failed (a connection refused, an answer
-    /// missing), and the first of them.
-    pub failures: u64,
-    pub first_failure: Option<String>,
+    /// Attacker steps that failed (a connection refused or dropped, an
+    /// answer missing), by kind.
+    pub failures: Vec<Failures>,
     /// Attackers still running [`WIND_DOWN`] after the end, aborted.
     pub aborted: usize,
+}
+
+/// Attacker steps of one kind that failed.
+#[derive(Debug, Clone)]
+pub struct Failures {
+    pub what: &'static str,
+    pub count: u64,
+    /// The first one's error, with its causes.
+    pub first: String,
 }
 
 impl FloodCounts {
@@ -768,7 +823,7 @@ impl FloodCounts {
             self.slow_bytes as f64 / 1_048_576.0,
             self.box_status_accepted,
             self.box_status_busy,
-            self.failures,
+            self.failures.iter().map(|f| f.count).sum::<u64>(),
             if self.aborted > 0 {
                 format!("; {} aborted at the end", self.aborted)
             } else {
@@ -790,8 +845,8 @@ struct Tally {
     slow_bytes: AtomicU64,
     box_status_accepted: AtomicU64,
     box_status_busy: AtomicU64,
-    failures: AtomicU64,
-    first_failure: std::sync::Mutex<Option<String>>,
+    /// What failed: how often, and the first error.
+    failures: std::sync::Mutex<std::collections::BTreeMap<&'static str, (u64, String)>>,
 }
 
 impl Tally {
@@ -799,13 +854,26 @@ impl Tally {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        self.first_failure
+    fn failed(&self, what: &'static str, e: &(dyn std::error::Error + 'static)) {
+        let mut failures = self
+            .failures
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_or_insert_with(|| format!("{what}: {e}"));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = failures.entry(what).or_insert_with(|| (0, with_causes(e)));
+        entry.0 += 1;
     }
+}
+
+/// `error: cause: cause …`.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Waits for the stalled connections to be closed or held to the end.
@@ -839,7 +907,7 @@ async fn never_read(
         let tls = match connect.await {
             Ok(tls) => tls,
             Err(e) => {
-                counts.failed("a peer that never reads could not connect", &e);
+                counts.failed("a peer that never reads could not connect", e.as_ref());
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -881,7 +949,7 @@ async fn send_empty_maps(
         }
         let bytes = match empty_maps_frame(&target.claimed_sender, &format!("flood-pad-{i}-{n}")) {
             Ok(bytes) => bytes,
-            Err(e) => return counts.failed("a frame of empty maps", &e),
+            Err(e) => return counts.failed("a frame of empty maps could not be built", e.as_ref()),
         };
         counts.add(&counts.empty_map_frames, 1);
         match link.send_raw(&bytes).await {
@@ -926,7 +994,9 @@ async fn flood_status(target: FloodTarget, mix: FloodMix, deadline: Instant, cou
                 counts.add(&counts.box_status_accepted, flood.accepted as u64);
                 counts.add(&counts.box_status_busy, flood.busy as u64);
             }
-            Err(e) => counts.failed("a round of the box_status flood", &e),
+            // A round cut short by the end of the flood is no failure.
+            Err(_) if Instant::now() >= deadline => break,
+            Err(e) => counts.failed("a round of the box_status flood failed", e.as_ref()),
         }
     }
 }

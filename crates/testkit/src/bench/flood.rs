@@ -18,9 +18,9 @@ use ifrelay_proto::Party;
 use super::load::{self, FlowRun};
 use super::network::{self, Network};
 use super::proc::peak_rss_kib;
-use super::{progress, BenchError};
+use super::{cpu_difference, cpu_snapshot, progress, BenchError};
 use crate::child::BoxCommand;
-use crate::hostile::{ims_serial_requests, FloodCounts, FloodMix, FloodTarget};
+use crate::hostile::{timed_serial_requests, FloodCounts, FloodMix, FloodTarget};
 use crate::stats::{summarize, Summary};
 
 /// How long the IMS waits for an answer before it counts the request as
@@ -74,6 +74,7 @@ pub struct ImsAnswers {
 
 impl ImsAnswers {
     fn from_times(times: &[Option<Duration>]) -> ImsAnswers {
+        // Nearest-rank percentiles over every request.
         let mut all: Vec<Duration> = times.iter().map(|t| t.unwrap_or(GIVE_UP)).collect();
         ImsAnswers {
             requests: times.len(),
@@ -103,6 +104,13 @@ pub struct FloodRun {
     pub mix: FloodMix,
     pub quiet: ImsAnswers,
     pub flooded: ImsAnswers,
+    /// The flooded requests due before the stalled and slow attackers
+    /// started ([`FloodMix::holders_after`]), and those due after.
+    pub flooded_before_holders: ImsAnswers,
+    pub flooded_with_holders: ImsAnswers,
+    /// Cores used in each period, as in the other phases.
+    pub quiet_cpu: Vec<(String, f64)>,
+    pub flooded_cpu: Vec<(String, f64)>,
     pub quiet_flows: FlowRun,
     pub flooded_flows: FlowRun,
     pub counts: FloodCounts,
@@ -123,7 +131,8 @@ impl FloodRun {
     }
 }
 
-/// Runs the phase in `dir` with boxes started by `cmd`.
+/// Runs the phase in `dir` with boxes started by `cmd` on a machine of
+/// `cpus` CPUs.
 ///
 /// # Errors
 /// When the boxes cannot be started or the attackers cannot connect.
@@ -131,9 +140,10 @@ pub async fn run(
     dir: &Path,
     cmd: &BoxCommand,
     opts: &FloodOptions,
+    cpus: usize,
 ) -> Result<FloodRun, BenchError> {
     let mut net = network::start(dir, cmd).await?;
-    let result = measure(&net, opts).await;
+    let result = measure(&net, opts, cpus).await;
     let peak_rss_kib = net
         .boxes
         .iter()
@@ -141,30 +151,13 @@ pub async fn run(
         .collect();
     let stopped = net.stop_boxes().await;
     net.shutdown_simulators().await;
-    let (quiet, flooded, quiet_flows, flooded_flows, counts, rss_quiet_kib) = result?;
-    Ok(FloodRun {
-        mix: opts.mix.clone(),
-        quiet,
-        flooded,
-        quiet_flows,
-        flooded_flows,
-        counts,
-        rss_quiet_kib,
-        peak_rss_kib,
-        stopped,
-    })
+    let mut run = result?;
+    run.peak_rss_kib = peak_rss_kib;
+    run.stopped = stopped;
+    Ok(run)
 }
 
-type Measured = (
-    ImsAnswers,
-    ImsAnswers,
-    FlowRun,
-    FlowRun,
-    FloodCounts,
-    Option<u64>,
-);
-
-async fn measure(net: &Network, opts: &FloodOptions) -> Result<Measured, BenchError> {
+async fn measure(net: &Network, opts: &FloodOptions, cpus: usize) -> Result<FloodRun, BenchError> {
     let (Some(node), Some(peer_node), Some(attacked)) =
         (net.nodes.first(), net.nodes.get(1), net.boxes.first())
     else {
@@ -186,7 +179,7 @@ async fn measure(net: &Network, opts: &FloodOptions) -> Result<Measured, BenchEr
         let client = target.ims_tls.clone();
         let (ims, the_box) = (ims.clone(), the_box.clone());
         async move {
-            let requests = ims_serial_requests(
+            let requests = timed_serial_requests(
                 target.agency_side,
                 &ims,
                 &the_box,
@@ -203,7 +196,10 @@ async fn measure(net: &Network, opts: &FloodOptions) -> Result<Measured, BenchEr
         "flood: normal traffic alone for {:?} (fresh boxes)",
         opts.quiet
     ));
+    let me = std::process::id();
+    let cpu_before = cpu_snapshot(&net.boxes, me);
     let (quiet_times, quiet_flows) = normal("quiet-ims", opts.quiet).await;
+    let quiet_cpu = cpu_difference(&cpu_before, &cpu_snapshot(&net.boxes, me), cpus);
     let rss_quiet_kib = peak_rss_kib(attacked);
 
     progress(&format!(
@@ -211,6 +207,7 @@ async fn measure(net: &Network, opts: &FloodOptions) -> Result<Measured, BenchEr
         node.agency, opts.mix.duration
     ));
     let flood = opts.mix.start(&target).await?;
+    let cpu_before = cpu_snapshot(&net.boxes, me);
     tokio::time::sleep(RAMP_UP).await;
     // The IMS stops a little before the attackers, so all of it is
     // timed under the flood.
@@ -219,13 +216,32 @@ async fn measure(net: &Network, opts: &FloodOptions) -> Result<Measured, BenchEr
         .duration
         .saturating_sub(RAMP_UP + Duration::from_millis(500));
     let (flooded_times, flooded_flows) = normal("flood-ims", timed).await;
+    let flooded_cpu = cpu_difference(&cpu_before, &cpu_snapshot(&net.boxes, me), cpus);
     let counts = flood.finish().await;
-    Ok((
-        ImsAnswers::from_times(&quiet_times),
-        ImsAnswers::from_times(&flooded_times),
+    let answers = |times: &[(Duration, Option<Duration>)], keep: &dyn Fn(Duration) -> bool| {
+        let kept: Vec<Option<Duration>> = times
+            .iter()
+            .filter(|(due, _)| keep(*due))
+            .map(|(_, answer)| *answer)
+            .collect();
+        ImsAnswers::from_times(&kept)
+    };
+    // Due times count from the first flooded request, RAMP_UP into the
+    // flood.
+    let holders = opts.mix.holders_after.saturating_sub(RAMP_UP);
+    Ok(FloodRun {
+        mix: opts.mix.clone(),
+        quiet: answers(&quiet_times, &|_| true),
+        flooded: answers(&flooded_times, &|_| true),
+        flooded_before_holders: answers(&flooded_times, &|due| due < holders),
+        flooded_with_holders: answers(&flooded_times, &|due| due >= holders),
+        quiet_cpu,
+        flooded_cpu,
         quiet_flows,
         flooded_flows,
         counts,
         rss_quiet_kib,
-    ))
+        peak_rss_kib: Vec::new(),
+        stopped: Vec::new(),
+    })
 }

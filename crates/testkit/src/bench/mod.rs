@@ -443,9 +443,14 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     if let Some(flood_opts) = &opts.flood {
         flush_dirty("before the flood phase");
         flood = Some(
-            flood::run(&dir.join("flood"), &opts.box_command, flood_opts)
-                .await
-                .map_err(|e| e.to_string()),
+            flood::run(
+                &dir.join("flood"),
+                &opts.box_command,
+                flood_opts,
+                machine.cpus,
+            )
+            .await
+            .map_err(|e| e.to_string()),
         );
     }
 
@@ -1340,19 +1345,24 @@ impl BenchReport {
         let _ = writeln!(
             o,
             "  attackers: {} peers pipelining without reading, {} connections without TLS from {}, \
-             {} IMS connections sending 4 MiB frames of empty maps, {} peers stalling in a 4 MiB frame, \
-             {} IMS connections sending one slowly, a peer box flooding box_status ({} frames a round)",
+             {} IMS connections sending 4 MiB frames of empty maps, a peer box flooding box_status ({} frames a round); \
+             from {:.1} s on {} peers stalling in a 4 MiB frame and {} IMS connections sending one slowly",
             m.never_readers,
             m.tls_less_conns,
             m.tls_less_from,
             m.empty_map_senders,
+            m.box_status_frames,
+            m.holders_after.as_secs_f64(),
             m.stalled,
-            m.slow,
-            m.box_status_frames
+            m.slow
         );
         let _ = writeln!(o, "  what they did: {}", f.counts.describe());
-        if let Some(e) = &f.counts.first_failure {
-            let _ = writeln!(o, "  first attacker failure: {e}");
+        for fail in &f.counts.failures {
+            let _ = writeln!(
+                o,
+                "  attacker steps failed: {} x {}; the first: {}",
+                fail.count, fail.what, fail.first
+            );
         }
         let _ = writeln!(
             o,
@@ -1366,9 +1376,13 @@ impl BenchReport {
             "  {:<8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12}",
             "", "requests", "answered", "<= 1 s", "p50 ms", "p99 ms", "max ms", "flows done"
         );
+        let before = format!("< {:.1} s", f.mix.holders_after.as_secs_f64());
+        let after = format!(">= {:.1} s", f.mix.holders_after.as_secs_f64());
         for (name, a, flows) in [
-            ("quiet", &f.quiet, &f.quiet_flows),
-            ("flooded", &f.flooded, &f.flooded_flows),
+            ("quiet", &f.quiet, Some(&f.quiet_flows)),
+            ("flooded", &f.flooded, Some(&f.flooded_flows)),
+            (before.as_str(), &f.flooded_before_holders, None),
+            (after.as_str(), &f.flooded_with_holders, None),
         ] {
             let (p50, p99, max) = a.times.map_or_else(
                 || ("n/a".into(), "n/a".into(), "n/a".into()),
@@ -1384,9 +1398,15 @@ impl BenchReport {
                 p50,
                 p99,
                 max,
-                flows.completed
+                flows.map_or_else(String::new, |f| f.completed.to_string())
             );
         }
+        let _ = writeln!(
+            o,
+            "  (the last two rows: flooded requests due before / after the stalled and slow attackers started, in flood time)"
+        );
+        let _ = writeln!(o, "  CPU used, in cores: quiet {}", cores(&f.quiet_cpu));
+        let _ = writeln!(o, "                      flooded {}", cores(&f.flooded_cpu));
         if let (Some(q), Some(fl)) = (f.quiet.p99_ms(), f.flooded.p99_ms()) {
             let _ = writeln!(
                 o,
