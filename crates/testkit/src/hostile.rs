@@ -227,12 +227,15 @@ pub fn empty_maps_frame(from: &Party, id: &str) -> Result<Vec<u8>, HostileError>
     Ok(frame)
 }
 
+/// How long one connection of [`authenticated_connections`] may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `count` authenticated TLS connections as the party of `client` to
 /// `server` at `addr`, handshaking sixteen at a time from the loopback
 /// addresses 127.0.1.1–32 (the box bounds handshakes per source).
 ///
 /// # Errors
-/// The first connection that fails.
+/// The first connection that fails or takes over 10 s.
 pub async fn authenticated_connections(
     client: Arc<ClientConfig>,
     server: &Party,
@@ -250,13 +253,13 @@ pub async fn authenticated_connections(
             n = n.wrapping_add(1);
             let local = IpAddr::from([127, 0, 1, 1 + n % 32]);
             let (connector, name) = (connector.clone(), name.clone());
-            set.spawn(async move {
+            set.spawn(tokio::time::timeout(CONNECT_TIMEOUT, async move {
                 let tcp = tcp_from(addr, local, None).await?;
                 connector.connect(name, tcp).await
-            });
+            }));
         }
         while let Some(done) = set.join_next().await {
-            out.push(done??);
+            out.push(done???);
         }
     }
     Ok(out)
@@ -631,7 +634,7 @@ impl FloodMix {
     }
 
     /// Opens the authenticated connections of the stalled and slow
-    /// attackers, then starts every attacker; returns at once.
+    /// attackers, then starts every attacker and returns while they run.
     ///
     /// # Errors
     /// When the authenticated connections cannot be opened.
@@ -904,7 +907,10 @@ async fn never_read(
             let tcp = tcp_from(target.core_side, IpAddr::from([127, 0, 0, 1]), Some(4096)).await?;
             tls_over(target.peer_tls.clone(), &target.the_box, tcp).await
         };
-        let tls = match connect.await {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|elapsed| Err(elapsed.into()));
+        let tls = match connected {
             Ok(tls) => tls,
             Err(e) => {
                 counts.failed("a peer that never reads could not connect", e.as_ref());
