@@ -2,7 +2,8 @@
 //! simulators of the core system and intermediate servers speaking the
 //! real protocol over real mutual TLS ([`sim`]), a loopback network of
 //! boxes and simulators ([`testbed`]), one scenario per refusal reason
-//! ([`scenarios`]), `make demo` ([`demo`]) and `make bench` ([`bench`]).
+//! ([`scenarios`]), hostile peers and the flood mix ([`hostile`]),
+//! `make demo` ([`demo`]) and `make bench` ([`bench`]).
 //!
 //! The firmware (`ifrelay`) never links this crate: `cargo tree -p ifrelay
 //! -e normal` shows none of it, nor the development PKI or the simulators'
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod child;
 pub mod demo;
 pub mod firmware;
+pub mod hostile;
 pub mod scenarios;
 pub mod sim;
 pub mod stats;

@@ -14,22 +14,24 @@
 //!   is back near where it was (it grew by about a gigabyte and kept
 //!   389 MB when every announced body was allocated up front).
 //!
-//! Both are bounded: sixteen frames, and a flood of eight seconds.
+//! Both are bounded: sixteen frames, and a flood of eight seconds. The
+//! attackers themselves are `ifrelay_testkit::hostile`, which the
+//! benchmark's flood mix runs all at once.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ciborium::Value;
 use ifrelay::config::ConfigFile;
 use ifrelay::net::Link;
 use ifrelay_proto::frame::DEFAULT_MAX_FRAME;
 use ifrelay_proto::{Body, Party, Reason};
 use ifrelay_testkit::bench::machine::memory_kib;
+use ifrelay_testkit::hostile::{
+    announce_and_stall, authenticated_connections, empty_maps_frame, send_slowly, Tls,
+};
 use ifrelay_testkit::testbed::{agencies, prefix, Testbed, TestbedOptions};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -87,41 +89,6 @@ fn sample(pid: u32, stop: Arc<AtomicBool>) -> (Arc<AtomicU64>, tokio::task::Join
         }
     });
     (most, task)
-}
-
-/// The length prefix and head of a `serial_request` body from `from`
-/// whose last key, `x_pad`, holds an array of `n` empty maps (not
-/// included).
-fn head_with_pad(from: &Party, id: &str, n: u32) -> Vec<u8> {
-    let head = [
-        ("v", Value::Integer(1.into())),
-        ("id", Value::Text(id.into())),
-        ("type", Value::Text("serial_request".into())),
-        ("sent_at", Value::Integer(1_700_000_000_000i64.into())),
-        ("from", Value::serialized(from).expect("party")),
-        ("purpose", Value::Text("query".into())),
-    ];
-    let mut body = vec![0xa0 | (head.len() as u8 + 1)];
-    for (k, v) in head {
-        ciborium::into_writer(&Value::Text(k.into()), &mut body).expect("vec");
-        ciborium::into_writer(&v, &mut body).expect("vec");
-    }
-    ciborium::into_writer(&Value::Text("x_pad".into()), &mut body).expect("vec");
-    body.push(0x9a);
-    body.extend_from_slice(&n.to_be_bytes());
-    let len = u32::try_from(body.len() + n as usize).expect("fits");
-    let mut out = len.to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
-}
-
-/// A whole 4 MiB frame of empty maps under `x_pad`.
-fn empty_maps_frame(from: &Party, id: &str) -> Vec<u8> {
-    let fixed = head_with_pad(from, id, 0).len() - 4;
-    let n = u32::try_from(DEFAULT_MAX_FRAME - fixed).expect("fits");
-    let mut frame = head_with_pad(from, id, n);
-    frame.resize(4 + DEFAULT_MAX_FRAME, 0xa0);
-    frame
 }
 
 /// How long a debug build of the box, on a loaded machine, may take to
@@ -184,7 +151,7 @@ async fn sixteen_frames_of_four_million_empty_maps_keep_the_box_under_128_mib() 
     for (i, mut link) in links.into_iter().enumerate() {
         // Claims to come from the other agency's IMS: read whole, decoded,
         // then refused for the identity.
-        let frame = empty_maps_frame(&Party::ims(b.clone()), &format!("pad-{i}"));
+        let frame = empty_maps_frame(&Party::ims(b.clone()), &format!("pad-{i}")).expect("frame");
         sends.spawn(async move { link.send_raw(&frame).await });
     }
     let flow = bed.nodes[0].ims.run_query(prefix(&a, &b, "JM010"));
@@ -213,18 +180,8 @@ async fn sixteen_frames_of_four_million_empty_maps_keep_the_box_under_128_mib() 
     bed.shutdown().await;
 }
 
-/// A TCP connection to `addr` from `local`.
-async fn tcp_from(addr: SocketAddr, local: IpAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(local, 0))?;
-    socket.connect(addr).await
-}
-
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-/// `count` authenticated TLS connections as `me` to `server` at `addr`,
-/// handshaking a few at a time from several loopback addresses (the box
-/// bounds handshakes per source).
+/// `count` authenticated TLS connections as `me` to `server` at `addr`
+/// (see [`authenticated_connections`]).
 async fn connections(
     bed: &Testbed,
     me: &Party,
@@ -238,27 +195,9 @@ async fn connections(
         .expect("material")
         .client_config()
         .expect("client config");
-    let connector = tokio_rustls::TlsConnector::from(client);
-    let name = ifrelay_tls::identity::server_name(server).expect("name");
-    let mut out = Vec::with_capacity(count);
-    let mut n = 0u8;
-    while out.len() < count {
-        let batch = (count - out.len()).min(16);
-        let mut set = JoinSet::new();
-        for _ in 0..batch {
-            n = n.wrapping_add(1);
-            let local = IpAddr::from([127, 0, 1, 1 + n % 32]);
-            let (connector, name) = (connector.clone(), name.clone());
-            set.spawn(async move {
-                let tcp = tcp_from(addr, local).await?;
-                connector.connect(name, tcp).await
-            });
-        }
-        while let Some(done) = set.join_next().await {
-            out.push(done.expect("task").expect("an authenticated connection"));
-        }
-    }
-    out
+    authenticated_connections(client, server, addr, count)
+        .await
+        .expect("an authenticated connection")
 }
 
 /// How long the slow senders and the flows go on.
@@ -300,71 +239,22 @@ async fn stalled_and_slow_frames_stay_under_128_mib_and_are_given_back() {
 
     // 200 peer boxes announce a 4 MiB frame and stall; one in ten sends
     // 64 KiB of it first (those the read timeout must drop).
-    let mut stalled = connections(&bed, &Party::is(b.clone()), &own, core_side, 200).await;
+    let stalled = connections(&bed, &Party::is(b.clone()), &own, core_side, 200).await;
     // 250 IMS connections will send 4 MiB − 1 of a 4 MiB frame, slowly.
     let slow = connections(&bed, &ims, &own, agency_side, 250).await;
     let (_, connected) = memory(pid);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (most, sampler) = sample(pid, stop.clone());
-    let announce = u32::try_from(DEFAULT_MAX_FRAME)
-        .expect("fits")
-        .to_be_bytes();
-    let mut dropped_by_timeout = JoinSet::new();
-    for (i, tls) in stalled.iter_mut().enumerate() {
-        tls.write_all(&announce).await.expect("prefix");
-        if i % 10 == 0 {
-            tls.write_all(&[0xa0; 64 * 1024]).await.expect("part");
-        }
-        tls.flush().await.expect("flush");
-    }
-    for (i, tls) in stalled.drain(..).enumerate() {
-        let part = i % 10 == 0;
-        dropped_by_timeout.spawn(async move {
-            // Hold the connection; the box closes it (or the flood ends).
-            let mut tls = tls;
-            let mut buf = [0u8; 64];
-            let t0 = Instant::now();
-            let closed = tokio::time::timeout(
-                FLOOD.max(STALL_DROPPED_WITHIN),
-                tokio::io::AsyncReadExt::read(&mut tls, &mut buf),
-            )
-            .await
-            .is_ok();
-            (part, closed, t0.elapsed(), tls)
-        });
-    }
+    // Each held until the box closes it (or the flood ends); one in ten
+    // sends 64 KiB of its frame first.
+    let mut dropped_by_timeout = announce_and_stall(stalled, 10, FLOOD.max(STALL_DROPPED_WITHIN))
+        .await
+        .expect("announcements");
     let sent = Arc::new(AtomicU64::new(0));
     let mut senders = JoinSet::new();
     for tls in slow {
-        let sent = sent.clone();
-        senders.spawn(async move {
-            let mut tls = tls;
-            let deadline = Instant::now() + FLOOD;
-            if tls.write_all(&announce).await.is_err() {
-                return tls;
-            }
-            let mut left = DEFAULT_MAX_FRAME - 1;
-            let piece = [0xa0u8; SLOW_PIECE];
-            while left > 0 && Instant::now() < deadline {
-                let n = left.min(piece.len());
-                let write = tokio::time::timeout(Duration::from_secs(1), async {
-                    tls.write_all(&piece[..n]).await?;
-                    tls.flush().await
-                });
-                match write.await {
-                    Ok(Ok(())) => {
-                        left -= n;
-                        sent.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    // Held back by the box (its budget is spent), or dropped.
-                    Ok(Err(_)) => break,
-                    Err(_) => {}
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            tls
-        });
+        senders.spawn(send_slowly(tls, SLOW_PIECE, FLOOD, sent.clone()));
     }
 
     // The own IMS goes on meanwhile.
@@ -388,10 +278,10 @@ async fn stalled_and_slow_frames_stay_under_128_mib_and_are_given_back() {
     let mut stalls_dropped = 0;
     let mut stalls = 0;
     while let Some(done) = dropped_by_timeout.join_next().await {
-        let (_part, closed, after, tls) = done.expect("staller");
+        let stalled = done.expect("staller");
         stalls += 1;
-        stalls_dropped += usize::from(closed && after <= STALL_DROPPED_WITHIN);
-        drop(tls);
+        stalls_dropped += usize::from(stalled.closed && stalled.after <= STALL_DROPPED_WITHIN);
+        drop(stalled.tls);
     }
     let during = most.load(Ordering::Relaxed);
     // Everyone goes away; the box must give back what they held.

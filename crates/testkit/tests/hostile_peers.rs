@@ -7,10 +7,10 @@
 //! entries; peer boxes cannot take the core's reserve; a peer box sending
 //! thousands of `box_status` frames meets its rate and gets `E_BUSY`
 //! without the store growing. Every test is bounded in time and count.
+//! The attackers themselves are `ifrelay_testkit::hostile`, which the
+//! benchmark's flood mix runs all at once.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ifrelay::config::ConfigFile;
@@ -21,9 +21,12 @@ use ifrelay_proto::{
     StatusEvent,
 };
 use ifrelay_store::Direction;
+use ifrelay_testkit::hostile::{
+    flood_box_status, ims_serial_requests, pipeline_without_reading, tcp_from, TlsLessFlood,
+};
 use ifrelay_testkit::testbed::{agencies, Testbed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// The floods load both cores; tests of this file take turns.
@@ -64,21 +67,6 @@ fn unknown_receipt() -> Body {
     })
 }
 
-/// A TCP connection to `addr` from `local` (any port), with a receive
-/// buffer of `rcvbuf` bytes if given.
-async fn tcp_from(
-    addr: SocketAddr,
-    local: IpAddr,
-    rcvbuf: Option<u32>,
-) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    if let Some(size) = rcvbuf {
-        socket.set_recv_buffer_size(size)?;
-    }
-    socket.bind(SocketAddr::new(local, 0))?;
-    socket.connect(addr).await
-}
-
 /// A TLS connection as `me` to the box `server` at `addr`, over `tcp`.
 async fn tls_over(
     bed: &Testbed,
@@ -92,9 +80,7 @@ async fn tls_over(
         .expect("material")
         .client_config()
         .expect("client config");
-    let name = ifrelay_tls::identity::server_name(server).expect("name");
-    tokio_rustls::TlsConnector::from(client)
-        .connect(name, tcp)
+    ifrelay_testkit::hostile::tls_over(client, server, tcp)
         .await
         .expect("handshake")
 }
@@ -129,38 +115,8 @@ async fn ask(
     link.request(&frame(me, n, body)).await.expect("reply")
 }
 
-/// Pipelines `box_status` frames as `me` and never reads a reply, until
-/// the box drops the connection (a write fails) or `max` frames or 30 s.
-/// Returns the frames written and whether the box dropped it.
-async fn pipeline_without_reading(
-    mut tls: tokio_rustls::client::TlsStream<TcpStream>,
-    me: &Party,
-    tag: &str,
-    max: usize,
-) -> (usize, bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut sent = 0;
-    while Instant::now() < deadline {
-        let bytes = if sent < max {
-            frame(me, &format!("{tag}-{sent}"), started()).encode()
-        } else {
-            // All written and the box has not dropped it yet: keep
-            // poking so that its close shows as a failed write.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            vec![0]
-        };
-        let write = async {
-            tls.write_all(&bytes).await?;
-            tls.flush().await
-        };
-        match tokio::time::timeout_at(deadline, write).await {
-            Ok(Ok(())) => sent += usize::from(sent < max),
-            Ok(Err(_)) => return (sent, true),
-            Err(_) => break,
-        }
-    }
-    (sent, false)
-}
+/// How long a peer that never reads goes on if the box does not drop it.
+const NEVER_READ_LIMIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_is_dropped_and_every_exit_frees_its_slot() {
@@ -189,7 +145,7 @@ async fn a_peer_that_never_reads_is_dropped_and_every_exit_frees_its_slot() {
         let tls = tls_over(&bed, &peer, &box_a, tcp).await;
         let peer = peer.clone();
         never_readers.push(tokio::spawn(async move {
-            pipeline_without_reading(tls, &peer, &format!("nr{i}"), 20_000).await
+            pipeline_without_reading(tls, &peer, &format!("nr{i}"), 20_000, NEVER_READ_LIMIT).await
         }));
     }
     // Three more close abruptly (reset) while the box is writing to them.
@@ -269,7 +225,7 @@ async fn a_peer_that_never_reads_is_dropped_and_every_exit_frees_its_slot() {
     let tls = tls_over(&bed, &peer, &box_a, tcp).await;
     let stuck = tokio::spawn({
         let peer = peer.clone();
-        async move { pipeline_without_reading(tls, &peer, "stop", 1_000_000).await }
+        async move { pipeline_without_reading(tls, &peer, "stop", 1_000_000, NEVER_READ_LIMIT).await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stopping = Instant::now();
@@ -281,41 +237,9 @@ async fn a_peer_that_never_reads_is_dropped_and_every_exit_frees_its_slot() {
     assert!(dropped, "the stopping box kept the connection");
 }
 
-/// Opens `conns` connections to `addr` from `from` that never start TLS,
-/// each opened again as soon as the box drops it, until `stop`. Counts
-/// the connections made.
-fn flood(
-    addr: SocketAddr,
-    from: IpAddr,
-    conns: usize,
-    stop: Arc<AtomicBool>,
-) -> (Vec<tokio::task::JoinHandle<()>>, Arc<AtomicU64>) {
-    let opened = Arc::new(AtomicU64::new(0));
-    let tasks = (0..conns)
-        .map(|_| {
-            let (stop, opened) = (stop.clone(), opened.clone());
-            tokio::spawn(async move {
-                let mut buf = [0u8; 16];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(mut tcp) = tcp_from(addr, from, None).await else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    opened.fetch_add(1, Ordering::Relaxed);
-                    // Until the box drops it (or the flood ends).
-                    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
-                }
-            })
-        })
-        .collect();
-    (tasks, opened)
-}
-
-/// Answer times of the IMS's serial requests, one every 50–100 ms for
-/// `period`, each timed from its moment in the schedule (so a slow answer
-/// delays no later request); `None` for one not answered with a serial
-/// within 5 s. Over `link` when given (requests then wait for each
-/// other's answers), else each on a fresh connection: TCP, TLS, request.
+/// Answer times of the IMS's serial requests for `period` (see
+/// [`ims_serial_requests`]): over `link` when given, else each on a fresh
+/// connection.
 async fn ims_requests(
     bed: &Testbed,
     period: Duration,
@@ -330,50 +254,7 @@ async fn ims_requests(
         .expect("material")
         .client_config()
         .expect("client config");
-    let link = link.map(|l| Arc::new(tokio::sync::Mutex::new(l)));
-    let end = Instant::now() + period;
-    let mut asks = Vec::new();
-    let mut n = 0u32;
-    while Instant::now() < end {
-        n += 1;
-        let request = frame(&ims, &format!("flood-ims-{n}"), serial_request());
-        let (link, client, box_a) = (link.clone(), client.clone(), box_a.clone());
-        asks.push(tokio::spawn(async move {
-            let t0 = Instant::now();
-            let answer = async {
-                match link {
-                    Some(link) => link.lock().await.request(&request).await.ok(),
-                    None => {
-                        let fresh = Link::connect(
-                            addr,
-                            &box_a,
-                            client,
-                            Duration::from_secs(5),
-                            Duration::from_secs(5),
-                            ifrelay_proto::frame::DEFAULT_MAX_FRAME,
-                        );
-                        match fresh.await {
-                            Ok(mut fresh) => fresh.request(&request).await.ok(),
-                            Err(_) => None,
-                        }
-                    }
-                }
-            };
-            let reply = tokio::time::timeout(Duration::from_secs(5), answer)
-                .await
-                .ok()
-                .flatten();
-            let ok = matches!(reply.map(|r| r.body), Some(Body::SerialIssued(_)));
-            ok.then(|| t0.elapsed())
-        }));
-        let pause = 50 + u64::from(n * 37 % 51);
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-    }
-    let mut times = Vec::new();
-    for ask in asks {
-        times.push(ask.await.expect("request task"));
-    }
-    times
+    ims_serial_requests(addr, &ims, &box_a, client, ("flood-ims", period), link).await
 }
 
 /// Runs a flood of `conns` connections without TLS from `from` to the
@@ -396,16 +277,18 @@ async fn flood_while_the_ims_asks(from: &str, conns: usize, link_first: bool) {
     let last_seq = reader.access_count().expect("count");
     let size_before = std::fs::metadata(&store).expect("store").len();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (flooders, opened) = flood(addr, from.parse().expect("ip"), conns, stop.clone());
+    // Bounded by the stop below; these bounds only guard against a hang.
+    let flood = TlsLessFlood::start(
+        addr,
+        from.parse().expect("ip"),
+        conns,
+        Instant::now() + Duration::from_secs(60),
+        10_000_000,
+    );
     // Let the flood reach its pace first.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let times = ims_requests(&bed, Duration::from_secs(10), link).await;
-    stop.store(true, Ordering::Relaxed);
-    for f in flooders {
-        f.abort();
-    }
-    let opened = opened.load(Ordering::Relaxed);
+    let opened = flood.stop();
 
     let answered: Vec<Duration> = times.iter().flatten().copied().collect();
     let within = answered
@@ -569,38 +452,12 @@ async fn a_peer_box_flooding_box_status_meets_its_rate() {
         .link(&peer, &box_a, running.core_side)
         .await
         .expect("link");
-    let (mut rd, mut wr) = link.into_split();
-    let t0 = Instant::now();
-    let writer = {
-        let peer = peer.clone();
-        tokio::spawn(async move {
-            for n in 0..FRAMES {
-                let bytes = frame(&peer, &format!("st-{n}"), started()).encode();
-                wr.queue(&bytes).await.expect("write");
-                if n % 64 == 63 {
-                    wr.flush().await.expect("flush");
-                }
-            }
-            wr.flush().await.expect("flush");
-            wr
-        })
-    };
-    let (mut accepted, mut busy) = (0usize, 0usize);
-    let read_all = async {
-        for _ in 0..FRAMES {
-            let reply = rd.next_reply().await.expect("reply");
-            match &reply.body {
-                Body::Accepted(_) => accepted += 1,
-                Body::Refused(r) if r.reason == Reason::Busy => busy += 1,
-                other => panic!("unexpected answer {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), read_all)
+    // Every reply accepted or E_BUSY, all within a minute; the link stays
+    // open until the end of the test.
+    let flood = flood_box_status(link, &peer, "st", FRAMES, Duration::from_secs(60))
         .await
-        .expect("all answered within a minute");
-    let elapsed = t0.elapsed();
-    let _wr = writer.await.expect("writer");
+        .expect("all answered accepted or E_BUSY within a minute");
+    let (accepted, busy, elapsed) = (flood.accepted, flood.busy, flood.elapsed);
     println!("{FRAMES} box_status in {elapsed:?}: {accepted} accepted, {busy} E_BUSY");
     // The default rate: a burst of 10, then one a second.
     let allowed = 10 + elapsed.as_secs() as usize + 2;

@@ -21,12 +21,16 @@
 //!    store or checks, at the same concurrency ([`bare`]).
 //! 7. **Backlog**: a box restarted on an outbox of a million entries; time
 //!    until the first is resent ([`backlog`]).
+//! 8. **Flood**: fresh boxes under every hostile peer at once, with normal
+//!    traffic beside; peak RSS of the attacked box and the own IMS's
+//!    answer times, quiet and flooded ([`flood`]).
 //!
 //! [`BenchReport::render`] is the human report; its last line is
 //! [`BenchReport::summary_line`], the one line scripts compare.
 
 pub mod backlog;
 pub mod bare;
+pub mod flood;
 pub mod ingest;
 pub mod load;
 pub mod machine;
@@ -66,6 +70,9 @@ pub mod targets {
     /// Backlog entries, and the time within which resending must start.
     pub const BACKLOG_ENTRIES: u64 = 1_000_000;
     pub const BACKLOG_RESUME_S: f64 = 5.0;
+    /// Share of the own IMS's requests answered within 1 s during a flood
+    /// (the peak RSS bound, [`RSS_MIB`], holds under the flood too).
+    pub const FLOOD_WITHIN_1S: f64 = 0.99;
 }
 
 /// What to run.
@@ -98,6 +105,8 @@ pub struct BenchOptions {
     pub backlog_rate_window: Duration,
     /// fdatasync samples of the machine probe.
     pub fsyncs: usize,
+    /// The flood phase; `None` skips it.
+    pub flood: Option<flood::FloodOptions>,
     /// Wait up to this long for the rest of the machine to go quiet
     /// (under a quarter of a core for 5 s) before starting.
     pub wait_quiet: Duration,
@@ -125,6 +134,7 @@ impl BenchOptions {
             backlog_wait: Duration::from_secs(180),
             backlog_rate_window: Duration::from_secs(3),
             fsyncs: 500,
+            flood: Some(flood::FloodOptions::full()),
             wait_quiet: Duration::ZERO,
         }
     }
@@ -150,6 +160,7 @@ impl BenchOptions {
             backlog_wait: Duration::from_secs(60),
             backlog_rate_window: Duration::from_secs(1),
             fsyncs: 50,
+            flood: Some(flood::FloodOptions::quick()),
             ..BenchOptions::full(box_command)
         }
     }
@@ -261,6 +272,7 @@ pub struct BenchReport {
     pub access: Option<Result<AccessCount, String>>,
     pub bare: Vec<BareRun>,
     pub backlog: Option<Result<BacklogResult, String>>,
+    pub flood: Option<Result<flood::FloodRun, String>>,
     pub elapsed: Duration,
 }
 
@@ -427,6 +439,21 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         .map_err(|e| e.to_string()),
     );
 
+    let mut flood = None;
+    if let Some(flood_opts) = &opts.flood {
+        flush_dirty("before the flood phase");
+        flood = Some(
+            flood::run(
+                &dir.join("flood"),
+                &opts.box_command,
+                flood_opts,
+                machine.cpus,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+        );
+    }
+
     Ok(BenchReport {
         quick: opts.quick,
         machine,
@@ -439,6 +466,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         access,
         bare,
         backlog,
+        flood,
         elapsed: started.elapsed(),
     })
 }
@@ -813,6 +841,27 @@ impl BenchReport {
         }
     }
 
+    fn flood_run(&self) -> Option<&flood::FloodRun> {
+        self.flood.as_ref().and_then(|f| f.as_ref().ok())
+    }
+
+    /// Peak RSS of the attacked box over the flood phase, in MiB.
+    pub fn flood_rss_mib(&self) -> Option<f64> {
+        self.flood_run()
+            .and_then(flood::FloodRun::attacked_peak_mib)
+    }
+
+    /// p99 answer time of the own IMS during the flood, in ms.
+    pub fn flood_ims_p99_ms(&self) -> Option<f64> {
+        self.flood_run().and_then(|f| f.flooded.p99_ms())
+    }
+
+    /// Share of the own IMS's requests answered within 1 s during the
+    /// flood.
+    pub fn flood_ims_within_1s(&self) -> Option<f64> {
+        self.flood_run().and_then(|f| f.flooded.within_share())
+    }
+
     /// The one line scripts compare; `nan` where a figure is missing.
     pub fn summary_line(&self) -> String {
         let num = |v: Option<f64>, decimals: usize| match v {
@@ -821,7 +870,8 @@ impl BenchReport {
         };
         let hop = self.hop_summary();
         format!(
-            "bench: frames_per_s={} bare_frames_per_s={} ratio={} p99_ms={} p999_ms={} rss_mib={} backlog_resume_s={}",
+            "bench: frames_per_s={} bare_frames_per_s={} ratio={} p99_ms={} p999_ms={} rss_mib={} backlog_resume_s={} \
+             flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={}",
             num(Some(self.frames_per_s()), 0),
             num(Some(self.bare_frames_per_s()), 0),
             num(Some(self.ratio()), 3),
@@ -829,6 +879,9 @@ impl BenchReport {
             num(hop.map(|h| h.p999.as_secs_f64() * 1000.0), 2),
             num(self.peak_rss_mib(), 1),
             num(self.backlog_resume_s(), 3),
+            num(self.flood_rss_mib(), 1),
+            num(self.flood_ims_p99_ms(), 2),
+            num(self.flood_ims_within_1s(), 4),
         )
     }
 
@@ -842,6 +895,7 @@ impl BenchReport {
         self.render_bare(&mut o);
         self.render_memory(&mut o);
         self.render_backlog(&mut o);
+        self.render_flood(&mut o);
         self.render_targets(&mut o);
         let _ = writeln!(o, "{}", self.summary_line());
         o
@@ -1273,6 +1327,115 @@ impl BenchReport {
         }
     }
 
+    fn render_flood(&self, o: &mut String) {
+        let f = match &self.flood {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                let _ = writeln!(o, "\nflood mix: failed: {e}");
+                return;
+            }
+            None => return,
+        };
+        let m = &f.mix;
+        let _ = writeln!(
+            o,
+            "\nflood mix: fresh boxes, every hostile peer at once against box A for {:.1} s, normal traffic beside",
+            m.duration.as_secs_f64()
+        );
+        let _ = writeln!(
+            o,
+            "  attackers: {} peers pipelining without reading, {} connections without TLS from {}, \
+             {} IMS connections sending 4 MiB frames of empty maps, a peer box flooding box_status ({} frames a round); \
+             from {:.1} s on {} peers stalling in a 4 MiB frame and {} IMS connections sending one slowly",
+            m.never_readers,
+            m.tls_less_conns,
+            m.tls_less_from,
+            m.empty_map_senders,
+            m.box_status_frames,
+            m.holders_after.as_secs_f64(),
+            m.stalled,
+            m.slow
+        );
+        let _ = writeln!(o, "  what they did: {}", f.counts.describe());
+        for fail in &f.counts.failures {
+            let _ = writeln!(
+                o,
+                "  attacker steps failed: {} x {}; the first: {}",
+                fail.count, fail.what, fail.first
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  own IMS: serial requests every 50-100 ms, each on a fresh connection (TCP, TLS, request), \
+             timed alone; not answered within {} s counts as {} s",
+            flood::GIVE_UP.as_secs(),
+            flood::GIVE_UP.as_secs()
+        );
+        let _ = writeln!(
+            o,
+            "  {:<8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12}",
+            "", "requests", "answered", "<= 1 s", "p50 ms", "p99 ms", "max ms", "flows done"
+        );
+        let before = format!("< {:.1} s", f.mix.holders_after.as_secs_f64());
+        let after = format!(">= {:.1} s", f.mix.holders_after.as_secs_f64());
+        for (name, a, flows) in [
+            ("quiet", &f.quiet, Some(&f.quiet_flows)),
+            ("flooded", &f.flooded, Some(&f.flooded_flows)),
+            (before.as_str(), &f.flooded_before_holders, None),
+            (after.as_str(), &f.flooded_with_holders, None),
+        ] {
+            let (p50, p99, max) = a.times.map_or_else(
+                || ("n/a".into(), "n/a".into(), "n/a".into()),
+                |s| (ms(s.p50), ms(s.p99), ms(s.max)),
+            );
+            let _ = writeln!(
+                o,
+                "  {:<8} {:>8} {:>8} {:>8.1}% {:>9} {:>9} {:>9} {:>12}",
+                name,
+                a.requests,
+                a.answered,
+                100.0 * a.within_share().unwrap_or(0.0),
+                p50,
+                p99,
+                max,
+                flows.map_or_else(String::new, |f| f.completed.to_string())
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  (the last two rows: flooded requests due before / after the stalled and slow attackers started, in flood time)"
+        );
+        let _ = writeln!(o, "  CPU used, in cores: quiet {}", cores(&f.quiet_cpu));
+        let _ = writeln!(o, "                      flooded {}", cores(&f.flooded_cpu));
+        if let (Some(q), Some(fl)) = (f.quiet.p99_ms(), f.flooded.p99_ms()) {
+            let _ = writeln!(
+                o,
+                "  IMS p99 flooded / quiet: {fl:.2} / {q:.2} ms = {:.1} x",
+                fl / q.max(1e-9)
+            );
+        }
+        if let Some(e) = &f.flooded_flows.first_error {
+            let _ = writeln!(o, "  first failed flow during the flood: {e}");
+        }
+        let _ = writeln!(
+            o,
+            "  peak RSS (VmHWM over the phase): box A after the quiet part {}; after the flood {}",
+            f.rss_quiet_kib
+                .map_or_else(|| "unknown".to_owned(), |k| format!("{:.1} MiB", mib(k))),
+            f.peak_rss_kib
+                .iter()
+                .map(|(n, k)| format!(
+                    "{n} {}",
+                    k.map_or_else(|| "unknown".to_owned(), |k| format!("{:.1} MiB", mib(k)))
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for s in &f.stopped {
+            let _ = writeln!(o, "  stopped: {s}");
+        }
+    }
+
     fn render_targets(&self, o: &mut String) {
         let _ = writeln!(o, "\ntargets (2-core machine):");
         let fps = self.frames_per_s();
@@ -1353,6 +1516,38 @@ impl BenchReport {
             }
             None => {
                 let _ = writeln!(o, "  [MISSED] backlog resend: did not start");
+            }
+        }
+        if self.flood.is_none() {
+            return;
+        }
+        match self.flood_rss_mib() {
+            Some(m) => {
+                let _ = writeln!(
+                    o,
+                    "  [{}] peak RSS <= {:.0} MiB per box under the flood mix: {m:.1} MiB",
+                    verdict(m <= targets::RSS_MIB),
+                    targets::RSS_MIB
+                );
+            }
+            None => {
+                let _ = writeln!(o, "  [MISSED] peak RSS under the flood mix: unknown");
+            }
+        }
+        match self.flood_ims_within_1s() {
+            Some(w) => {
+                let _ = writeln!(
+                    o,
+                    "  [{}] own IMS answered within 1 s during the flood >= {:.0} %: {:.1} % (p99 {} ms)",
+                    verdict(w >= targets::FLOOD_WITHIN_1S),
+                    targets::FLOOD_WITHIN_1S * 100.0,
+                    w * 100.0,
+                    self.flood_ims_p99_ms()
+                        .map_or_else(|| "n/a".to_owned(), |p| format!("{p:.2}"))
+                );
+            }
+            None => {
+                let _ = writeln!(o, "  [MISSED] own IMS during the flood: no requests");
             }
         }
     }
