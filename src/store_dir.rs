@@ -1,5 +1,5 @@
 //! The store's folder: the directory of `store.path`, which holds the redb
-//! file and the box's signing key ([`crate::identity`]).
+//! file and the box's signing key (`src/identity.rs`).
 //!
 //! Invariant: when the box creates the folder it does so with mode 0700
 //! (records are personal data, the key is secret), and only the last
