@@ -58,8 +58,10 @@ enum Command {
     /// Creates the key (and the store's folder, mode 0700) when the box has
     /// none yet, as the first `run` does, and then says so on standard
     /// error. Shows public data only: the private key never leaves its
-    /// file. Needs only the configuration's `[box]` and `[store]`; the TLS
-    /// files are not checked (`check-config` does that).
+    /// file. Checks every key and value of the configuration but not the
+    /// TLS files it names (`check-config` does), so it works before the
+    /// box's certificate is installed. Run it as the user the service runs
+    /// as: the box refuses a key owned by another user.
     ///
     /// Exit codes: 0 shown, 78 invalid configuration, 74 the store's
     /// folder or the key file cannot be created or read, 77 the key file is
