@@ -1201,14 +1201,31 @@ impl Config {
     /// # Errors
     /// Any [`ConfigError`]; the binary exits with [`EXIT_CONFIG`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Self::read(path)?;
+        config.validate_files()?;
+        Ok(config)
+    }
+
+    /// Reads and checks the configuration file at `path` (steps 1–2)
+    /// without touching the files it names: for commands that need only
+    /// some of it (`ifrelay identity` needs no TLS files).
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`], [`ConfigError::Syntax`] or
+    /// [`ConfigError::Invalid`].
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
-        let config = ConfigFile::parse_from(&text, Some(path))?.resolve(base_dir)?;
-        config.validate_files()?;
-        Ok(config)
+        ConfigFile::parse_from(&text, Some(path))?.resolve(base_dir)
+    }
+
+    /// The store's folder (the directory of `store.path`), which also holds
+    /// the box's signing key.
+    pub fn store_dir(&self) -> &Path {
+        crate::store_dir::of(&self.store.path)
     }
 
     /// [`Config::parse`] then [`Config::validate_files`].

@@ -17,7 +17,14 @@ pub const DAMAGED: u8 = 65;
 /// A critical task of the running box died (`EX_SOFTWARE`): the service
 /// manager restarts the box.
 pub const SOFTWARE: u8 = 70;
-/// The store or its directory cannot be opened or created (`EX_IOERR`).
+/// The store, its directory or the box's signing key file cannot be
+/// opened, read or created (`EX_IOERR`).
 pub const IO: u8 = 74;
+/// The box's signing key file is refused (`EX_NOPERM`, the nearest): it is
+/// open to group or others, belongs to another user, or is not a key. A
+/// restart finds the same, so the service manager should not restart on it
+/// (`RestartPreventExitStatus=77`); docs/operations.md, "The box's signing
+/// key".
+pub const KEY_REFUSED: u8 = 77;
 /// The configuration is refused (`EX_CONFIG`).
 pub const CONFIG: u8 = 78;

@@ -9,8 +9,10 @@
 pub mod config;
 pub mod critical;
 pub mod exit;
+pub mod identity;
 pub mod logging;
 pub mod net;
 pub mod relay;
 pub mod report;
+pub mod store_dir;
 pub mod supervisor;

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use ifrelay::config::Config;
 use ifrelay::exit;
+use ifrelay::identity::{BoxKey, Created, IdentityError};
+use ifrelay::report::IdentityCard;
 use ifrelay::supervisor::{Exit, RunningBox, StartError};
 use ifrelay_store::{StoreError, SurveyEvent};
 use tokio::signal::unix::Signal;
@@ -28,11 +30,15 @@ struct Cli {
 enum Command {
     /// Run the box until SIGTERM or SIGINT.
     ///
+    /// Creates the box's signing key in the store's folder at first start.
+    ///
     /// Exit codes: 0 stopped on request, 78 invalid configuration, 74 the
-    /// store or its directory cannot be opened, 65 the store is damaged
-    /// (refused and left as it is; README, "When the store is damaged"),
-    /// 70 a critical task died (the service manager restarts the box), 1
-    /// any other failure.
+    /// store, its directory or the box's key file cannot be opened or
+    /// created, 77 the box's key file is refused (open to group or others,
+    /// another owner, not a key; docs/operations.md), 65 the store is
+    /// damaged (refused and left as it is; README, "When the store is
+    /// damaged"), 70 a critical task died (the service manager restarts
+    /// the box), 1 any other failure.
     Run {
         /// The configuration file (docs/config.md).
         #[arg(long, value_name = "FILE")]
@@ -44,6 +50,31 @@ enum Command {
         /// The configuration file (docs/config.md).
         #[arg(value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Show the box's own signing key, for registering it with the
+    /// national operator: the box's party, the public key (hex and PEM),
+    /// its fingerprint and the key file.
+    ///
+    /// Creates the key (and the store's folder, mode 0700) when the box has
+    /// none yet, as the first `run` does, and then says so on standard
+    /// error. Shows public data only: the private key never leaves its
+    /// file. Checks every key and value of the configuration but not the
+    /// TLS files it names (`check-config` does), so it works before the
+    /// box's certificate is installed. Run it as the user the service runs
+    /// as: the box refuses a key owned by another user.
+    ///
+    /// Exit codes: 0 shown, 78 invalid configuration, 74 the store's
+    /// folder or the key file cannot be created or read, 77 the key file is
+    /// refused (open to group or others, another owner, not a key; see
+    /// docs/operations.md, "The box's signing key"), 1 any other failure.
+    Identity {
+        /// The configuration file (docs/config.md).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print one JSON object (party, name, public_key, fingerprint,
+        /// public_key_pem, key_file, created) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Verify the hash chains of a store file, read-only: never creates,
     /// repairs or writes anything, and is safe while the box runs.
@@ -94,6 +125,7 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(&e),
         },
+        Command::Identity { config, json } => identity(&config, json),
         Command::VerifyStore {
             store,
             isolated,
@@ -152,6 +184,7 @@ fn run(file: PathBuf) -> ExitCode {
                     StartError::Store { source, .. } if source.is_damaged() => exit::DAMAGED,
                     StartError::Store { .. } | StartError::StoreDir { .. } => exit::IO,
                     StartError::Trust(_) => exit::CONFIG,
+                    StartError::Identity(e) => identity_exit_code(e),
                     _ => exit::FAILURE,
                 };
                 if code == exit::DAMAGED {
@@ -177,6 +210,39 @@ fn run(file: PathBuf) -> ExitCode {
             }
         }
     })
+}
+
+/// `identity`: loads or creates the box's key and shows its public half.
+fn identity(file: &Path, json: bool) -> ExitCode {
+    let config = match Config::read(file) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let (key, created) = match BoxKey::load_or_create(config.store_dir()) {
+        Ok(loaded) => loaded,
+        Err(e) => return failure(&e, identity_exit_code(&e)),
+    };
+    let created = created == Created::Now;
+    if created {
+        eprintln!(
+            "ifrelay: created the box's signing key {} just now; register its fingerprint with \
+             the national operator (docs/operations.md, \"The box's signing key\")",
+            key.path().display()
+        );
+    }
+    let card = IdentityCard::new(&config.party(), config.name.as_deref(), &key, created);
+    print!("{}", if json { card.json() } else { card.text() });
+    ExitCode::SUCCESS
+}
+
+/// 77 for a key file that is there but refused, 74 for one that cannot be
+/// read or written, 1 for a failed random source.
+fn identity_exit_code(e: &IdentityError) -> u8 {
+    match e {
+        e if e.is_refused() => exit::KEY_REFUSED,
+        IdentityError::Random => exit::FAILURE,
+        _ => exit::IO,
+    }
 }
 
 /// The signals a running box listens to, installed before anything is

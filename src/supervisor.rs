@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::critical::{self, TaskDied};
+use crate::identity::{BoxKey, Created, IdentityError};
 use crate::net::Budget;
 use crate::relay::admission::{AdmissionLimits, Occupancy};
 use crate::relay::channel::{Input, Listener};
@@ -32,6 +33,7 @@ use crate::relay::delivery::{self, DeliveryConfig};
 use crate::relay::engine::{Engine, EngineConfig, EngineStats, StepTimeouts};
 use crate::relay::rates::RateLimiter;
 use crate::relay::server::{self, ListenerConfig, ServerContext};
+use crate::store_dir;
 
 /// Inputs waiting for the engine; past this the box answers "busy".
 pub const ENGINE_QUEUE: usize = 4096;
@@ -59,6 +61,10 @@ pub enum StartError {
         #[source]
         source: Box<ifrelay_store::StoreError>,
     },
+    /// The box's signing key cannot be created or read, or is refused;
+    /// the message says which and what to do.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("cannot load the box's TLS material")]
     Tls(#[from] ifrelay_tls::TlsError),
     #[error("cannot listen on {addr} ({side}); is another process using the port?")]
@@ -87,24 +93,29 @@ pub enum Exit {
 /// Creates the store's directory (mode 0700: records are personal data)
 /// when it is missing and its parent exists; nothing further up.
 fn ensure_store_dir(store_path: &std::path::Path) -> Result<(), StartError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let Some(dir) = store_path.parent().filter(|d| !d.as_os_str().is_empty()) else {
-        return Ok(());
-    };
-    if dir.is_dir() {
-        return Ok(());
-    }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {
-            tracing::info!(dir = %dir.display(), "created the store's directory");
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(source) => Err(StartError::StoreDir {
+    let dir = store_dir::of(store_path);
+    store_dir::ensure(dir)
+        .map(drop)
+        .map_err(|source| StartError::StoreDir {
             path: dir.to_owned(),
             source,
-        }),
+        })
+}
+
+/// Loads the box's signing key from the store's folder, creating it at
+/// first start, and logs its fingerprint (public data only).
+fn load_box_key(store_path: &std::path::Path) -> Result<BoxKey, IdentityError> {
+    let (key, created) = BoxKey::load_or_create(store_dir::of(store_path))?;
+    let key_file = key.path().display();
+    let fingerprint = key.fingerprint();
+    match created {
+        Created::Now => tracing::info!(
+            %key_file, %fingerprint,
+            "created the box's signing key; register its fingerprint with the national operator"
+        ),
+        Created::Earlier => tracing::info!(%key_file, %fingerprint, "loaded the box's signing key"),
     }
+    Ok(key)
 }
 
 /// `IFRELAY_FAULT` names a critical task to kill, for the test that proves
@@ -126,6 +137,8 @@ pub struct RunningBox {
     pub core_side: SocketAddr,
     pub agency_side: SocketAddr,
     reader: StoreReader,
+    /// Signs what the box hands out of itself (exports, backups).
+    box_key: Arc<BoxKey>,
     stats: Arc<Mutex<EngineStats>>,
     watch: critical::Watch,
     /// Set by [`RunningBox::wait`] when a critical task died: the
@@ -174,6 +187,9 @@ impl RunningBox {
         let roots = config.distribution_roots().map_err(StartError::Trust)?;
         let store_path = config.store.path.clone();
         ensure_store_dir(&store_path)?;
+        // Before the store: a refused key stops the box without it having
+        // opened (or repaired) anything.
+        let box_key = Arc::new(load_box_key(&store_path)?);
         let store = Store::open(&store_path, config.store.cache_bytes()).map_err(|source| {
             StartError::Store {
                 path: store_path.display().to_string(),
@@ -353,6 +369,7 @@ impl RunningBox {
             core_side,
             agency_side,
             reader,
+            box_key,
             stats,
             watch,
             task_died: false,
@@ -371,6 +388,12 @@ impl RunningBox {
     /// Read access to the store (records, access log, verification).
     pub fn reader(&self) -> &StoreReader {
         &self.reader
+    }
+
+    /// The box's signing key (`docs/operations.md`, "The box's signing
+    /// key").
+    pub fn box_key(&self) -> &Arc<BoxKey> {
+        &self.box_key
     }
 
     /// The connections of each listener holding a place now (handshakes

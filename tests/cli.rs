@@ -1,6 +1,7 @@
 //! The `ifrelay` binary as staff and CI use it: a bad configuration is
 //! refused with the field named and exit code 78 before anything is bound;
-//! usage errors exit 2 and `--help` works per command; `run` creates the
+//! usage errors exit 2 and `--help` works per command (`identity`'s
+//! behaviour is in `tests/identity.rs`); `run` creates the
 //! store's directory (0700); a failing command prints each cause once.
 //! (`verify-store` on a real box's store, and the demo, are tested in
 //! `crates/testkit/tests/demo.rs`.)
@@ -53,6 +54,7 @@ allow = ["127.0.0.1/32"]
     for args in [
         vec!["check-config", file.as_str()],
         vec!["run", "--config", file.as_str()],
+        vec!["identity", "--config", file.as_str()],
     ] {
         let out = ifrelay(&args);
         assert_eq!(
@@ -76,7 +78,7 @@ fn help_is_there_for_every_command() {
     let out = ifrelay(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
-    for command in ["run", "check-config", "verify-store"] {
+    for command in ["run", "check-config", "identity", "verify-store"] {
         assert!(help.contains(command), "{help}");
         let out = ifrelay(&[command, "--help"]);
         assert_eq!(out.status.code(), Some(0), "{command} --help");

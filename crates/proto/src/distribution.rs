@@ -42,7 +42,7 @@ const RECURSION_LIMIT: usize = 16;
 
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): what
 /// `openssl pkey -pubout` writes before the 32 key bytes.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
+pub const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
@@ -61,9 +61,7 @@ impl RootKey {
 
     /// The SubjectPublicKeyInfo DER of this key.
     pub fn to_spki_der(&self) -> Vec<u8> {
-        let mut der = ED25519_SPKI_PREFIX.to_vec();
-        der.extend_from_slice(&self.0);
-        der
+        ed25519_spki_der(&self.0).to_vec()
     }
 
     /// The public key of `pair`.
@@ -78,6 +76,14 @@ impl RootKey {
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.0)
     }
+}
+
+/// An Ed25519 public key as DER SubjectPublicKeyInfo (RFC 8410), 44 bytes.
+pub fn ed25519_spki_der(public_key: &[u8; 32]) -> [u8; 44] {
+    let mut der = [0; 44];
+    der[..12].copy_from_slice(&ED25519_SPKI_PREFIX);
+    der[12..].copy_from_slice(public_key);
+    der
 }
 
 /// `SHA256:` and the lowercase hex of the SHA-256 of `bytes`.
