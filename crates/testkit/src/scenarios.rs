@@ -458,6 +458,63 @@ pub async fn run_all(bed: &Testbed) -> Result<Vec<Outcome>, TestbedError> {
         .await,
     ));
 
+    // ---- the core sends distributions that are not the operator's
+    let core = Party::core();
+    let mut core_link = bed
+        .pki
+        .link(&core, &box_a, node.config.listen.core_side)
+        .await?;
+    let op = bed.pki.operator();
+    let fields = bed.core.current_distribution_fields();
+    let newer = DistributionFields {
+        version: fields.version + 1,
+        ..fields.clone()
+    };
+    let stranger_op = ifrelay_devpki::DevOperator::generate()?;
+    let mut altered = newer.clone();
+    altered.prefixes.clear();
+    let mut expired = newer.clone();
+    expired.not_after = now_millis() - 1;
+    let mut unsigned = op.sign(&newer);
+    unsigned.sig.clear();
+    let attempts: [(&'static str, Reason, Distribution); 5] = [
+        (
+            "distribution signed by a key no pinned root certified",
+            Reason::DistUncertified,
+            stranger_op.sign(&newer),
+        ),
+        (
+            "distribution whose list was altered after signing",
+            Reason::DistSignature,
+            Distribution {
+                signed: op.sign(&altered).signed,
+                ..op.sign(&newer)
+            },
+        ),
+        (
+            "distribution already expired",
+            Reason::DistExpired,
+            op.sign(&expired),
+        ),
+        (
+            "distribution without a signature",
+            Reason::DistUnsigned,
+            unsigned,
+        ),
+        (
+            "distribution of the version in force, signed again",
+            Reason::DistVersion,
+            op.sign(&fields),
+        ),
+    ];
+    for (name, expected, d) in attempts {
+        out.push(outcome(
+            name,
+            expected,
+            send(&mut core_link, &ids, &core, Body::Distribution(d)).await,
+        ));
+    }
+
     // ---- an IMS certificate on the core-side listener
     let mut wrong_side = bed
         .pki
@@ -491,26 +548,6 @@ pub const NOT_PROVOKED: &[(Reason, &str)] = &[
     (
         Reason::PrefixListExpired,
         "a distribution left to expire: crates/testkit/tests/trust.rs",
-    ),
-    (
-        Reason::DistUnsigned,
-        "a distribution without signature: crates/testkit/tests/trust.rs",
-    ),
-    (
-        Reason::DistUncertified,
-        "a distribution key no pinned root certified: crates/testkit/tests/trust.rs",
-    ),
-    (
-        Reason::DistSignature,
-        "an altered list or masters table: crates/testkit/tests/trust.rs",
-    ),
-    (
-        Reason::DistExpired,
-        "a distribution already expired: crates/testkit/tests/trust.rs",
-    ),
-    (
-        Reason::DistVersion,
-        "an older distribution replayed: crates/testkit/tests/trust.rs",
     ),
     (
         Reason::Busy,

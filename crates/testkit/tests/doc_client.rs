@@ -24,7 +24,9 @@
 //! R-PRM-1) after which the connection stays usable (§2); a resend of a
 //! `permit_request` with the same id after pretending its reply was lost
 //! (§5.3, §10 item 10); two frames pipelined on one connection, answered
-//! in order (§1).
+//! in order (§1); a `distribution` relayed to us, whose chain (root →
+//! distribution key → signed fields) we verify from the root key file and
+//! §4.5 alone (R-DST-1, R-SEC-6).
 //!
 //! How the box is made to deliver to us: the testbed's box 131016 dials
 //! the testbed's IMS simulator. We bind our own TLS listener, rewrite the
@@ -103,6 +105,27 @@ fn get_text<'a>(m: &'a Value, key: &str) -> Option<&'a str> {
 
 fn get_bytes<'a>(m: &'a Value, key: &str) -> Option<&'a [u8]> {
     get(m, key)?.as_bytes().map(Vec::as_slice)
+}
+
+/// The Ed25519 root of `trust.distribution_roots` (docs/config.md): the
+/// 32 key bytes after the 12-byte SubjectPublicKeyInfo prefix of RFC 8410.
+fn root_key(path: &std::path::Path) -> R<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::SubjectPublicKeyInfoDer::from_pem_file(path)?;
+    let der = der.as_ref();
+    if der.len() != 44 {
+        return Err(format!("root key is {} bytes of DER, not 44", der.len()).into());
+    }
+    Ok(der[12..].to_vec())
+}
+
+/// Ed25519 over `context || signed` (§4.1, §4.5).
+fn verify_ed25519(key: &[u8], context: &[u8], signed: &[u8], sig: &[u8]) -> R<()> {
+    let mut input = context.to_vec();
+    input.extend_from_slice(signed);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+        .verify(&input, sig)
+        .map_err(|_| "signature does not verify".into())
 }
 
 fn now_ms() -> i64 {
@@ -270,11 +293,13 @@ struct Inbox {
 }
 
 impl Inbox {
-    /// The first delivered frame of type `ty` for `serial`.
+    /// The first delivered frame of type `ty` for `serial` (`""`: a type
+    /// without a serial).
     async fn take(&mut self, ty: &str, serial: &str) -> R<Value> {
         loop {
             let found = self.kept.iter().position(|f| {
-                get_text(f, "type") == Some(ty) && get_text(f, "serial") == Some(serial)
+                get_text(f, "type") == Some(ty)
+                    && (serial.is_empty() || get_text(f, "serial") == Some(serial))
             });
             if let Some(i) = found {
                 return Ok(self.kept.remove(i));
@@ -602,6 +627,69 @@ async fn requester_flow_written_from_the_protocol_document() -> R<()> {
     check_reply(&c.call(&req).await?, "accepted", &id);
     let (id, req) = frame(&ids, "query_complete", vec![("serial", text(&serial))]);
     check_refused(&c.call(&req).await?, &id, "E_UNKNOWN_SERIAL");
+
+    // A distribution from the core reaches us as the operator signed it
+    // (§4.3, §4.5): we check the chain ourselves, from the root key file.
+    bed.core
+        .distribute(
+            7,
+            ifrelay_testkit::testbed::prefix_list(),
+            ifrelay_testkit::testbed::masters(),
+        )
+        .await?;
+    let d = inbox.take("distribution", "").await?;
+    let root = root_key(bed.pki.roots_path())?;
+    let signer = get(&d, "signer").expect("signer (§4.5)");
+    let cert_signed = get_bytes(signer, "signed").expect("signer.signed");
+    verify_ed25519(
+        &root,
+        b"ifrelay-distribution-key-v1\0",
+        cert_signed,
+        get_bytes(signer, "sig").expect("signer.sig"),
+    )?;
+    let cert: Value = ciborium::from_reader(cert_signed)?;
+    let online = get_bytes(&cert, "key").expect("certified key");
+    assert_eq!(online.len(), 32);
+    let not_before = get(&cert, "not_before").and_then(Value::as_integer);
+    let not_after = get(&cert, "not_after").and_then(Value::as_integer);
+    assert!(not_before.is_some_and(|t| i128::from(t) <= i128::from(now_ms())));
+    assert!(not_after.is_some_and(|t| i128::from(t) > i128::from(now_ms())));
+    let signed = get_bytes(&d, "signed").expect("signed");
+    verify_ed25519(
+        online,
+        b"ifrelay-distribution-v1\0",
+        signed,
+        get_bytes(&d, "sig").expect("sig"),
+    )?;
+    let fields: Value = ciborium::from_reader(signed)?;
+    assert_eq!(
+        get(&fields, "version").and_then(Value::as_integer),
+        Some(7.into())
+    );
+    assert!(get(&fields, "not_after")
+        .and_then(Value::as_integer)
+        .is_some_and(|t| i128::from(t) > i128::from(now_ms())));
+    let keys = get(&fields, "core_keys")
+        .and_then(Value::as_array)
+        .expect("core_keys");
+    assert!(!keys.is_empty());
+    assert!(keys
+        .iter()
+        .all(|k| get_bytes(k, "key").map(<[u8]>::len) == Some(32)));
+    assert!(get(&fields, "prefixes")
+        .and_then(Value::as_array)
+        .is_some_and(|p| !p.is_empty()));
+    // One altered byte and the signature no longer holds.
+    let mut altered = signed.to_vec();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    assert!(verify_ed25519(
+        online,
+        b"ifrelay-distribution-v1\0",
+        &altered,
+        get_bytes(&d, "sig").expect("sig")
+    )
+    .is_err());
 
     // The resent permit_request was not relayed twice: no second permit.
     // Whatever else came is a `box_status` (§4.3); DOCUMENT GAP: §4.2 says
