@@ -535,7 +535,10 @@ mod tests {
         let fp = fingerprint(&public_key);
         assert_eq!(fp.len(), "SHA256:".len() + 64);
         assert!(fp.starts_with("SHA256:"));
-        assert_eq!(fp[7..], hex(&<sha2::Sha256 as sha2::Digest>::digest(public_key)));
+        assert_eq!(
+            fp[7..],
+            hex(&<sha2::Sha256 as sha2::Digest>::digest(public_key))
+        );
         let pem = public_key_pem(&public_key);
         assert!(
             pem.starts_with("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA"),
