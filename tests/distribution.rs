@@ -7,73 +7,19 @@
 //! of badly signed distributions (each with its code, nothing changed) are
 //! in `tests/engine.rs`, `a_refusal_changes_nothing_but_the_access_log`.
 
+mod steps;
+
 use std::time::Duration;
 
 use ifrelay::relay::destination::Destination;
-use ifrelay::relay::engine::harness::{Event, Fixture, Harness};
+use ifrelay::relay::engine::harness::{Fixture, Harness};
 use ifrelay_proto::{
-    Accepted, Body, CoreKey, Millis, PermitRequest, Prefix, PrefixCheck, Reason, Serial,
-    SerialPurpose, SerialRequest, SignedPermit,
+    Body, CoreKey, Millis, PermitRequest, Prefix, PrefixCheck, Reason, Serial, SignedPermit,
 };
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use tempfile::TempDir;
+use steps::{assert_accepted, assert_refused, boot, deliver_all, issue, types, NOON_JST};
 
-/// 2026-12-01T03:00:00Z, noon in Japan.
-const NOON_JST: Millis = 1_796_094_000_000;
 const MINUTE: Millis = 60_000;
-
-fn boot() -> (TempDir, Harness, Fixture) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let f = Fixture::new();
-    let mut h = Harness::open(&dir.path().join("ifrelay.redb"), f.config()).expect("boot");
-    h.set_now(NOON_JST);
-    (dir, h, f)
-}
-
-fn accepted(reply: &Body) {
-    assert!(
-        matches!(reply, Body::Accepted(_)),
-        "not accepted: {reply:?}"
-    );
-}
-
-fn refused(reply: &Body, reason: Reason) {
-    match reply {
-        Body::Refused(r) => assert_eq!(r.reason, reason, "{}", r.text),
-        other => panic!("not refused: {other:?}"),
-    }
-}
-
-/// Delivers every outbox entry; returns their (destination, type).
-fn deliver_all(h: &mut Harness) -> Vec<(Destination, &'static str)> {
-    let entries = h.outbox().expect("outbox");
-    let events = entries
-        .iter()
-        .map(|(item, frame)| {
-            let ack = Body::Accepted(Accepted {
-                in_reply_to: frame.header.id.clone(),
-            });
-            Event::Delivered(item.clone(), ack)
-        })
-        .collect();
-    h.run(events);
-    entries
-        .into_iter()
-        .map(|(item, frame)| (item.destination, frame.body.type_name()))
-        .collect()
-}
-
-fn issue(h: &mut Harness, f: &Fixture) -> Serial {
-    match h.send(
-        &f.ims(),
-        Body::SerialRequest(SerialRequest {
-            purpose: SerialPurpose::Query,
-        }),
-    ) {
-        Body::SerialIssued(s) => s.serial,
-        other => panic!("no serial: {other:?}"),
-    }
-}
 
 /// The prefix check's answer: `Ok(())` or the NG reason.
 fn check(h: &mut Harness, f: &Fixture, serial: &Serial, prefix: &Prefix) -> Result<(), Reason> {
@@ -94,14 +40,14 @@ fn check(h: &mut Harness, f: &Fixture, serial: &Serial, prefix: &Prefix) -> Resu
 fn requested(h: &mut Harness, f: &Fixture) -> Serial {
     let serial = issue(h, f);
     check(h, f, &serial, &f.prefix()).expect("listed");
-    accepted(&h.send(
+    assert_accepted(&h.send(
         &f.ims(),
         Body::PermitRequest(PermitRequest {
             serial: serial.clone(),
             prefix: f.prefix(),
         }),
     ));
-    assert!(deliver_all(h).contains(&(Destination::Core, "permit_request")));
+    assert!(types(&deliver_all(h)).contains(&(Destination::Core, "permit_request")));
     serial
 }
 
@@ -138,8 +84,11 @@ fn a_scheduled_distribution_takes_effect_at_its_not_before() {
         p.business = "B011".parse().expect("code");
         p
     };
-    accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&v1))));
-    assert_eq!(deliver_all(&mut h), [(Destination::Ims, "distribution")]);
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&v1))));
+    assert_eq!(
+        types(&deliver_all(&mut h)),
+        [(Destination::Ims, "distribution")]
+    );
     let serial = issue(&mut h, &f);
     assert_eq!(
         check(&mut h, &f, &serial, &extra),
@@ -156,9 +105,12 @@ fn a_scheduled_distribution_takes_effect_at_its_not_before() {
             info_name: extra.info_name.clone(),
             item: item.clone(),
         }));
-    accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&v1))));
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&v1))));
     // Relayed to the IMS at once, so every party holds it before the switch.
-    assert_eq!(deliver_all(&mut h), [(Destination::Ims, "distribution")]);
+    assert_eq!(
+        types(&deliver_all(&mut h)),
+        [(Destination::Ims, "distribution")]
+    );
     assert_eq!(
         check(&mut h, &f, &serial, &extra),
         Err(Reason::PrefixNotListed)
@@ -175,28 +127,28 @@ fn a_scheduled_distribution_takes_effect_at_its_not_before() {
     h.advance(Duration::from_secs(60));
     assert_eq!(check(&mut h, &f, &serial, &extra), Ok(()));
     // The same scheduled copy sent again is acknowledged, not relayed.
-    accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&v1))));
-    assert!(deliver_all(&mut h).is_empty());
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&v1))));
+    assert!(types(&deliver_all(&mut h)).is_empty());
 }
 
 #[test]
 fn an_emergency_distribution_overrides_a_scheduled_older_one() {
     let (_dir, mut h, f) = boot();
-    accepted(&h.send(&f.core(), Body::Distribution(f.distribution(1))));
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.distribution(1))));
     let mut scheduled = f.distribution_fields(2);
     scheduled.not_before = Some(h.now() + MINUTE);
     scheduled.prefixes.clear();
-    accepted(&h.send(
+    assert_accepted(&h.send(
         &f.core(),
         Body::Distribution(f.sign_distribution(&scheduled)),
     ));
     // Version 3, no not_before: in force now; version 2 never takes effect.
-    accepted(&h.send(&f.core(), Body::Distribution(f.distribution(3))));
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.distribution(3))));
     h.advance(Duration::from_secs(120));
     let serial = issue(&mut h, &f);
     assert_eq!(check(&mut h, &f, &serial, &f.prefix()), Ok(()));
     // And the scheduled version, sent again, is now an older one.
-    refused(
+    assert_refused(
         &h.send(
             &f.core(),
             Body::Distribution(f.sign_distribution(&scheduled)),
@@ -214,7 +166,7 @@ fn permits_under_both_keys_verify_during_a_rotation_and_a_dropped_key_is_refused
     let never = Ed25519KeyPair::from_seed_unchecked(&[22; 32]).expect("seed");
     assert_eq!(f.core_key(), current.public_key().as_ref());
 
-    accepted(&h.send(&f.core(), Body::Distribution(f.distribution(1))));
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.distribution(1))));
     // A process in flight under the current key.
     let in_flight = requested(&mut h, &f);
 
@@ -224,17 +176,17 @@ fn permits_under_both_keys_verify_during_a_rotation_and_a_dropped_key_is_refused
         listed_key(&current, 0, now + 10 * MINUTE),
         listed_key(&next, now, now + 1_000 * MINUTE),
     ];
-    accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&both))));
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&both))));
     let prefix = f.prefix();
     let old = permit_signed_by(&mut f, &current, &in_flight, &prefix, now);
-    accepted(&h.send(&f.core(), Fixture::permit_issued(&in_flight, &old)));
+    assert_accepted(&h.send(&f.core(), Fixture::permit_issued(&in_flight, &old)));
     let second = requested(&mut h, &f);
     let new = permit_signed_by(&mut f, &next, &second, &prefix, now);
-    accepted(&h.send(&f.core(), Fixture::permit_issued(&second, &new)));
+    assert_accepted(&h.send(&f.core(), Fixture::permit_issued(&second, &new)));
     // A key that was never distributed.
     let third = requested(&mut h, &f);
     let forged = permit_signed_by(&mut f, &never, &third, &prefix, now);
-    refused(
+    assert_refused(
         &h.send(&f.core(), Fixture::permit_issued(&third, &forged)),
         Reason::PermitInvalid,
     );
@@ -242,20 +194,20 @@ fn permits_under_both_keys_verify_during_a_rotation_and_a_dropped_key_is_refused
     // The rotation ends: only the next key is listed.
     let mut only_next = f.distribution_fields(3);
     only_next.core_keys = vec![listed_key(&next, now, now + 1_000 * MINUTE)];
-    accepted(&h.send(
+    assert_accepted(&h.send(
         &f.core(),
         Body::Distribution(f.sign_distribution(&only_next)),
     ));
     // (A refused permit closes its process: each check gets its own.)
     let fourth = requested(&mut h, &f);
     let old = permit_signed_by(&mut f, &current, &fourth, &prefix, now);
-    refused(
+    assert_refused(
         &h.send(&f.core(), Fixture::permit_issued(&fourth, &old)),
         Reason::PermitInvalid,
     );
     let fifth = requested(&mut h, &f);
     let new = permit_signed_by(&mut f, &next, &fifth, &prefix, now);
-    accepted(&h.send(&f.core(), Fixture::permit_issued(&fifth, &new)));
+    assert_accepted(&h.send(&f.core(), Fixture::permit_issued(&fifth, &new)));
 }
 
 #[test]
@@ -265,12 +217,12 @@ fn a_key_past_its_window_no_longer_verifies() {
     let key = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).expect("the fixture's key");
     let mut fields = f.distribution_fields(1);
     fields.core_keys = vec![listed_key(&key, 0, now + MINUTE)];
-    accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&fields))));
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&fields))));
     let serial = requested(&mut h, &f);
     h.advance(Duration::from_secs(61));
     let prefix = f.prefix();
     let permit = permit_signed_by(&mut f, &key, &serial, &prefix, h.now());
-    refused(
+    assert_refused(
         &h.send(&f.core(), Fixture::permit_issued(&serial, &permit)),
         Reason::PermitInvalid,
     );
@@ -282,7 +234,7 @@ fn expiry_closes_new_work_but_lets_work_under_way_finish() {
     let mut fields = f.distribution_fields(1);
     // Ten seconds: well inside the fixture's 30-second permit step.
     fields.not_after = h.now() + 10_000;
-    accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&fields))));
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.sign_distribution(&fields))));
     let under_way = requested(&mut h, &f);
     let bound = issue(&mut h, &f);
     check(&mut h, &f, &bound, &f.prefix()).expect("listed before expiry");
@@ -299,7 +251,7 @@ fn expiry_closes_new_work_but_lets_work_under_way_finish() {
     let serial: Serial = "271004-20261201-1-1".parse().expect("serial");
     let reverse = f.reverse_prefix();
     let permit = f.permit(&serial, &reverse, h.now());
-    refused(
+    assert_refused(
         &h.send(
             &f.core(),
             Body::Query(Fixture::query(&serial, &reverse, &permit)),
@@ -310,8 +262,8 @@ fn expiry_closes_new_work_but_lets_work_under_way_finish() {
     // expiry is relayed, and a serial bound before it may ask for one.
     let prefix = f.prefix();
     let permit = f.permit(&under_way, &prefix, h.now());
-    accepted(&h.send(&f.core(), Fixture::permit_issued(&under_way, &permit)));
-    accepted(&h.send(
+    assert_accepted(&h.send(&f.core(), Fixture::permit_issued(&under_way, &permit)));
+    assert_accepted(&h.send(
         &f.ims(),
         Body::PermitRequest(PermitRequest {
             serial: bound,
@@ -320,7 +272,7 @@ fn expiry_closes_new_work_but_lets_work_under_way_finish() {
     ));
 
     // A newer distribution opens new work again.
-    accepted(&h.send(&f.core(), Body::Distribution(f.distribution(2))));
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.distribution(2))));
     assert_eq!(check(&mut h, &f, &fresh, &f.prefix()), Ok(()));
 }
 
@@ -331,7 +283,7 @@ fn lists_survive_a_restart_and_a_list_no_pinned_root_vouches_for_is_not_held() {
     let f = Fixture::new();
     let mut h = Harness::open(&path, f.config()).expect("boot");
     h.set_now(NOON_JST);
-    accepted(&h.send(&f.core(), Body::Distribution(f.distribution(1))));
+    assert_accepted(&h.send(&f.core(), Body::Distribution(f.distribution(1))));
     let mut h = h.reboot().expect("reboot");
     let serial = issue(&mut h, &f);
     assert_eq!(check(&mut h, &f, &serial, &f.prefix()), Ok(()));

@@ -10,6 +10,8 @@
 //! a write error): every input answered `E_STORE`, nothing of the batch
 //! kept, the engine working again once the disk is.
 
+mod steps;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -24,18 +26,8 @@ use ifrelay_proto::{
 };
 use ifrelay_store::{RecordKind, Side};
 use ring::signature::{Ed25519KeyPair, KeyPair};
+use steps::{assert_accepted, assert_refused, boot, deliver_all, issue, types, NOON_JST};
 use tempfile::TempDir;
-
-/// 2026-12-01T03:00:00Z, noon in Japan.
-const NOON_JST: i64 = 1_796_094_000_000;
-
-fn boot() -> (TempDir, Harness, Fixture) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let f = Fixture::new();
-    let mut h = Harness::open(&dir.path().join("ifrelay.redb"), f.config()).expect("boot");
-    h.set_now(NOON_JST);
-    (dir, h, f)
-}
 
 /// Boots and distributes the prefix list (delivered to the IMS).
 fn ready() -> (TempDir, Harness, Fixture) {
@@ -57,64 +49,6 @@ fn core_sends(h: &mut Harness, core: &ifrelay::relay::channel::Peer, d: Distribu
 /// An Ed25519 key from a fixed seed.
 fn ed25519(seed: u8) -> Ed25519KeyPair {
     Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("any seed")
-}
-
-fn assert_accepted(reply: &Body) {
-    assert!(
-        matches!(reply, Body::Accepted(_)),
-        "not accepted: {reply:?}"
-    );
-}
-
-fn assert_refused(reply: &Body, reason: Reason) {
-    match reply {
-        Body::Refused(r) => assert_eq!(r.reason, reason, "{}", r.text),
-        other => panic!("expected {reason}, got {other:?}"),
-    }
-}
-
-/// Answers every outbox entry `accepted`, as the next hops would, in one
-/// batch; returns what was in the outbox.
-fn deliver_all(h: &mut Harness) -> Vec<(Destination, Body)> {
-    let entries = h.outbox().expect("outbox");
-    let events = entries
-        .iter()
-        .map(|(item, frame)| {
-            let ack = Body::Accepted(Accepted {
-                in_reply_to: frame.header.id.clone(),
-            });
-            Event::Delivered(item.clone(), ack)
-        })
-        .collect();
-    h.run(events);
-    assert!(
-        h.outbox().expect("outbox").is_empty(),
-        "deliveries recorded"
-    );
-    entries
-        .into_iter()
-        .map(|(item, frame)| (item.destination, frame.body))
-        .collect()
-}
-
-fn types(entries: &[(Destination, Body)]) -> Vec<(Destination, &'static str)> {
-    entries
-        .iter()
-        .map(|(d, b)| (d.clone(), b.type_name()))
-        .collect()
-}
-
-fn issue(h: &mut Harness, f: &Fixture) -> Serial {
-    let r = h.send(
-        &f.ims(),
-        Body::SerialRequest(SerialRequest {
-            purpose: SerialPurpose::Query,
-        }),
-    );
-    match r {
-        Body::SerialIssued(s) => s.serial,
-        other => panic!("no serial: {other:?}"),
-    }
 }
 
 fn notice(serial: &Serial) -> SerialNotice {
