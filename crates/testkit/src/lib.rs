@@ -18,6 +18,7 @@ pub mod firmware;
 pub mod hostile;
 pub mod scenarios;
 pub mod sim;
+pub mod soak;
 pub mod stats;
 pub mod testbed;
 pub mod workdir;
