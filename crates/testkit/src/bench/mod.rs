@@ -611,6 +611,11 @@ pub struct DiskRate {
 }
 
 impl DiskRate {
+    /// KiB written per relayed frame at `relayed_frames_per_s`.
+    fn kib_per_frame(&self, relayed_frames_per_s: f64) -> f64 {
+        self.bytes_per_s / 1024.0 / relayed_frames_per_s.max(1e-9)
+    }
+
     /// "N MiB/s in N writes/s = N KiB in N writes per relayed frame".
     fn describe(&self, relayed_frames_per_s: f64) -> String {
         let per = relayed_frames_per_s.max(1e-9);
@@ -618,7 +623,7 @@ impl DiskRate {
             "{:.1} MiB/s in {:.0} writes/s = {:.1} KiB in {:.1} writes per relayed frame",
             self.bytes_per_s / 1_048_576.0,
             self.requests_per_s,
-            self.bytes_per_s / 1024.0 / per,
+            self.kib_per_frame(relayed_frames_per_s),
             self.requests_per_s / per
         )
     }
@@ -862,6 +867,23 @@ impl BenchReport {
         self.flood_run().and_then(|f| f.flooded.within_share())
     }
 
+    /// KiB the machine wrote to disk per relayed frame in the open-loop
+    /// run at the target's offered load (issue 9: ≤ 16 KiB).
+    pub fn kib_per_frame_open(&self) -> Option<f64> {
+        let run = self.latency.first()?;
+        run.disk
+            .map(|d| d.kib_per_frame(run.achieved_frames_per_s()))
+    }
+
+    /// KiB written per relayed frame in the throughput headline run
+    /// (issue 9: ≤ 2 KiB).
+    pub fn kib_per_frame_peak(&self) -> Option<f64> {
+        let level = self.best()?;
+        level
+            .disk
+            .map(|d| d.kib_per_frame(level.run.frames_per_s()))
+    }
+
     /// The one line scripts compare; `nan` where a figure is missing.
     pub fn summary_line(&self) -> String {
         let num = |v: Option<f64>, decimals: usize| match v {
@@ -871,7 +893,7 @@ impl BenchReport {
         let hop = self.hop_summary();
         format!(
             "bench: frames_per_s={} bare_frames_per_s={} ratio={} p99_ms={} p999_ms={} rss_mib={} backlog_resume_s={} \
-             flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={}",
+             flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={} kib_per_frame_open={} kib_per_frame_peak={}",
             num(Some(self.frames_per_s()), 0),
             num(Some(self.bare_frames_per_s()), 0),
             num(Some(self.ratio()), 3),
@@ -882,6 +904,8 @@ impl BenchReport {
             num(self.flood_rss_mib(), 1),
             num(self.flood_ims_p99_ms(), 2),
             num(self.flood_ims_within_1s(), 4),
+            num(self.kib_per_frame_open(), 1),
+            num(self.kib_per_frame_peak(), 1),
         )
     }
 
