@@ -534,12 +534,19 @@ async fn an_expired_permit_is_refused_and_the_ims_told_at_once() {
         matches!(&err.kind, FlowErrorKind::ProcessError { text, .. } if text.contains("expired")),
         "{err}"
     );
-    let refusals = bed.core.stats().peer_refusals;
-    assert!(
-        refusals.iter().any(|r| r.message_type == "permit"
+    // The core hears the box's refusal on its own connection, which may
+    // come a moment after the IMS's notice: wait for it, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let heard = |r: &ifrelay_testkit::sim::serve::PeerRefusal| {
+        r.message_type == "permit"
             && r.reason == Reason::PermitInvalid
-            && r.text.contains("expired")),
-        "{refusals:?}"
-    );
+            && r.text.contains("expired")
+    };
+    let mut refusals = bed.core.stats().peer_refusals;
+    while !refusals.iter().any(heard) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        refusals = bed.core.stats().peer_refusals;
+    }
+    assert!(refusals.iter().any(heard), "{refusals:?}");
     bed.shutdown().await;
 }
