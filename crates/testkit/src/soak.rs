@@ -144,6 +144,10 @@ pub async fn run(opts: &SoakOptions) -> Result<SoakReport, TestbedError> {
     let mut bed = Testbed::start_opts(
         &opts.dir,
         &|f| {
+            // The harness's own outages (a box killed again and again)
+            // must not make the peer give up a provision: giving up has
+            // its own test (reliability.rs); here about 100 s of retries.
+            f.timeouts.retry_count = 10;
             f.timeouts.retry_backoff_ms = 50;
             f.timeouts.connect_ms = 500;
             f.timeouts.shutdown_grace_ms = 2000;
