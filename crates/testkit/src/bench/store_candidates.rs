@@ -85,11 +85,13 @@ pub enum Candidate {
     /// alone makes a batch durable; redb commits without fsync and is made
     /// durable (a checkpoint) once per [`CHECKPOINT_INPUTS`].
     Wal,
+    /// E and C: E without the secondary index tables.
+    WalNoIndex,
 }
 
 impl Candidate {
     /// Every candidate, in the order they run.
-    pub const ALL: [Candidate; 8] = [
+    pub const ALL: [Candidate; 9] = [
         Candidate::Store,
         Candidate::Imitation,
         Candidate::NoIndex,
@@ -98,6 +100,7 @@ impl Candidate {
         Candidate::TwoPhase,
         Candidate::QuickRepair,
         Candidate::Wal,
+        Candidate::WalNoIndex,
     ];
 
     /// The name printed and accepted on the command line.
@@ -111,6 +114,7 @@ impl Candidate {
             Candidate::TwoPhase => "D-two-phase",
             Candidate::QuickRepair => "D-quick-repair",
             Candidate::Wal => "E-wal-checkpoint",
+            Candidate::WalNoIndex => "EC-wal-no-index",
         }
     }
 
@@ -150,6 +154,12 @@ impl Candidate {
                 ..base
             }),
             Candidate::Wal => Some(Layout {
+                log: true,
+                wal: true,
+                ..base
+            }),
+            Candidate::WalNoIndex => Some(Layout {
+                indexes: false,
                 log: true,
                 wal: true,
                 ..base

@@ -31,7 +31,7 @@ struct Args {
     sizes: Vec<u64>,
     /// Candidates, comma-separated (default: all): A-store, A-imitation,
     /// C-no-index, B-log, BC-log-no-index, D-two-phase, D-quick-repair,
-    /// E-wal-checkpoint.
+    /// E-wal-checkpoint, EC-wal-no-index.
     #[arg(long, value_delimiter = ',')]
     candidates: Vec<String>,
     /// Measured batches per (candidate, N), at most.
