@@ -910,3 +910,29 @@ pub fn run_one(
         stop,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_candidate_runs_a_few_batches_and_counts_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = Options {
+            dir: dir.path().to_owned(),
+            sizes: vec![5],
+            candidates: Candidate::ALL.to_vec(),
+            batches: 3,
+            time: Duration::from_secs(30),
+            warmup_batches: 1,
+            segment_bytes: 1 << 20,
+        };
+        let w = Workload::new().expect("workload");
+        for c in Candidate::ALL {
+            let r = run_one(&opts, &w, c, 5).expect("run");
+            assert_eq!((r.batches, r.inputs, r.stop), (3, 15, "batches"), "{c:?}");
+            assert!(r.file_bytes > 0, "{c:?}");
+            assert_eq!(Candidate::parse(c.label()), Some(c));
+        }
+    }
+}
