@@ -36,6 +36,7 @@ pub mod load;
 pub mod machine;
 pub mod network;
 pub mod proc;
+pub mod store_candidates;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
