@@ -20,6 +20,7 @@ use crate::chain::{chain_hash, ChainName};
 use crate::error::{db, from_cbor, to_cbor, ErrorChain, StoreError};
 use crate::model::{AccessEntry, Record, RecordBody, RecordBodyRef, SeenEntry};
 use crate::tables;
+use crate::wal::{self, Entry, Op, OpRef, Plan, Position};
 use crate::writer::{Writer, WriterState};
 
 /// One group commit: many operations, one transaction, one fsync.
@@ -31,6 +32,15 @@ pub struct Batch<'a> {
     /// The batch's own copy of the chain heads and outbox counter; the
     /// writer takes it only after the commit succeeded.
     state: WriterState,
+    /// The batch's operations for the redo log, CBOR one after another
+    /// (empty when the store has no log or the batch is a replay).
+    ops: Vec<u8>,
+    /// Record operations in `ops` (false for a store without a log and
+    /// while replaying the log).
+    logging: bool,
+    /// Commit durably in redb rather than through the log (bulk test
+    /// fills).
+    force_durable: bool,
 }
 
 impl core::fmt::Debug for Batch<'_> {
@@ -44,7 +54,42 @@ impl core::fmt::Debug for Batch<'_> {
 impl<'a> Batch<'a> {
     pub(crate) fn new(writer: &'a mut Writer, txn: WriteTransaction) -> Self {
         let state = writer.state;
-        Batch { writer, txn, state }
+        let logging = writer.log.is_some();
+        Batch {
+            writer,
+            txn,
+            state,
+            ops: Vec::new(),
+            logging,
+            force_durable: false,
+        }
+    }
+
+    /// A batch that replays logged operations: they are not logged again.
+    pub(crate) fn replaying(writer: &'a mut Writer, txn: WriteTransaction) -> Self {
+        let mut batch = Batch::new(writer, txn);
+        batch.logging = false;
+        batch
+    }
+
+    /// Applies one operation read back from the log.
+    pub(crate) fn apply(&mut self, op: Op) -> Result<(), StoreError> {
+        match op {
+            Op::PutProcess(serial, state) => self.put_process(&serial, &state),
+            Op::RemoveProcess(serial) => self.remove_process(&serial).map(drop),
+            Op::PutPrefix(version, snapshot) => self.put_prefix(version, &snapshot),
+            Op::PrunePrefixesBelow(version) => self.prune_prefixes_below(version).map(drop),
+            Op::AppendRecord(at, record) => self.append_record(at, *record).map(drop),
+            Op::AppendAccess(entry) => self.append_access(*entry).map(drop),
+            Op::PushOutbox(destination, frame) => self.push_outbox(&destination, &frame).map(drop),
+            Op::RemoveOutbox(seq) => self.remove_outbox(seq).map(drop),
+            Op::PutSeen(sender, id, at, reply) => self.put_seen(&sender, &id, at, &reply),
+            Op::PruneSeen(before, max) => self
+                .prune_seen(before, usize::try_from(max).unwrap_or(usize::MAX))
+                .map(drop),
+            Op::DeleteRecordsThrough(seq) => self.delete_records_through(seq).map(drop),
+            Op::DeleteAccessThrough(seq) => self.delete_access_through(seq).map(drop),
+        }
     }
 
     /// Stores the engine's state of the process `serial`, replacing any.
@@ -59,6 +104,11 @@ impl<'a> Batch<'a> {
         table
             .insert(serial.as_str(), state)
             .map_err(db("write process"))?;
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::PutProcess(serial.as_str(), state),
+        )?;
         Ok(())
     }
 
@@ -75,6 +125,11 @@ impl<'a> Batch<'a> {
             .remove(serial.as_str())
             .map_err(db("remove process"))?
             .is_some();
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::RemoveProcess(serial.as_str()),
+        )?;
         Ok(existed)
     }
 
@@ -117,6 +172,11 @@ impl<'a> Batch<'a> {
         }
         meta.insert(tables::PREFIX_CURRENT_KEY, version)
             .map_err(db("write prefix version"))?;
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::PutPrefix(version, snapshot),
+        )?;
         Ok(())
     }
 
@@ -140,6 +200,12 @@ impl<'a> Batch<'a> {
         for v in &old {
             prefix.remove(*v).map_err(db("remove prefix"))?;
         }
+        drop(prefix);
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::PrunePrefixesBelow(version),
+        )?;
         Ok(old.len())
     }
 
@@ -165,6 +231,12 @@ impl<'a> Batch<'a> {
         index
             .insert(record.serial.as_str(), seq)
             .map_err(db("write record index"))?;
+        drop(index);
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::AppendRecord(at, &record),
+        )?;
         Ok(seq)
     }
 
@@ -175,7 +247,9 @@ impl<'a> Batch<'a> {
     /// [`StoreError::Db`] from redb.
     pub fn append_access(&mut self, entry: AccessEntry) -> Result<u64, StoreError> {
         let body = to_cbor("access-log entry", &entry)?;
-        self.append(ChainName::AccessLog, &body)
+        let seq = self.append(ChainName::AccessLog, &body)?;
+        log_op(&mut self.ops, self.logging, &OpRef::AppendAccess(&entry))?;
+        Ok(seq)
     }
 
     /// Links `body` to the batch's head of `chain` and stores the row.
@@ -226,6 +300,11 @@ impl<'a> Batch<'a> {
             .map_err(db("write outbox index"))?;
         count_add(&self.txn, destination, 1)?;
         self.state.outbox_next = next;
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::PushOutbox(destination, frame),
+        )?;
         Ok(seq)
     }
 
@@ -266,6 +345,7 @@ impl<'a> Batch<'a> {
             pushed += 1;
         }
         drop((table, index));
+        self.force_durable = true;
         if pushed > 0 {
             count_add(&self.txn, destination, pushed)?;
         }
@@ -297,6 +377,7 @@ impl<'a> Batch<'a> {
             .remove((destination.as_str(), seq))
             .map_err(db("remove outbox index"))?;
         count_sub(&self.txn, &destination, 1)?;
+        log_op(&mut self.ops, self.logging, &OpRef::RemoveOutbox(seq))?;
         Ok(true)
     }
 
@@ -356,6 +437,12 @@ impl<'a> Batch<'a> {
         by_time
             .insert((at, sender, message_id), ())
             .map_err(db("write seen index"))?;
+        drop((table, by_time));
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::PutSeen(sender, message_id, at, reply),
+        )?;
         Ok(())
     }
 
@@ -405,6 +492,12 @@ impl<'a> Batch<'a> {
                     .map_err(db("remove seen"))?;
             }
         }
+        drop((by_time, seen));
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::PruneSeen(before, max as u64),
+        )?;
         Ok(doomed.len() as u64)
     }
 
@@ -419,7 +512,13 @@ impl<'a> Batch<'a> {
     /// [`StoreError::ChainRowMissing`] when entry `seq` is absent (tampered
     /// chain); [`StoreError::Db`] from redb.
     pub fn delete_records_through(&mut self, seq: u64) -> Result<u64, StoreError> {
-        self.delete_through(ChainName::Records, seq)
+        let removed = self.delete_through(ChainName::Records, seq)?;
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::DeleteRecordsThrough(seq),
+        )?;
+        Ok(removed)
     }
 
     /// Policy deletion of access-log entries (R-REC-6), as
@@ -428,7 +527,13 @@ impl<'a> Batch<'a> {
     /// # Errors
     /// As [`Batch::delete_records_through`].
     pub fn delete_access_through(&mut self, seq: u64) -> Result<u64, StoreError> {
-        self.delete_through(ChainName::AccessLog, seq)
+        let removed = self.delete_through(ChainName::AccessLog, seq)?;
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::DeleteAccessThrough(seq),
+        )?;
+        Ok(removed)
     }
 
     fn delete_through(&mut self, chain: ChainName, seq: u64) -> Result<u64, StoreError> {
@@ -493,20 +598,78 @@ impl<'a> Batch<'a> {
         Ok(removed)
     }
 
-    /// Commits the batch with one fsync. On success the store's chain heads
-    /// advance; on failure nothing of the batch is visible, the heads are
-    /// unchanged and the store reopens the file for the next batch.
+    /// Makes the batch durable with one sync, then visible. With a redo
+    /// log (every store opened by path): the batch's operations are
+    /// appended to the log and synced, then redb commits without syncing;
+    /// every so often (and when the ring wraps) the batch is instead a
+    /// checkpoint, a durable redb commit. Without a log: a durable redb
+    /// commit. On success the store's chain heads advance; on failure
+    /// nothing of the batch is visible, the heads are unchanged and the
+    /// store reopens the file for the next batch when redb requires it.
     ///
-    /// If the failure happened in the final fsync the outcome on disk is
-    /// unknown (the kernel may still write the pages); after the reopen the
-    /// store's heads follow what the file holds.
+    /// If the failure happened in a sync, the outcome on disk is unknown
+    /// (the kernel may still write the data): a logged batch may be
+    /// replayed at the next start, as a batch whose final redb sync failed
+    /// may survive. Every frame of the batch was refused, so its sender
+    /// resends, and duplicate suppression answers with the first reply.
     ///
     /// # Errors
-    /// [`StoreError::Db`] from redb; see [`StoreError::is_storage_full`].
+    /// [`StoreError::Db`] from redb or the log; see
+    /// [`StoreError::is_storage_full`].
     pub fn commit(self) -> Result<(), StoreError> {
-        let Batch { writer, txn, state } = self;
-        let result = write_marks(&txn, &writer.state, &state)
-            .and_then(|()| txn.commit().map_err(db("commit batch")));
+        let Batch {
+            writer,
+            txn,
+            state,
+            ops,
+            force_durable,
+            ..
+        } = self;
+        let plan = writer
+            .log
+            .as_ref()
+            .map(|log| (log.plan(ops.len(), force_durable), log.position()));
+        let result = write_marks(&txn, &writer.state, &state).and_then(|()| match plan {
+            None => txn.commit().map_err(db("commit batch")),
+            Some((Plan::Checkpoint { next_end }, position)) => {
+                let mut txn = txn;
+                write_position(
+                    &txn,
+                    Position {
+                        batch: position.batch,
+                        end: next_end,
+                    },
+                )?;
+                txn.set_quick_repair(true);
+                txn.commit().map_err(db("commit a checkpoint"))?;
+                if let Some(log) = writer.log.as_mut() {
+                    log.checkpointed(next_end);
+                }
+                Ok(())
+            }
+            Some((Plan::Logged { batch, at, end }, _)) => {
+                let mut txn = txn;
+                write_position(&txn, Position { batch, end })?;
+                txn.set_durability(redb::Durability::None)
+                    .map_err(db("set durability"))?;
+                let Some(log) = writer.log.as_mut() else {
+                    return Err(StoreError::Unavailable);
+                };
+                log.append(batch, at, &ops)?;
+                match txn.commit() {
+                    Ok(()) => {
+                        log.committed(batch, end);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // The entry is in the log but not in redb: its
+                        // number is burned, and a checkpoint comes next.
+                        log.failed(batch);
+                        Err(db("commit batch")(e))
+                    }
+                }
+            }
+        });
         match result {
             Ok(()) => {
                 writer.state = state;
@@ -526,6 +689,42 @@ impl<'a> Batch<'a> {
             }
         }
     }
+
+    /// Commits a replay of logged batches durably, recording that the
+    /// state now holds every batch through `position`.
+    pub(crate) fn commit_replayed(self, position: Position) -> Result<(), StoreError> {
+        let Batch {
+            writer, txn, state, ..
+        } = self;
+        let mut txn = txn;
+        write_marks(&txn, &writer.state, &state)?;
+        write_position(&txn, position)?;
+        txn.set_quick_repair(true);
+        txn.commit().map_err(db("commit the replayed log"))?;
+        writer.state = state;
+        Ok(())
+    }
+}
+
+/// Adds `op` to a batch's log payload when the batch logs.
+fn log_op(ops: &mut Vec<u8>, logging: bool, op: &OpRef<'_>) -> Result<(), StoreError> {
+    if logging {
+        wal::encode_op(ops, op)?;
+    }
+    Ok(())
+}
+
+/// Records in `meta` which logged batch the state holds and where the
+/// next entry goes.
+pub(crate) fn write_position(txn: &WriteTransaction, position: Position) -> Result<(), StoreError> {
+    let mut meta = txn
+        .open_table(tables::META)
+        .map_err(db("open table meta"))?;
+    meta.insert(tables::LOG_BATCH_KEY, position.batch)
+        .map_err(db("write log position"))?;
+    meta.insert(tables::LOG_END_KEY, position.end)
+        .map_err(db("write log position"))?;
+    Ok(())
 }
 
 /// Writes the chain marks and counters that changed in the batch.
@@ -600,4 +799,30 @@ fn count_sub(txn: &WriteTransaction, destination: &str, n: u64) -> Result<(), St
             .map_err(db("write outbox count"))?;
     }
     Ok(())
+}
+
+/// Replays logged batches in one transaction and commits it durably (the
+/// writer's [`crate::writer::ReplayFn`]).
+pub(crate) fn replay(
+    writer: &mut Writer,
+    txn: WriteTransaction,
+    entries: &[Entry],
+) -> Result<usize, StoreError> {
+    let Some(last) = entries.last() else {
+        return Ok(0);
+    };
+    let position = Position {
+        batch: last.batch,
+        end: last.end,
+    };
+    let mut batch = Batch::replaying(writer, txn);
+    let mut ops = 0usize;
+    for entry in entries {
+        for op in wal::decode_ops(entry.batch, &entry.payload)? {
+            batch.apply(op)?;
+            ops += 1;
+        }
+    }
+    batch.commit_replayed(position)?;
+    Ok(ops)
 }

@@ -31,6 +31,17 @@ pub enum StoreError {
         source: redb::Error,
     },
 
+    /// Writing or syncing the redo log failed. redb is unaffected (the
+    /// batch was not committed there), so no reopen is needed; the next
+    /// batch is a checkpoint.
+    #[error("store: {op} failed")]
+    Log {
+        /// What the store was doing.
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
     /// The file was written by a newer firmware with a layout this one
     /// cannot read.
     #[error(
@@ -159,6 +170,43 @@ pub enum StoreError {
     )]
     NeedsRepair { path: PathBuf },
 
+    /// The store names a redo log that is not there. Batches accepted
+    /// after the last checkpoint live only in that log, so the store is
+    /// not opened without it.
+    #[error(
+        "the store's redo log {} is missing; batches accepted since the last checkpoint are \
+         only there. Put it back next to the store file (the two always move together), or \
+         restore both from a backup (docs/operations.md, \"The store's two files\"); the \
+         box did not start",
+        path.display()
+    )]
+    LogMissing { path: PathBuf },
+
+    /// A store that has a redo log was opened without it (the mode of
+    /// tools that share the file with readers): batches in the log would
+    /// be ignored, so it is refused.
+    #[error(
+        "{} has a redo log, so it must be opened by the box (which replays the log), not \
+         shared with readers; stop the box and verify it, or use the box's own verification",
+        path.display()
+    )]
+    NeedsLog { path: PathBuf },
+
+    /// The redo log cannot be used: unreadable, damaged header, or the log
+    /// of another store.
+    #[error(
+        "the store's redo log {} cannot be used: {detail}. The log was not changed and the \
+         box did not start; put back the log that belongs to this store, or restore both \
+         files from a backup",
+        path.display()
+    )]
+    LogUnusable {
+        path: PathBuf,
+        detail: String,
+        #[source]
+        source: Option<io::Error>,
+    },
+
     /// A file to inspect read-only is held by a program that does not
     /// share it with readers: a firmware before read-only verification, a
     /// program built with another redb version, or a tool with the file
@@ -181,6 +229,9 @@ impl StoreError {
     /// [`io::ErrorKind::StorageFull`]) anywhere in the chain. The store
     /// stays usable: the next batch commits once space returns.
     pub fn is_storage_full(&self) -> bool {
+        if let StoreError::Log { source, .. } = self {
+            return io_is_full(source);
+        }
         let StoreError::Db { source, .. } = self else {
             return false;
         };

@@ -303,6 +303,8 @@ struct Memory {
     bytes: RwLock<Vec<u8>>,
     holders: Mutex<Holders>,
     next_handle: AtomicU64,
+    /// The companion file holding the store's redo log.
+    log: std::sync::OnceLock<Arc<Memory>>,
 }
 
 /// A store file in memory. Every clone is another handle on the same
@@ -336,6 +338,30 @@ impl MemoryFile {
             memory: Arc::new(memory),
             handle: 0,
         }
+    }
+
+    /// A handle on the companion memory file that holds the redo log of a
+    /// store opened on this one ([`crate::Store::open_with_faults`]), so
+    /// reopening the same memory finds its log again.
+    pub fn log(&self) -> MemoryFile {
+        let log = self.memory.log.get_or_init(|| Arc::new(Memory::default()));
+        let handle = log.next_handle.fetch_add(1, Ordering::SeqCst) + 1;
+        MemoryFile {
+            memory: Arc::clone(log),
+            handle,
+        }
+    }
+
+    /// A new memory file holding a copy of these bytes and of the
+    /// companion log's: what a power cut leaves of a store opened with
+    /// [`crate::Store::open_with_faults`] (both media keep every write,
+    /// synced or not; redb then recovers to its last durable commit and
+    /// the log's replay does the rest).
+    pub fn crash_copy(&self) -> MemoryFile {
+        let copy = MemoryFile::from_bytes(self.to_vec());
+        let log = self.log().to_vec();
+        copy.log().bytes_mut().extend_from_slice(&log);
+        copy
     }
 
     /// A copy of the bytes as they are now, synced or not.

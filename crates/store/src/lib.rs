@@ -77,6 +77,7 @@ mod store;
 mod survey;
 pub mod tables;
 mod verify;
+mod wal;
 mod writer;
 
 pub use batch::Batch;
@@ -93,3 +94,4 @@ pub use reader::StoreReader;
 pub use readonly::ReadOnlyStore;
 pub use store::Store;
 pub use survey::{survey_damaged, SurveyEvent};
+pub use wal::{log_path, LogOptions};

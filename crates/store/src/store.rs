@@ -20,6 +20,7 @@ use crate::error::{db, StoreError};
 use crate::model::BootState;
 use crate::reader::StoreReader;
 use crate::tables;
+use crate::wal::LogOptions;
 use crate::writer::{Opener, Writer};
 
 /// The store of the box: owns the redb file and the in-memory chain heads.
@@ -66,9 +67,41 @@ impl Store {
     /// file this firmware must not write; [`StoreError::Db`] when redb cannot
     /// open it (already open, I/O).
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+        Self::open_with_log(path, cache_bytes, LogOptions::default())
+    }
+
+    /// [`Store::open`] with the redo log sized and checkpointed as
+    /// `options` say (benchmarks and tests of the log).
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_with_log(
+        path: &Path,
+        cache_bytes: usize,
+        options: LogOptions,
+    ) -> Result<Store, StoreError> {
         crate::readonly::vet(path)?;
         Ok(Store {
-            writer: Writer::open(Opener::path(path.to_path_buf()), cache_bytes)?,
+            writer: Writer::open(
+                Opener::path_with_log(path.to_path_buf(), options, crate::batch::replay),
+                cache_bytes,
+            )?,
+        })
+    }
+
+    /// Opens the store file at `path` without a redo log, shared with
+    /// read-only handles: every commit is durable in redb (one ~90 KiB
+    /// rewrite each), and [`crate::ReadOnlyStore`] may open the file, in
+    /// this or another process, while this store writes. Not for the
+    /// firmware (docs/architecture.md, "The durable path"); for tools and
+    /// the tests of read-only access.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_shared(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+        crate::readonly::vet(path)?;
+        Ok(Store {
+            writer: Writer::open(Opener::path_shared(path.to_path_buf()), cache_bytes)?,
         })
     }
 
@@ -113,16 +146,30 @@ impl Store {
         faults: &crate::fault::FaultSwitch,
         cache_bytes: usize,
     ) -> Result<Store, StoreError> {
+        let (log, log_faults) = (memory.log(), faults.clone());
         let (memory, faults) = (memory.clone(), faults.clone());
-        Self::open_with_backend(
+        let opener = Opener::backend(move || {
+            Ok(crate::fault::FaultyBackend::new(
+                memory.clone(),
+                faults.clone(),
+            ))
+        })
+        .with_log_backend(
             move || {
                 Ok(crate::fault::FaultyBackend::new(
-                    memory.clone(),
-                    faults.clone(),
+                    log.clone(),
+                    log_faults.clone(),
                 ))
             },
-            cache_bytes,
-        )
+            LogOptions {
+                size: 4 << 20,
+                ..LogOptions::default()
+            },
+            crate::batch::replay,
+        );
+        Ok(Store {
+            writer: Writer::open(opener, cache_bytes)?,
+        })
     }
 
     /// Starts a boot: bumps the serial epoch to
@@ -137,7 +184,16 @@ impl Store {
     /// serials then); [`StoreError::Corrupt`] for an undecodable row.
     pub fn boot(&mut self, now: Millis) -> Result<BootState, StoreError> {
         let txn = self.writer.begin_txn()?;
+        // A durable commit: it records where the log stands (also a
+        // number burned by a failed append), as a checkpoint does.
+        let position = self.writer.log.as_ref().map(|log| log.position());
+        if let Some(position) = position {
+            crate::batch::write_position(&txn, position)?;
+        }
         let r = boot_in(txn, now);
+        if let (Ok(_), Some(position), Some(log)) = (&r, position, self.writer.log.as_mut()) {
+            log.checkpointed(position.end);
+        }
         self.writer.shared().track(r)
     }
 
@@ -186,6 +242,12 @@ impl Store {
             total += pushed;
         }
         Ok(total)
+    }
+
+    /// How many logged batches the open (or the last reopen after an I/O
+    /// error) replayed from the redo log: non-zero after an unclean stop.
+    pub fn replayed_at_open(&self) -> u64 {
+        self.writer.replayed
     }
 
     /// A handle for reading from other threads.

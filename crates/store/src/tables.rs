@@ -71,6 +71,14 @@ pub const OUTBOX_NEXT_KEY: &str = "outbox_next";
 /// it. A differing or missing value means something that does not keep the
 /// index (an earlier firmware) pushed entries, and the index is rebuilt.
 pub const OUTBOX_INDEX_NEXT_KEY: &str = "outbox_index_next";
+/// Key in [`META`]: the id of the store's redo log (`crate::wal`), written
+/// when the log is created; a log with another id is refused.
+pub const LOG_ID_KEY: &str = "log_id";
+/// Key in [`META`]: the number of the last logged batch this state holds.
+pub const LOG_BATCH_KEY: &str = "log_batch";
+/// Key in [`META`]: the log offset after that batch's entry, where
+/// recovery starts reading.
+pub const LOG_END_KEY: &str = "log_end";
 /// Key in [`META`]: the current prefix version, absent until the first one.
 pub const PREFIX_CURRENT_KEY: &str = "prefix_current";
 

@@ -34,8 +34,8 @@ use std::sync::Arc;
 
 use redb::{
     Builder, ConcurrencyMode, Database, DatabaseError, Durability, MultimapTableHandle,
-    ReadableTable, ReadableTableMetadata, RepairSession, StorageBackend, StorageError, TableHandle,
-    WriteTransaction,
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, RepairSession, StorageBackend,
+    StorageError, TableHandle, WriteTransaction,
 };
 
 use crate::chain::{ChainMark, ChainName};
@@ -43,6 +43,13 @@ use crate::error::{db, StoreError};
 use crate::schema::{self, table_error};
 use crate::shared::Shared;
 use crate::tables::{self, MULTIMAP_NAMES, TABLE_NAMES};
+use crate::wal::{self, Entry, Log, LogOptions, LogSource, Position};
+
+/// Applies logged batches to the writer in `txn` and commits them durably
+/// with the position of the last; returns how many operations it applied.
+/// Given by the store (the batch module implements it), so this module
+/// does not depend on the batch module that depends on it.
+pub(crate) type ReplayFn = fn(&mut Writer, WriteTransaction, &[Entry]) -> Result<usize, StoreError>;
 
 /// Opens the database through a configured builder.
 type OpenFn = Box<dyn Fn(&Builder) -> Result<Database, DatabaseError> + Send + Sync>;
@@ -50,19 +57,58 @@ type OpenFn = Box<dyn Fn(&Builder) -> Result<Database, DatabaseError> + Send + S
 /// How to open (and reopen) the database.
 pub(crate) struct Opener {
     open: OpenFn,
+    /// The store file's path, for messages (none for a backend).
+    shown: Option<PathBuf>,
+    /// The redo log and its options; `None` for a store whose every
+    /// commit is durable in redb.
+    log: Option<(LogSource, LogOptions, ReplayFn)>,
     /// Whether to try [`ConcurrencyMode::SingleWriter`] first, so read-only
     /// handles can share the file.
     shared_mode: bool,
 }
 
 impl Opener {
-    /// Opens the file at `path`, creating it when missing, shared with
-    /// read-only handles.
-    pub(crate) fn path(path: PathBuf) -> Self {
+    /// Opens the file at `path`, creating it when missing, with its redo
+    /// log next to it; exclusively, since redb allows commits without
+    /// sync only to an exclusive writer.
+    pub(crate) fn path_with_log(path: PathBuf, options: LogOptions, replay: ReplayFn) -> Self {
+        let log = wal::log_path(&path);
         Opener {
+            shown: Some(path.clone()),
             open: Box::new(move |builder: &Builder| builder.create(&path)),
+            log: Some((LogSource::Path(log), options, replay)),
+            shared_mode: false,
+        }
+    }
+
+    /// Opens the file at `path`, creating it when missing, shared with
+    /// read-only handles; every commit is durable.
+    pub(crate) fn path_shared(path: PathBuf) -> Self {
+        let shown = path.clone();
+        Opener {
+            shown: Some(shown),
+            open: Box::new(move |builder: &Builder| builder.create(&path)),
+            log: None,
             shared_mode: true,
         }
+    }
+
+    /// Adds a redo log on a backend (fault injection).
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    pub(crate) fn with_log_backend<L, F>(
+        mut self,
+        make_log: F,
+        options: LogOptions,
+        replay: ReplayFn,
+    ) -> Self
+    where
+        L: StorageBackend,
+        F: Fn() -> std::io::Result<L> + Send + Sync + 'static,
+    {
+        let make: Box<dyn Fn() -> std::io::Result<Box<dyn StorageBackend>> + Send + Sync> =
+            Box::new(move || Ok(Box::new(make_log()?) as Box<dyn StorageBackend>));
+        self.log = Some((LogSource::Backend(make), options, replay));
+        self
     }
 
     /// Opens a backend that `make_backend` produces, exclusively.
@@ -72,7 +118,9 @@ impl Opener {
         F: Fn() -> std::io::Result<B> + Send + Sync + 'static,
     {
         Opener {
+            shown: None,
             open: Box::new(move |builder: &Builder| builder.create_with_backend(make_backend()?)),
+            log: None,
             shared_mode: false,
         }
     }
@@ -109,6 +157,10 @@ pub(crate) struct Writer {
     opener: Opener,
     cache_bytes: usize,
     pub(crate) state: WriterState,
+    /// The redo log, when the store has one.
+    pub(crate) log: Option<Log>,
+    /// Batches replayed from the log by the last open or reopen.
+    pub(crate) replayed: u64,
 }
 
 impl core::fmt::Debug for Writer {
@@ -126,12 +178,76 @@ impl Writer {
     pub(crate) fn open(opener: Opener, cache_bytes: usize) -> Result<Writer, StoreError> {
         let db = open_database(&opener, cache_bytes)?;
         let state = prepare(&db)?;
-        Ok(Writer {
+        let mut writer = Writer {
             shared: Arc::new(Shared::new(db)),
             opener,
             cache_bytes,
             state,
-        })
+            log: None,
+            replayed: 0,
+        };
+        writer.recover()?;
+        Ok(writer)
+    }
+
+    /// Opens the redo log (creating it for a store that has none) and
+    /// replays every batch it holds beyond the state redb recovered,
+    /// in one durable commit.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        self.log = None;
+        self.replayed = 0;
+        let Some((source, options, replay)) = &self.opener.log else {
+            let (id, _) = read_log_meta(&*self.shared.db()?)?;
+            if id.is_some() {
+                return Err(StoreError::NeedsLog {
+                    path: self.opener.shown.clone().unwrap_or_default(),
+                });
+            }
+            return Ok(());
+        };
+        let replay = *replay;
+        let database = self.shared.db()?;
+        let (id, position) = read_log_meta(&database)?;
+        let log = Log::open(source, *options, id, position)?;
+        if id.is_none() {
+            let txn = database
+                .begin_write()
+                .map_err(db("begin write transaction"))?;
+            {
+                let mut meta = txn.open_table(tables::META).map_err(table_error)?;
+                meta.insert(tables::LOG_ID_KEY, log.id())
+                    .map_err(db("write log id"))?;
+                meta.insert(tables::LOG_BATCH_KEY, position.batch)
+                    .map_err(db("write log position"))?;
+                meta.insert(tables::LOG_END_KEY, position.end.max(wal::HEADER_LEN))
+                    .map_err(db("write log position"))?;
+            }
+            txn.commit().map_err(db("record the new log"))?;
+        }
+        let entries = log.scan(position)?;
+        let last = entries.last().map(|e| Position {
+            batch: e.batch,
+            end: e.end,
+        });
+        self.log = Some(log);
+        let Some(last) = last else {
+            return Ok(());
+        };
+        let txn = database
+            .begin_write()
+            .map_err(db("begin write transaction"))?;
+        let ops = replay(self, txn, &entries)?;
+        self.replayed = entries.len() as u64;
+        if let Some(log) = self.log.as_mut() {
+            log.committed(last.batch, last.end);
+            log.checkpointed(last.end);
+        }
+        tracing::info!(
+            batches = entries.len(),
+            operations = ops,
+            "store: replayed the redo log after an unclean stop"
+        );
+        Ok(())
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -174,6 +290,7 @@ impl Writer {
         let db = open_database(&self.opener, self.cache_bytes)?;
         self.state = prepare(&db)?;
         self.shared.set(Some(Arc::new(db)));
+        self.recover()?;
         self.shared.set_needs_reopen(false);
         tracing::info!("store: reopened the file after an I/O error");
         Ok(())
@@ -427,4 +544,25 @@ fn rebuild_seen_index(txn: &WriteTransaction) -> Result<(), StoreError> {
     }
     tracing::info!(entries, "store: rebuilt the time index of seen entries");
     Ok(())
+}
+
+/// The log id and position `meta` records (none for a store without a
+/// log yet).
+fn read_log_meta(database: &Database) -> Result<(Option<u64>, Position), StoreError> {
+    let txn = database
+        .begin_read()
+        .map_err(db("begin read transaction"))?;
+    let meta = txn.open_table(tables::META).map_err(table_error)?;
+    let get = |key: &str| -> Result<Option<u64>, StoreError> {
+        Ok(meta
+            .get(key)
+            .map_err(db("read log position"))?
+            .map(|g| g.value()))
+    };
+    let id = get(tables::LOG_ID_KEY)?;
+    let position = Position {
+        batch: get(tables::LOG_BATCH_KEY)?.unwrap_or(0),
+        end: get(tables::LOG_END_KEY)?.unwrap_or(wal::HEADER_LEN),
+    };
+    Ok((id, position))
 }

@@ -13,12 +13,14 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use common::{append_both, TempStore, CACHE};
-use ifrelay_store::{survey_damaged, ReadOnlyStore, Store, StoreError, SurveyEvent};
+use ifrelay_store::{log_path, survey_damaged, ReadOnlyStore, Store, StoreError, SurveyEvent};
 
 /// A closed store holding `n` entries in both chains.
+/// A store of the redb file alone (no redo log), so a copy of the file
+/// opens by itself.
 fn store_with(n: u32) -> TempStore {
     let t = TempStore::new();
-    let mut store = t.open();
+    let mut store = t.open_shared();
     append_both(&mut store, 1, n, 7);
     t
 }
@@ -186,7 +188,9 @@ fn a_file_a_crash_left_passes_the_check_and_the_writer_repairs_it() {
     {
         let mut store = t.open();
         append_both(&mut store, 1, 10, 5);
+        // A crash leaves both files; the log holds what redb did not sync.
         std::fs::copy(&t.path, &crashed).unwrap();
+        std::fs::copy(log_path(&t.path), log_path(&crashed)).unwrap();
     }
     assert!(matches!(
         ReadOnlyStore::open(&crashed).unwrap_err(),
@@ -201,7 +205,7 @@ fn a_file_a_crash_left_passes_the_check_and_the_writer_repairs_it() {
 #[test]
 fn a_file_a_box_is_writing_is_verified_without_the_page_check() {
     let t = TempStore::new();
-    let mut store = t.open();
+    let mut store = t.open_shared();
     append_both(&mut store, 1, 10, 5);
     let ro = ReadOnlyStore::open(&t.path).unwrap();
     assert!(!ro.pages_checked(), "the page check ran beside a writer");

@@ -413,10 +413,16 @@ fn a_bulk_fill_is_durable_when_it_returns() {
         .fill_outbox_for_test("core", (1..=1_000).map(frame), 100)
         .unwrap();
     assert_eq!(filled, 1_000);
-    // What a power cut would leave: the file as it is on disk now, without
-    // a clean close.
+    // What a power cut would leave: the files as they are on disk now,
+    // without a clean close. The fill is not logged, so the redb file
+    // alone must hold it.
     let copy = t.dir.path().join("copy.redb");
     std::fs::copy(&t.path, &copy).unwrap();
+    std::fs::copy(
+        ifrelay_store::log_path(&t.path),
+        ifrelay_store::log_path(&copy),
+    )
+    .unwrap();
     std::mem::forget(store);
     let store = Store::open(&copy, common::CACHE).unwrap();
     assert_eq!(store.reader().outbox_len().unwrap(), 1_000);

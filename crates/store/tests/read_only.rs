@@ -41,7 +41,7 @@ fn set_old_mtime(path: &Path) {
 /// A closed store holding `n` entries in both chains.
 fn store_with(n: u32) -> TempStore {
     let t = TempStore::new();
-    let mut store = t.open();
+    let mut store = t.open_shared();
     append_both(&mut store, 1, n, 7);
     t
 }
@@ -207,7 +207,7 @@ fn a_file_left_by_a_crash_needs_repair_and_is_left_alone() {
     let t = TempStore::new();
     let crashed = t.dir.path().join("crashed.redb");
     {
-        let mut store = t.open();
+        let mut store = t.open_shared();
         append_both(&mut store, 1, 10, 5);
         std::fs::copy(&t.path, &crashed).unwrap();
     }
@@ -222,7 +222,7 @@ fn a_file_left_by_a_crash_needs_repair_and_is_left_alone() {
     );
 
     // The box's own open repairs it; then it verifies read-only.
-    drop(Store::open(&crashed, CACHE).unwrap());
+    drop(Store::open_shared(&crashed, CACHE).unwrap());
     let report = ReadOnlyStore::open(&crashed)
         .unwrap()
         .verify_chains()
@@ -277,7 +277,7 @@ fn every_refusal_is_its_own_error_and_names_the_path() {
 #[test]
 fn verification_runs_beside_a_writer_thread_of_the_same_process() {
     let t = TempStore::new();
-    let mut store = t.open();
+    let mut store = t.open_shared();
     // Long enough that a pass overlaps many commits (dozens, in a debug
     // build).
     append_both(&mut store, 1, 1_000, 500);
@@ -349,7 +349,7 @@ fn verification_runs_beside_a_writer_thread_of_the_same_process() {
 fn the_box_starts_and_commits_while_a_verifier_holds_the_file() {
     let t = store_with(4);
     let verifier = t.read_only().unwrap();
-    let mut store = t.open();
+    let mut store = t.open_shared();
     store.boot(1_700_000_000_000).unwrap();
     append_both(&mut store, 5, 6, 3);
     let report = verifier.verify_chains().unwrap();
@@ -378,7 +378,7 @@ fn writer_process() {
     };
     let path = PathBuf::from(path);
     let stop = path.with_extension("stop");
-    let mut store = Store::open(&path, CACHE).unwrap();
+    let mut store = Store::open_shared(&path, CACHE).unwrap();
     std::fs::write(path.with_extension("started"), b"").unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut next = 1u32;
@@ -403,7 +403,7 @@ impl Drop for Reap {
 #[test]
 fn verification_runs_beside_a_writer_in_another_process() {
     let t = TempStore::new();
-    drop(t.open());
+    drop(t.open_shared());
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["writer_process", "--exact", "--ignored", "--test-threads=1"])
         .env(WRITER_ENV, &t.path)

@@ -31,6 +31,12 @@ impl TempStore {
         Store::open(&self.path, CACHE).unwrap()
     }
 
+    /// Opens the store without a redo log, shared with read-only handles
+    /// (for tests of the redb file alone and of reading beside a writer).
+    pub fn open_shared(&self) -> Store {
+        Store::open_shared(&self.path, CACHE).unwrap()
+    }
+
     /// Opens the file for inspection only (never writes).
     pub fn read_only(&self) -> Result<ReadOnlyStore, StoreError> {
         ReadOnlyStore::open(&self.path)
