@@ -664,7 +664,7 @@ impl<'a> Batch<'a> {
                     Err(e) => {
                         // The entry is in the log but not in redb: its
                         // number is burned, and a checkpoint comes next.
-                        log.failed(batch);
+                        log.failed(batch, at);
                         Err(db("commit batch")(e))
                     }
                 }

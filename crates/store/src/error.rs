@@ -208,13 +208,15 @@ pub enum StoreError {
     },
 
     /// A file to inspect read-only is held by a program that does not
-    /// share it with readers: a firmware before read-only verification, a
-    /// program built with another redb version, or a tool with the file
-    /// open for writing.
+    /// share it with readers: a running box (which holds its store
+    /// exclusively, since its batches are made durable through the redo
+    /// log), a program built with another redb version, or a tool with
+    /// the file open for writing.
     #[error(
-        "{} is held by a program that does not share it with readers (an earlier firmware, \
-         another redb version, or a tool); stop that program, or verify a copy taken while \
-         it is stopped",
+        "{} is held by a running box or another program, which does not share it with \
+         readers (the box holds its store alone: docs/operations.md, \"Verifying the store\"); \
+         stop the box and verify again, or verify a copy of both store files taken while it is \
+         stopped",
         path.display()
     )]
     InUse {

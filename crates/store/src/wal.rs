@@ -432,15 +432,31 @@ impl Log {
             .map_err(io_err("write the log"))
             .and_then(|()| self.file.sync_data().map_err(io_err("sync the log")));
         if result.is_err() {
-            self.failed(batch);
+            self.failed(batch, at);
         }
         result
     }
 
-    /// Entry `batch` may be in the log but redb does not hold it: its
-    /// number is never used again (recovery after the next checkpoint
-    /// skips it), and the next batch is a checkpoint.
-    pub(crate) fn failed(&mut self, batch: u64) {
+    /// Entry `batch` at `at` may be in the log but redb does not hold it:
+    /// its header is zeroed (best effort), so neither a reopen nor a
+    /// crash replays a batch whose every frame was refused; its number is
+    /// never used again (recovery after the next checkpoint skips it, even
+    /// if the zeroing did not reach the disk); the next batch is a
+    /// checkpoint.
+    pub(crate) fn failed(&mut self, batch: u64, at: u64) {
+        let zeroed = self
+            .file
+            .write(at, &[0u8; ENTRY_HEADER_LEN])
+            .and_then(|()| self.file.sync_data());
+        if let Err(error) = zeroed {
+            tracing::warn!(
+                batch,
+                %error,
+                "store: could not void the log entry of a failed batch; if the box stops \
+                 before its next checkpoint, the next start may apply that batch (its frames \
+                 were refused, so resends get the first reply)"
+            );
+        }
         self.last_batch = self.last_batch.max(batch);
         self.force_checkpoint = true;
     }

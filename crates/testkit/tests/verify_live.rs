@@ -1,7 +1,10 @@
 //! `ifrelay verify-store` on the store of a box that is running and
-//! relaying (issue 6 item 3, R-SEC-6): the verifier opens the file
-//! read-only beside the box's writer, reports the chains intact while
-//! flows go on, changes nothing, and the box keeps relaying afterwards.
+//! relaying (R-SEC-6). Since issue 9 the box holds its store exclusively
+//! (batches are made durable through its redo log, and redb allows
+//! commits without sync only to an exclusive writer: docs/architecture.md,
+//! "The durable path"), so the verifier refuses the live file with a
+//! clear message and changes nothing, the box keeps relaying, and once
+//! the box is stopped the same command reports the chains intact.
 
 use std::process::Command;
 
@@ -21,7 +24,7 @@ fn verify(store: &std::path::Path) -> (Option<i32>, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_store_reads_a_live_store_while_flows_run() {
+async fn verify_store_refuses_a_live_store_and_verifies_it_once_stopped() {
     let dir = tempfile::tempdir().expect("temp dir");
     let bed = Testbed::start(dir.path()).await.expect("testbed starts");
     let (a, b) = agencies();
@@ -47,16 +50,22 @@ async fn verify_store_reads_a_live_store_while_flows_run() {
         let (code, report) = tokio::task::spawn_blocking(move || verify(&store))
             .await
             .expect("verifier task");
-        assert_eq!(code, Some(0), "{report}");
-        assert!(report.contains("verdict: INTACT"), "{report}");
-        assert!(!report.contains("0 entries checked (empty)"), "{report}");
+        assert_eq!(code, Some(74), "{report}");
+        assert!(report.contains("held by a running box"), "{report}");
+        assert!(!report.contains("verdict:"), "{report}");
     }
     traffic.await.expect("traffic task");
-    // The box still relays after being verified.
+    // The box still relays after the attempts.
     bed.nodes[0]
         .ims
         .run_query(prefix(&a, &b, "JM010"))
         .await
         .expect("a flow after the verification completes");
     bed.shutdown().await;
+    let (code, report) = tokio::task::spawn_blocking(move || verify(&store))
+        .await
+        .expect("verifier task");
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("verdict: INTACT"), "{report}");
+    assert!(!report.contains("0 entries checked (empty)"), "{report}");
 }
