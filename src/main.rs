@@ -182,6 +182,10 @@ fn run(file: PathBuf) -> ExitCode {
             Err(e) => {
                 let code = match &e {
                     StartError::Store { source, .. } if source.is_damaged() => exit::DAMAGED,
+                    // Not damage, but restarting cannot help either.
+                    StartError::Store { source, .. } if source.is_log_missing_or_foreign() => {
+                        return failure(&e, exit::DAMAGED)
+                    }
                     StartError::Store { .. } | StartError::StoreDir { .. } => exit::IO,
                     StartError::Trust(_) => exit::CONFIG,
                     StartError::Identity(e) => identity_exit_code(e),

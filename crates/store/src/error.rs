@@ -254,6 +254,16 @@ impl StoreError {
         }
     }
 
+    /// True when the store's redo log is missing, belongs to another
+    /// store, or cannot be read: the store must not be used until the
+    /// right log is back (restarting does not help).
+    pub fn is_log_missing_or_foreign(&self) -> bool {
+        matches!(
+            self,
+            StoreError::LogMissing { .. } | StoreError::LogUnusable { .. }
+        )
+    }
+
     /// True for [`StoreError::Damaged`]: the file must not be used and
     /// must be kept as it is.
     pub fn is_damaged(&self) -> bool {
