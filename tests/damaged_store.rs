@@ -48,8 +48,10 @@ fn splitmix(seed: u64) -> u64 {
 
 /// The store every copy starts from: two chains of 300 entries and 100
 /// remembered frames, committed in batches as the engine commits them.
+/// Without a redo log, so that the file alone is the whole store (the box
+/// creates a log when it first opens a copy).
 fn build_store(path: &Path) {
-    let mut store = Store::open(path, store_fixtures::CACHE).expect("store opens");
+    let mut store = Store::open_shared(path, store_fixtures::CACHE).expect("store opens");
     store.boot(1_700_000_000_000).expect("boot");
     store_fixtures::append_both(&mut store, 1, 300, 20);
     let mut batch = store.begin().expect("batch");
@@ -317,6 +319,12 @@ fn a_store_left_by_a_crash_is_not_damage_run_starts_on_it() {
         store.boot(1_700_000_000_000).expect("boot");
         store_fixtures::append_both(&mut store, 1, 50, 10);
         std::fs::copy(&live, dir.path().join("store.redb")).expect("copy");
+        // The log holds what the file does not: a crash leaves both.
+        std::fs::copy(
+            ifrelay_store::log_path(&live),
+            ifrelay_store::log_path(&dir.path().join("store.redb")),
+        )
+        .expect("copy the log");
     }
     let out = ifrelay(&[
         "verify-store",
