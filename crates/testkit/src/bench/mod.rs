@@ -885,6 +885,16 @@ impl BenchReport {
             .map(|d| d.kib_per_frame(level.run.frames_per_s()))
     }
 
+    /// Terabytes a year written to each disk of a box's mirror at
+    /// `flows_per_day` complete flows, from the open-loop figure: KiB per
+    /// relayed frame × [`RELAYED_PER_FLOW`] × flows × 365. Conservative: the
+    /// bench's two boxes share one disk, so a flow's figure holds both
+    /// sides' writes, where a real box writes one side's.
+    pub fn tb_per_year(&self, flows_per_day: f64) -> Option<f64> {
+        self.kib_per_frame_open()
+            .map(|kib| kib * 1024.0 * RELAYED_PER_FLOW as f64 * flows_per_day * 365.0 / 1e12)
+    }
+
     /// The one line scripts compare; `nan` where a figure is missing.
     pub fn summary_line(&self) -> String {
         let num = |v: Option<f64>, decimals: usize| match v {
@@ -894,7 +904,8 @@ impl BenchReport {
         let hop = self.hop_summary();
         format!(
             "bench: frames_per_s={} bare_frames_per_s={} ratio={} p99_ms={} p999_ms={} rss_mib={} backlog_resume_s={} \
-             flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={} kib_per_frame_open={} kib_per_frame_peak={}",
+             flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={} kib_per_frame_open={} kib_per_frame_peak={} \
+             tb_year_10k={} tb_year_100k={}",
             num(Some(self.frames_per_s()), 0),
             num(Some(self.bare_frames_per_s()), 0),
             num(Some(self.ratio()), 3),
@@ -907,6 +918,8 @@ impl BenchReport {
             num(self.flood_ims_within_1s(), 4),
             num(self.kib_per_frame_open(), 1),
             num(self.kib_per_frame_peak(), 1),
+            num(self.tb_per_year(10_000.0), 2),
+            num(self.tb_per_year(100_000.0), 2),
         )
     }
 
@@ -922,6 +935,7 @@ impl BenchReport {
         self.render_backlog(&mut o);
         self.render_flood(&mut o);
         self.render_targets(&mut o);
+        self.render_projection(&mut o);
         let _ = writeln!(o, "{}", self.summary_line());
         o
     }
@@ -1458,6 +1472,23 @@ impl BenchReport {
         );
         for s in &f.stopped {
             let _ = writeln!(o, "  stopped: {s}");
+        }
+    }
+
+    fn render_projection(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "\nbytes written per year to each disk of the mirror (open-loop KiB per frame x {RELAYED_PER_FLOW} frames per flow x 365 days):"
+        );
+        for flows in [10_000.0, 100_000.0] {
+            match self.tb_per_year(flows) {
+                Some(tb) => {
+                    let _ = writeln!(o, "  {flows:>7.0} flows a day: {tb:.2} TB a year");
+                }
+                None => {
+                    let _ = writeln!(o, "  {flows:>7.0} flows a day: unknown (no disk counters)");
+                }
+            }
         }
     }
 
