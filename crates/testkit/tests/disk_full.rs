@@ -59,7 +59,9 @@ async fn serial_request(bed: &Testbed) -> Body {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_work_keeps_nothing_partial_and_recovers() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let disk = Tmpfs::mount(&dir.path().join("disk"), "16m");
+    // Room for the store and its 16 MiB redo log, which is created in
+    // full at the first start; the filler below takes the rest.
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "48m");
     let (a, b) = agencies();
     let store = disk.0.join("ifrelay.redb");
     let own = a.to_string();
