@@ -39,11 +39,14 @@
 //! - `chain`: tables; `error`: chain; `schema`: error, tables;
 //! - `integrity` (the page check, read-only): error;
 //! - `shared` (the handle writer and readers share): error;
+//! - `index` (search indexes: maintenance, builds, paged search): chain,
+//!   error, model, tables;
 //! - `verify` (the chain walk): chain, error, model, schema, tables;
-//! - `writer` (open, prepare, reopen): chain, error, schema, shared, tables;
-//! - `batch`: writer, chain, error, model, tables;
-//! - `reader`: shared, verify, chain, error, model, tables;
-//! - `readonly`: integrity, verify, schema, chain, error, tables;
+//! - `writer` (open, prepare, migrate, reopen): chain, error, index, schema,
+//!   shared, tables;
+//! - `batch`: writer, chain, error, index, model, tables;
+//! - `reader`: shared, verify, index, chain, error, model, tables;
+//! - `readonly`: integrity, verify, index, schema, chain, error, tables;
 //! - `survey` (where a damaged file is damaged): readonly, verify, chain,
 //!   error, tables;
 //! - `store`: readonly, writer, batch, reader, error, model, tables (and
@@ -67,6 +70,7 @@ mod chain;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+mod index;
 mod integrity;
 mod model;
 mod reader;
@@ -87,8 +91,8 @@ pub use chain::{
 };
 pub use error::StoreError;
 pub use model::{
-    AccessEntry, BootState, ChainedAccess, ChainedRecord, Direction, OutboxEntry, Record,
-    RecordFilter, RecordKind, SeenEntry, Side,
+    AccessEntry, AccessFilter, BootState, ChainedAccess, ChainedRecord, Direction, OutboxEntry,
+    PageCursor, Record, RecordFilter, RecordKind, SeenEntry, Side,
 };
 pub use reader::StoreReader;
 pub use readonly::ReadOnlyStore;

@@ -24,6 +24,9 @@
 //! 8. **Flood**: fresh boxes under every hostile peer at once, with normal
 //!    traffic beside; peak RSS of the attacked box and the own IMS's
 //!    answer times, quiet and flooded ([`flood`]).
+//! 9. **Records**: a store of 10,000,000 records (kept between runs under
+//!    `var/bench-records`), random lookups by serial and person code
+//!    through the search indexes, against a filter scan ([`records`]).
 //!
 //! [`BenchReport::render`] is the human report; its last line is
 //! [`BenchReport::summary_line`], the one line scripts compare.
@@ -36,10 +39,11 @@ pub mod load;
 pub mod machine;
 pub mod network;
 pub mod proc;
+pub mod records;
 pub mod store_candidates;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ifrelay_proto::Party;
@@ -74,6 +78,10 @@ pub mod targets {
     /// Share of the own IMS's requests answered within 1 s during a flood
     /// (the peak RSS bound, [`RSS_MIB`], holds under the flood too).
     pub const FLOOD_WITHIN_1S: f64 = 0.99;
+    /// p99 of record lookups by serial and person code, in ms, with
+    /// [`SEARCH_RECORDS`] records stored.
+    pub const SEARCH_MS: f64 = 10.0;
+    pub const SEARCH_RECORDS: u64 = 10_000_000;
 }
 
 /// What to run.
@@ -108,6 +116,9 @@ pub struct BenchOptions {
     pub fsyncs: usize,
     /// The flood phase; `None` skips it.
     pub flood: Option<flood::FloodOptions>,
+    /// The record search phase; `None` skips it. A `--quick` run keeps its
+    /// store in the work folder (`records/`), emptied with it.
+    pub records: Option<records::RecordsOptions>,
     /// Wait up to this long for the rest of the machine to go quiet
     /// (under a quarter of a core for 5 s) before starting.
     pub wait_quiet: Duration,
@@ -136,6 +147,7 @@ impl BenchOptions {
             backlog_rate_window: Duration::from_secs(3),
             fsyncs: 500,
             flood: Some(flood::FloodOptions::full()),
+            records: Some(records::RecordsOptions::full()),
             wait_quiet: Duration::ZERO,
         }
     }
@@ -162,6 +174,9 @@ impl BenchOptions {
             backlog_rate_window: Duration::from_secs(1),
             fsyncs: 50,
             flood: Some(flood::FloodOptions::quick()),
+            records: Some(records::RecordsOptions::quick(Path::new(
+                "var/bench-quick/records",
+            ))),
             ..BenchOptions::full(box_command)
         }
     }
@@ -274,6 +289,7 @@ pub struct BenchReport {
     pub bare: Vec<BareRun>,
     pub backlog: Option<Result<BacklogResult, String>>,
     pub flood: Option<Result<flood::FloodRun, String>>,
+    pub records: Option<Result<records::RecordsRun, String>>,
     pub elapsed: Duration,
 }
 
@@ -455,6 +471,16 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         );
     }
 
+    let mut records = None;
+    if let Some(record_opts) = &opts.records {
+        let mut record_opts = record_opts.clone();
+        if opts.quick {
+            record_opts.dir = dir.join("records");
+        }
+        flush_dirty("before the records phase");
+        records = Some(records::run(&record_opts).map_err(|e| e.to_string()));
+    }
+
     Ok(BenchReport {
         quick: opts.quick,
         machine,
@@ -468,6 +494,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         bare,
         backlog,
         flood,
+        records,
         elapsed: started.elapsed(),
     })
 }
@@ -895,6 +922,22 @@ impl BenchReport {
             .map(|kib| kib * 1024.0 * RELAYED_PER_FLOW as f64 * flows_per_day * 365.0 / 1e12)
     }
 
+    fn records_run(&self) -> Option<&records::RecordsRun> {
+        self.records.as_ref()?.as_ref().ok()
+    }
+
+    /// p99 of the serial and person-code lookups over the records store,
+    /// in ms (issue 9: ≤ 10 ms at 10,000,000 records).
+    pub fn search_ms(&self) -> Option<f64> {
+        self.records_run()?.search_p99_ms()
+    }
+
+    /// How many times faster that p99 is than the filter scan that search
+    /// did before the indexes, extrapolated to the whole store.
+    pub fn search_ratio(&self) -> Option<f64> {
+        self.records_run()?.ratio()
+    }
+
     /// The one line scripts compare; `nan` where a figure is missing.
     pub fn summary_line(&self) -> String {
         let num = |v: Option<f64>, decimals: usize| match v {
@@ -905,7 +948,7 @@ impl BenchReport {
         format!(
             "bench: frames_per_s={} bare_frames_per_s={} ratio={} p99_ms={} p999_ms={} rss_mib={} backlog_resume_s={} \
              flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={} kib_per_frame_open={} kib_per_frame_peak={} \
-             tb_year_10k={} tb_year_100k={}",
+             tb_year_10k={} tb_year_100k={} search_ms={} search_ratio={}",
             num(Some(self.frames_per_s()), 0),
             num(Some(self.bare_frames_per_s()), 0),
             num(Some(self.ratio()), 3),
@@ -920,6 +963,10 @@ impl BenchReport {
             num(self.kib_per_frame_peak(), 1),
             num(self.tb_per_year(10_000.0), 2),
             num(self.tb_per_year(100_000.0), 2),
+    }
+
+            num(self.search_ms(), 3),
+            num(self.search_ratio(), 0),
         )
     }
 
@@ -934,6 +981,7 @@ impl BenchReport {
         self.render_memory(&mut o);
         self.render_backlog(&mut o);
         self.render_flood(&mut o);
+        self.render_records(&mut o);
         self.render_targets(&mut o);
         self.render_projection(&mut o);
         let _ = writeln!(o, "{}", self.summary_line());
@@ -1366,6 +1414,12 @@ impl BenchReport {
         }
     }
 
+    fn render_records(&self, o: &mut String) {
+        if let Some(run) = &self.records {
+            records::render(o, run);
+        }
+    }
+
     fn render_flood(&self, o: &mut String) {
         let f = match &self.flood {
             Some(Ok(f)) => f,
@@ -1573,6 +1627,20 @@ impl BenchReport {
             None => {
                 let _ = writeln!(o, "  [MISSED] backlog resend: did not start");
             }
+        }
+        if let (Some(p99), Some(r)) = (self.search_ms(), self.records_run()) {
+            let _ = writeln!(
+                o,
+                "  [{}] record search by serial and person code p99 <= {:.0} ms at {} records: {p99:.3} ms{}",
+                verdict(p99 <= targets::SEARCH_MS),
+                targets::SEARCH_MS,
+                targets::SEARCH_RECORDS,
+                if r.records == targets::SEARCH_RECORDS {
+                    String::new()
+                } else {
+                    format!(" (measured with {} records only)", r.records)
+                }
+            );
         }
         if self.flood.is_none() {
             return;
