@@ -63,8 +63,8 @@
 //! migrated by [`crate::Store::open`]: the index tables are created and
 //! filled from [`RECORDS`] and [`ACCESS_LOG`] and the version is set to 2,
 //! all in one durable write transaction. [`crate::ReadOnlyStore`] opens a
-//! version-1 file for verification (the chains did not change) but its
-//! search answers [`crate::StoreError::NeedsMigration`].
+//! version-1 file for verification (the chains did not change); a search
+//! of it that needs an index answers [`crate::StoreError::NeedsMigration`].
 
 use redb::{MultimapTableDefinition, TableDefinition};
 
