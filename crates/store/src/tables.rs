@@ -96,7 +96,7 @@ pub const OUTBOX_NEXT_KEY: &str = "outbox_next";
 /// it. A differing or missing value means something that does not keep the
 /// index (an earlier firmware) pushed entries, and the index is rebuilt.
 pub const OUTBOX_INDEX_NEXT_KEY: &str = "outbox_index_next";
-/// Key in [`META`]: the id of the store's redo log (`crate::wal`), written
+/// Key in [`META`]: the id of the store's redo log (`wal.rs`), written
 /// when the log is created; a log with another id is refused.
 pub const LOG_ID_KEY: &str = "log_id";
 /// Key in [`META`]: the number of the last logged batch this state holds.
