@@ -29,6 +29,12 @@
 //!   it at boot; accepted frames are remembered by `(sender, message id)`
 //!   ([`Batch::seen`], [`Batch::put_seen`], [`Batch::prune_seen`]) so a
 //!   resent frame gets its first reply again (duplicate suppression).
+//! - Records and access log are searched through secondary indexes
+//!   written beside each chain row ([`StoreReader::search_records_page`],
+//!   [`StoreReader::search_access_page`], cursor paging by seq), and
+//!   deleted by age in bounded steps ([`Batch::delete_records_before`],
+//!   [`Batch::delete_access_before`]); a file of schema version 1 gets its
+//!   indexes built by [`Store::open`] (see `index`).
 //! - [`tables`] holds every `TableDefinition`, public for forensic tools and
 //!   tamper tests.
 //! - `fault` (cargo feature `fault-injection`, off by default): storage

@@ -63,8 +63,8 @@
 //! migrated by [`crate::Store::open`]: the index tables are created and
 //! filled from [`RECORDS`] and [`ACCESS_LOG`] and the version is set to 2,
 //! all in one durable write transaction. [`crate::ReadOnlyStore`] opens a
-//! version-1 file for verification (the chains did not change) but its
-//! search answers [`crate::StoreError::NeedsMigration`].
+//! version-1 file for verification (the chains did not change); a search
+//! of it that needs an index answers [`crate::StoreError::NeedsMigration`].
 
 use redb::{MultimapTableDefinition, TableDefinition};
 
@@ -96,7 +96,7 @@ pub const OUTBOX_NEXT_KEY: &str = "outbox_next";
 /// it. A differing or missing value means something that does not keep the
 /// index (an earlier firmware) pushed entries, and the index is rebuilt.
 pub const OUTBOX_INDEX_NEXT_KEY: &str = "outbox_index_next";
-/// Key in [`META`]: the id of the store's redo log (wal.rs), written
+/// Key in [`META`]: the id of the store's redo log (`wal.rs`), written
 /// when the log is created; a log with another id is refused.
 pub const LOG_ID_KEY: &str = "log_id";
 /// Key in [`META`]: the number of the last logged batch this state holds.

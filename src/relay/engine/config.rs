@@ -31,7 +31,7 @@ pub struct EngineConfig {
 }
 
 /// How long the chains keep their entries before the tick deletes them,
-/// a bounded step per tick ([`super::timers`]).
+/// a bounded step per tick (the engine's `timers` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionPolicy {
     /// Records older than this are deleted; `None`: records are kept
