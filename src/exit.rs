@@ -46,6 +46,8 @@ pub const EXPORT_EXTRA_FILE: u8 = 14;
 pub const EXPORT_EDITED_FILE: u8 = 15;
 /// The entries of a CBOR file do not form the chain the manifest claims.
 pub const EXPORT_BROKEN_CHAIN: u8 = 16;
+/// An entry of a CBOR file is not selected by the manifest's selection.
+pub const EXPORT_OUTSIDE_SELECTION: u8 = 17;
 /// `ifrelay export` refused its target: not an empty folder
 /// (`EX_CANTCREAT`).
 pub const CANNOT_CREATE: u8 = 73;

@@ -98,7 +98,8 @@ enum Command {
     ///
     /// Exit codes: 0 the export verifies; otherwise the code of the first
     /// problem printed: 10 bad manifest, 11 bad signature, 12 wrong box,
-    /// 13 missing file, 14 extra file, 15 edited file, 16 broken chain;
+    /// 13 missing file, 14 extra file, 15 edited file, 16 broken chain,
+    /// 17 an entry outside the selection;
     /// 74 the folder cannot be read, 2 usage.
     VerifyExport {
         /// The export folder.

@@ -1,7 +1,8 @@
 //! Record exports (R-REC-3, docs/export.md): an export verifies, and each
 //! way of tampering with one — a file removed, added or edited, a record
 //! edited so its chain breaks, the signature swapped, another box's key
-//! expected — is its own finding with its own exit code; the CSV starts
+//! expected, a record the selection does not select — is its own finding
+//! with its own exit code; the CSV starts
 //! with a byte-order mark and a header; a filtered export holds exactly
 //! the matching records; an export encrypted to an auditor decrypts with
 //! the auditor's age identity and then verifies; a non-empty target is
@@ -439,6 +440,37 @@ fn a_filtered_export_holds_exactly_the_matching_records() {
 }
 
 #[test]
+fn a_record_outside_the_selection_is_found() {
+    let stopped = Stopped::new();
+    let all = stopped.export_all("all");
+    let out = stopped.out("filtered");
+    let filter = RecordFilter {
+        requester: Some(agency("272000")),
+        ..RecordFilter::default()
+    };
+    stopped
+        .export(&out, Some(filter), Vec::new())
+        .expect("export");
+    // Record 4 (requester 131016), genuine and chained, put in between.
+    let mut selected = entries(&out.join("records.cbor"));
+    let foreign = entries(&all.join("records.cbor")).remove(3);
+    selected.insert(1, foreign);
+    let mut bytes = Vec::new();
+    for entry in &selected {
+        ciborium::into_writer(entry, &mut bytes).expect("encode");
+    }
+    fs::write(out.join("records.cbor"), bytes).expect("write");
+    let report = verify(&out);
+    let finding = Finding::OutsideSelection {
+        file: "records.cbor".into(),
+        seq: 4,
+        what: "requester 131016, the selection is 272000".into(),
+    };
+    assert!(report.findings.contains(&finding), "{:?}", report.findings);
+    assert_eq!(finding.exit_code(), 17);
+}
+
+#[test]
 fn a_filter_by_person_code_keeps_only_its_hash_in_the_manifest() {
     let stopped = Stopped::new();
     let out = stopped.out("by-code");
@@ -498,6 +530,32 @@ fn an_encrypted_export_decrypts_with_the_auditor_identity_and_verifies() {
     assert!(fs::read(out.join("records.csv"))
         .expect("csv")
         .starts_with(b"\xEF\xBB\xBF"));
+    // The standard age tool decrypts it too, where it is installed
+    // (Debian's `age`); said on stderr where it is not.
+    let tool = Command::new("age").arg("--version").output();
+    if tool.is_ok_and(|o| o.status.success()) {
+        use age::secrecy::ExposeSecret as _;
+        let key_file = stopped.out("auditor-key.txt");
+        fs::write(&key_file, auditor.to_string().expose_secret()).expect("key file");
+        let decrypted = Command::new("age")
+            .arg("-d")
+            .arg("-i")
+            .arg(&key_file)
+            .arg(out.join("records.csv.age"))
+            .output()
+            .expect("age runs");
+        assert!(
+            decrypted.status.success(),
+            "{}",
+            String::from_utf8_lossy(&decrypted.stderr)
+        );
+        assert_eq!(
+            decrypted.stdout,
+            fs::read(out.join("records.csv")).expect("csv")
+        );
+    } else {
+        eprintln!("note: no `age` tool on this machine; decrypted with the age crate only");
+    }
     // Someone else's identity does not decrypt it.
     let stranger = age::x25519::Identity::generate();
     let cipher = fs::read(out.join("records.csv.age")).expect("age file");

@@ -2,7 +2,8 @@
 //! the manifest's signature, the box that made it, every file's presence
 //! and hash, no file beyond those listed, and the hash chain of every
 //! CBOR file present in clear (recomputed with the store's own
-//! [`ifrelay_store::chain_hash`]). Each problem is one [`Finding`]; the
+//! [`ifrelay_store::chain_hash`]), each entry selected by the manifest's
+//! selection. Each problem is one [`Finding`]; the
 //! verifier never stops at the first one it can go past.
 
 use std::collections::BTreeSet;
@@ -10,11 +11,11 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use ifrelay_store::{chain_hash, AccessEntry, ChainName, Record};
+use ifrelay_store::{chain_hash, AccessEntry, ChainName, Record, RecordKind, Side};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::manifest::{ChainAnchors, ChainEntry, FileEntry, Manifest};
+use super::manifest::{ChainAnchors, ChainEntry, FileEntry, Manifest, RecordSelection};
 use super::{FORMAT, FORMAT_VERSION, MANIFEST_FILE, SIGNATURE_FILE, SIGNING_CONTEXT};
 use crate::identity::hex;
 
@@ -54,6 +55,13 @@ pub enum Finding {
         expected: String,
         found: String,
     },
+    /// An entry that the manifest's selection does not select.
+    #[error("outside the selection: {file} seq {seq}: {what}")]
+    OutsideSelection {
+        file: String,
+        seq: u64,
+        what: String,
+    },
     /// The entries of a CBOR file do not form the chain they claim to.
     #[error("broken chain: {file}{}: {what}", seq.map(|s| format!(" at seq {s}")).unwrap_or_default())]
     BrokenChain {
@@ -76,6 +84,7 @@ impl Finding {
             Finding::ExtraFile { .. } => exit::EXPORT_EXTRA_FILE,
             Finding::EditedFile { .. } => exit::EXPORT_EDITED_FILE,
             Finding::BrokenChain { .. } => exit::EXPORT_BROKEN_CHAIN,
+            Finding::OutsideSelection { .. } => exit::EXPORT_OUTSIDE_SELECTION,
         }
     }
 }
@@ -361,10 +370,58 @@ fn check_file(dir: &Path, file: &FileEntry, report: &mut VerifyReport) -> Result
 /// A record body as stored: `{at, record}`.
 #[derive(Deserialize)]
 struct RecordBody {
-    #[allow(dead_code)] // decoded to check the body is a record
     at: i64,
-    #[allow(dead_code)]
     record: Record,
+}
+
+/// Why `record` (appended at `at`) is not selected by `sel`, if it is not.
+fn outside_records(sel: &RecordSelection, at: i64, r: &Record) -> Option<String> {
+    let text = |want: &Option<String>, found: &str, what: &str| match want {
+        Some(want) if want != found => Some(format!("{what} {found}, the selection is {want}")),
+        _ => None,
+    };
+    let p = &r.prefix;
+    let code_sha256 = r
+        .code
+        .as_ref()
+        .map(|c| hex(&Sha256::digest(c.as_str().as_bytes())));
+    let kind = match r.kind {
+        RecordKind::Query => "query",
+        RecordKind::Provision => "provision",
+    };
+    let side = match r.side {
+        Side::Requester => "requester",
+        Side::Provider => "provider",
+    };
+    outside_time(sel.since_ms, sel.until_ms, at)
+        .or_else(|| text(&sel.serial, r.serial.as_str(), "serial"))
+        .or_else(|| text(&sel.requester, p.requester.as_str(), "requester"))
+        .or_else(|| text(&sel.provider, p.provider.as_str(), "provider"))
+        .or_else(|| text(&sel.business, p.business.as_str(), "business"))
+        .or_else(|| text(&sel.info_name, p.info_name.as_str(), "information name"))
+        .or_else(|| match &sel.item {
+            Some(item) if !p.items.iter().any(|i| i.as_str() == item) => {
+                Some(format!("no item {item}"))
+            }
+            _ => None,
+        })
+        .or_else(|| match &sel.code_sha256 {
+            Some(want) if code_sha256.as_ref() != Some(want) => {
+                Some("another person code".to_owned())
+            }
+            _ => None,
+        })
+        .or_else(|| text(&sel.kind, kind, "kind"))
+        .or_else(|| text(&sel.side, side, "side"))
+}
+
+/// Why time `at` is outside `since..until`, if it is.
+fn outside_time(since: Option<i64>, until: Option<i64>, at: i64) -> Option<String> {
+    match (since, until) {
+        (Some(since), _) if at < since => Some(format!("at {at} ms, before since_ms {since}")),
+        (_, Some(until)) if at >= until => Some(format!("at {at} ms, not before until_ms {until}")),
+        _ => None,
+    }
 }
 
 /// Walks the CBOR file of `anchors`, when present in clear: each entry's
@@ -444,18 +501,37 @@ fn check_chain(
                 "the entry's hash does not match its contents (edited)".to_owned(),
             ));
         }
-        let decodes = match chain {
+        // The body must decode, and be an entry the selection selects.
+        let outside = match chain {
             ChainName::Records => ciborium::from_reader::<RecordBody, _>(&entry.body[..])
-                .map(|_| ())
+                .map(|b| {
+                    manifest
+                        .selection
+                        .records
+                        .as_ref()
+                        .and_then(|sel| outside_records(sel, b.at, &b.record))
+                })
                 .map_err(|e| e.to_string()),
             _ => ciborium::from_reader::<AccessEntry, _>(&entry.body[..])
-                .map(|_| ())
+                .map(|e| {
+                    manifest
+                        .selection
+                        .access_log
+                        .as_ref()
+                        .and_then(|sel| outside_time(sel.since_ms, sel.until_ms, e.at))
+                })
                 .map_err(|e| e.to_string()),
         };
-        if let Err(e) = decodes {
-            report
+        match outside {
+            Err(e) => report
                 .findings
-                .push(broken(Some(seq), format!("the body does not decode: {e}")));
+                .push(broken(Some(seq), format!("the body does not decode: {e}"))),
+            Ok(Some(what)) => report.findings.push(Finding::OutsideSelection {
+                file: file.clone(),
+                seq,
+                what,
+            }),
+            Ok(None) => {}
         }
         match previous {
             Some((prev_seq, _)) if seq <= prev_seq => report.findings.push(broken(
@@ -551,7 +627,7 @@ fn check_chain(
     }
     if report.findings.len() == before {
         report.checked.push(format!(
-            "chain {}: {count} entries, every hash and link verified",
+            "chain {}: {count} entries, every hash and link verified, each in the selection",
             anchors.chain
         ));
     }
