@@ -1,7 +1,6 @@
 //! [`export`]: one export of records and access log from an
 //! [`ExportSource`] into a new folder (module header of `export`).
 
-use std::borrow::Cow;
 use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -339,7 +338,7 @@ impl Exporter {
             for raw in rows {
                 let r = &raw.record;
                 span.see(r.seq, r.prev_hash, r.hash);
-                write_row(&mut self.csv, &record_row(r, labels)).map_err(|e| self.csv_error(e))?;
+                write_record_row(&mut self.csv, r, labels).map_err(|e| self.csv_error(e))?;
                 self.entry(&ChainEntry {
                     seq: r.seq,
                     prev_hash: r.prev_hash,
@@ -378,7 +377,7 @@ impl Exporter {
             for raw in rows {
                 let a = &raw.entry;
                 span.see(a.seq, a.prev_hash, a.hash);
-                write_row(&mut self.csv, &access_row(a, labels)).map_err(|e| self.csv_error(e))?;
+                write_access_row(&mut self.csv, a, labels).map_err(|e| self.csv_error(e))?;
                 self.entry(&ChainEntry {
                     seq: a.seq,
                     prev_hash: a.prev_hash,
@@ -574,51 +573,119 @@ fn side_name(s: Side) -> &'static str {
     }
 }
 
-fn record_row<'a>(c: &'a ifrelay_store::ChainedRecord, labels: &'a Labels) -> Vec<Cow<'a, str>> {
-    let r = &c.record;
-    let p = &r.prefix;
-    vec![
-        c.seq.to_string().into(),
-        jst(c.at).into(),
-        kind_name(r.kind).into(),
-        side_name(r.side).into(),
-        r.serial.as_str().into(),
-        p.requester.as_str().into(),
-        labels.agency(&p.requester).into(),
-        p.business.as_str().into(),
-        labels.business(&p.business).into(),
-        p.provider.as_str().into(),
-        labels.agency(&p.provider).into(),
-        p.info_name.as_str().into(),
-        labels.info_name(&p.info_name).into(),
-        p.items
-            .iter()
-            .map(|i| i.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-            .into(),
-        p.items
-            .iter()
-            .map(|i| labels.item(&p.info_name, i))
-            .collect::<Vec<_>>()
-            .join(" / ")
-            .into(),
-        r.code.as_ref().map_or("", |c| c.as_str()).into(),
-        r.permit_id.as_ref().map_or("", |p| p.as_str()).into(),
-        r.counterpart.as_ref().map_or("", |a| a.as_str()).into(),
-        r.counterpart
-            .as_ref()
-            .map_or("", |a| labels.agency(a))
-            .into(),
-        jst(r.query_requested_at).into(),
-        r.provision_at.map(jst).unwrap_or_default().into(),
-        if r.clock_synced { "true" } else { "false" }.into(),
-        hex(&c.prev_hash).into(),
-        hex(&c.hash).into(),
-    ]
+/// One CSV row being written: each cell goes straight to the writer, so
+/// a row costs no allocation beyond the rare neutralised formula.
+struct Row<'w> {
+    csv: &'w mut csv::Writer<FileSink>,
 }
 
-fn access_row<'a>(c: &'a ifrelay_store::ChainedAccess, labels: &'a Labels) -> Vec<Cow<'a, str>> {
+impl Row<'_> {
+    /// Text as a spreadsheet should show it: text that a spreadsheet
+    /// would take for a formula (`=`, `+`, `-`, `@`, tab, CR first) gets a
+    /// leading apostrophe, so opening an export never runs what a peer put
+    /// into a field. The CBOR file keeps the exact value.
+    fn text(&mut self, value: &str) -> csv::Result<()> {
+        match value.as_bytes().first() {
+            Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => {
+                self.csv.write_field(format!("'{value}"))
+            }
+            _ => self.csv.write_field(value),
+        }
+    }
+
+    fn opt(&mut self, value: Option<&str>) -> csv::Result<()> {
+        self.text(value.unwrap_or(""))
+    }
+
+    fn number(&mut self, n: u64) -> csv::Result<()> {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            // n % 10 < 10: the cast is exact.
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.csv.write_field(&digits[at..])
+    }
+
+    fn time(&mut self, ms: Option<Millis>) -> csv::Result<()> {
+        match ms {
+            Some(ms) => match jst_bytes(ms) {
+                Some(bytes) => self.csv.write_field(bytes),
+                None => self.csv.write_field(ms.to_string()),
+            },
+            None => self.csv.write_field(""),
+        }
+    }
+
+    fn hash(&mut self, hash: &[u8; 32]) -> csv::Result<()> {
+        self.csv.write_field(hex_bytes(hash))
+    }
+
+    /// Several values in one cell, separated by `sep`.
+    fn joined<'a>(&mut self, values: impl Iterator<Item = &'a str>, sep: &str) -> csv::Result<()> {
+        let mut cell = String::new();
+        for (i, value) in values.enumerate() {
+            if i > 0 {
+                cell.push_str(sep);
+            }
+            cell.push_str(value);
+        }
+        self.text(&cell)
+    }
+
+    fn end(self) -> csv::Result<()> {
+        self.csv.write_record(None::<&[u8]>)
+    }
+}
+
+/// Writes the row of one record ([`RECORD_COLUMNS`]).
+fn write_record_row(
+    csv: &mut csv::Writer<FileSink>,
+    c: &ifrelay_store::ChainedRecord,
+    labels: &Labels,
+) -> csv::Result<()> {
+    let r = &c.record;
+    let p = &r.prefix;
+    let mut row = Row { csv };
+    row.number(c.seq)?;
+    row.time(Some(c.at))?;
+    row.text(kind_name(r.kind))?;
+    row.text(side_name(r.side))?;
+    row.text(r.serial.as_str())?;
+    row.text(p.requester.as_str())?;
+    row.text(labels.agency(&p.requester))?;
+    row.text(p.business.as_str())?;
+    row.text(labels.business(&p.business))?;
+    row.text(p.provider.as_str())?;
+    row.text(labels.agency(&p.provider))?;
+    row.text(p.info_name.as_str())?;
+    row.text(labels.info_name(&p.info_name))?;
+    row.joined(p.items.iter().map(|i| i.as_str()), " ")?;
+    row.joined(p.items.iter().map(|i| labels.item(&p.info_name, i)), " / ")?;
+    row.opt(r.code.as_ref().map(|c| c.as_str()))?;
+    row.opt(r.permit_id.as_ref().map(|p| p.as_str()))?;
+    row.opt(r.counterpart.as_ref().map(|a| a.as_str()))?;
+    row.opt(r.counterpart.as_ref().map(|a| labels.agency(a)))?;
+    row.time(Some(r.query_requested_at))?;
+    row.time(r.provision_at)?;
+    row.text(if r.clock_synced { "true" } else { "false" })?;
+    row.hash(&c.prev_hash)?;
+    row.hash(&c.hash)?;
+    row.end()
+}
+
+/// Writes the row of one access-log entry ([`ACCESS_COLUMNS`]).
+fn write_access_row(
+    csv: &mut csv::Writer<FileSink>,
+    c: &ifrelay_store::ChainedAccess,
+    labels: &Labels,
+) -> csv::Result<()> {
     let e = &c.entry;
     let direction = match e.direction {
         ifrelay_store::Direction::In => "in",
@@ -626,81 +693,132 @@ fn access_row<'a>(c: &'a ifrelay_store::ChainedAccess, labels: &'a Labels) -> Ve
         ifrelay_store::Direction::Console => "console",
         ifrelay_store::Direction::Connection => "connection",
     };
-    let item_labels = match &e.info_name {
-        Some(info) => e
-            .items
-            .iter()
-            .map(|i| labels.item(info, i))
-            .collect::<Vec<_>>()
-            .join(" / "),
-        None => String::new(),
+    let mut row = Row { csv };
+    row.number(c.seq)?;
+    row.time(Some(e.at))?;
+    row.text(&e.terminal)?;
+    row.text(&e.party)?;
+    row.opt(e.agency.as_ref().map(|a| a.as_str()))?;
+    row.opt(e.agency.as_ref().map(|a| labels.agency(a)))?;
+    row.opt(e.staff.as_deref())?;
+    row.text(direction)?;
+    row.text(&e.operation)?;
+    row.opt(e.message_id.as_deref())?;
+    row.opt(e.serial.as_ref().map(|s| s.as_str()))?;
+    row.opt(e.business.as_ref().map(|b| b.as_str()))?;
+    row.opt(e.business.as_ref().map(|b| labels.business(b)))?;
+    row.opt(e.info_name.as_ref().map(|i| i.as_str()))?;
+    row.opt(e.info_name.as_ref().map(|i| labels.info_name(i)))?;
+    row.joined(e.items.iter().map(|i| i.as_str()), " ")?;
+    match &e.info_name {
+        Some(info) => row.joined(e.items.iter().map(|i| labels.item(info, i)), " / ")?,
+        None => row.text("")?,
+    }
+    row.text(&e.outcome)?;
+    row.hash(&c.prev_hash)?;
+    row.hash(&c.hash)?;
+    row.end()
+}
+
+/// Lowercase hex of a hash, without going through the formatter.
+fn hex_bytes(bytes: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+    }
+    out
+}
+
+/// `ms` as JST civil time, `YYYY-MM-DD hh:mm:ss.mmm`, which a spreadsheet
+/// reads as a date and time; `None` outside years 0..=9999. Plain
+/// arithmetic (Japan has one fixed offset, +09:00, and no daylight saving
+/// time): three times per record, so no formatter.
+fn jst_bytes(ms: Millis) -> Option<[u8; 23]> {
+    const JST_OFFSET_MS: i64 = 9 * 3_600_000;
+    const DAY_MS: i64 = 86_400_000;
+    let local = ms.checked_add(JST_OFFSET_MS)?;
+    let days = local.div_euclid(DAY_MS);
+    let of_day = local.rem_euclid(DAY_MS);
+    // Days since 1970-01-01 to a civil date (H. Hinnant, "chrono-compatible
+    // low-level date algorithms").
+    let z = days.checked_add(719_468)?;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = era
+        .checked_mul(400)?
+        .checked_add(yoe + i64::from(month <= 2))?;
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut out = *b"0000-00-00 00:00:00.000";
+    let mut put = |at: usize, width: usize, mut value: i64| {
+        for i in (0..width).rev() {
+            // 0 <= value % 10 < 10: the cast is exact.
+            out[at + i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
     };
-    vec![
-        c.seq.to_string().into(),
-        jst(e.at).into(),
-        e.terminal.as_str().into(),
-        e.party.as_str().into(),
-        e.agency.as_ref().map_or("", |a| a.as_str()).into(),
-        e.agency.as_ref().map_or("", |a| labels.agency(a)).into(),
-        e.staff.as_deref().unwrap_or("").into(),
-        direction.into(),
-        e.operation.as_str().into(),
-        e.message_id.as_deref().unwrap_or("").into(),
-        e.serial.as_ref().map_or("", |s| s.as_str()).into(),
-        e.business.as_ref().map_or("", |b| b.as_str()).into(),
-        e.business
-            .as_ref()
-            .map_or("", |b| labels.business(b))
-            .into(),
-        e.info_name.as_ref().map_or("", |i| i.as_str()).into(),
-        e.info_name
-            .as_ref()
-            .map_or("", |i| labels.info_name(i))
-            .into(),
-        e.items
-            .iter()
-            .map(|i| i.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-            .into(),
-        item_labels.into(),
-        e.outcome.as_str().into(),
-        hex(&c.prev_hash).into(),
-        hex(&c.hash).into(),
-    ]
-}
-
-/// Writes one CSV row, each cell through [`cell`].
-fn write_row(csv: &mut csv::Writer<FileSink>, row: &[Cow<'_, str>]) -> csv::Result<()> {
-    for value in row {
-        csv.write_field(cell(value).as_bytes())?;
-    }
-    csv.write_record(None::<&[u8]>)
-}
-
-/// A cell as a spreadsheet should show it: text that a spreadsheet would
-/// take for a formula (`=`, `+`, `-`, `@`, tab, CR first) gets a leading
-/// apostrophe, so opening an export never runs what a peer put into a
-/// field. The CBOR file keeps the exact value.
-fn cell<'a>(value: &'a Cow<'a, str>) -> Cow<'a, str> {
-    match value.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{value}").into(),
-        _ => Cow::Borrowed(value.as_ref()),
-    }
-}
-
-/// `ms` as a JST civil time a spreadsheet reads as a date and time.
-pub(super) fn jst(ms: Millis) -> String {
-    match jiff::Timestamp::from_millisecond(ms) {
-        Ok(t) => t
-            .to_zoned(jiff::tz::TimeZone::fixed(jiff::tz::offset(9)))
-            .strftime("%Y-%m-%d %H:%M:%S%.3f")
-            .to_string(),
-        Err(_) => ms.to_string(),
-    }
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, of_day / 3_600_000);
+    put(14, 2, of_day / 60_000 % 60);
+    put(17, 2, of_day / 1000 % 60);
+    put(20, 3, of_day % 1000);
+    Some(out)
 }
 
 /// `ms` as RFC 3339 in UTC.
 fn utc(ms: Millis) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jst_bytes_agree_with_jiff() {
+        let jst = jiff::tz::TimeZone::fixed(jiff::tz::offset(9));
+        for ms in [
+            0,
+            -1,
+            1_700_000_000_001,
+            951_782_400_000,
+            1_709_164_799_999,
+            253_402_207_200_000,
+            -62_167_251_600_000,
+        ] {
+            let want = jiff::Timestamp::from_millisecond(ms)
+                .expect("in range")
+                .to_zoned(jst.clone())
+                .strftime("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string();
+            let got = jst_bytes(ms).expect("in range");
+            assert_eq!(std::str::from_utf8(&got).expect("ascii"), want, "{ms}");
+        }
+        assert_eq!(
+            jst_bytes(253_402_268_399_999).as_ref().map(|b| &b[..]),
+            Some(&b"9999-12-31 23:59:59.999"[..])
+        );
+        assert_eq!(jst_bytes(253_402_268_400_000), None);
+        assert_eq!(jst_bytes(-62_167_251_600_001), None);
+        assert_eq!(jst_bytes(i64::MAX), None);
+        assert_eq!(jst_bytes(i64::MIN), None);
+    }
+
+    #[test]
+    fn hex_bytes_is_lowercase_hex() {
+        let mut hash = [0u8; 32];
+        hash[0] = 0xab;
+        hash[31] = 0x0f;
+        assert_eq!(&hex_bytes(&hash)[..], hex(&hash).as_bytes());
+    }
 }
