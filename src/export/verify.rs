@@ -268,7 +268,7 @@ fn sha256_file(path: &Path) -> Result<String, VerifyError> {
         path: path.to_owned(),
         source,
     })?;
-    let mut hasher = Sha256::new();
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = file.read(&mut buf).map_err(|source| VerifyError::Read {
@@ -280,7 +280,7 @@ fn sha256_file(path: &Path) -> Result<String, VerifyError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(hex(hasher.finish().as_ref()))
 }
 
 /// Every listed file present (in clear, encrypted, or both) with its
