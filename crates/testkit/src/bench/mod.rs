@@ -25,11 +25,16 @@
 //!    traffic beside; peak RSS of the attacked box and the own IMS's
 //!    answer times, quiet and flooded ([`flood`]).
 //!
+//! 9. **Export rate**: records/s of a record export over a store of many
+//!    records, against a sequential read of the same records
+//!    ([`export_rate`]).
+//!
 //! [`BenchReport::render`] is the human report; its last line is
 //! [`BenchReport::summary_line`], the one line scripts compare.
 
 pub mod backlog;
 pub mod bare;
+pub mod export_rate;
 pub mod flood;
 pub mod ingest;
 pub mod load;
@@ -111,6 +116,8 @@ pub struct BenchOptions {
     /// Wait up to this long for the rest of the machine to go quiet
     /// (under a quarter of a core for 5 s) before starting.
     pub wait_quiet: Duration,
+    /// Records of the export-rate phase ([`export_rate::records`]).
+    pub export_records: u64,
 }
 
 impl BenchOptions {
@@ -137,6 +144,7 @@ impl BenchOptions {
             fsyncs: 500,
             flood: Some(flood::FloodOptions::full()),
             wait_quiet: Duration::ZERO,
+            export_records: export_rate::records(false),
         }
     }
 
@@ -162,6 +170,7 @@ impl BenchOptions {
             backlog_rate_window: Duration::from_secs(1),
             fsyncs: 50,
             flood: Some(flood::FloodOptions::quick()),
+            export_records: export_rate::records(true),
             ..BenchOptions::full(box_command)
         }
     }
@@ -274,6 +283,7 @@ pub struct BenchReport {
     pub bare: Vec<BareRun>,
     pub backlog: Option<Result<BacklogResult, String>>,
     pub flood: Option<Result<flood::FloodRun, String>>,
+    pub export: Option<Result<export_rate::ExportRate, String>>,
     pub elapsed: Duration,
 }
 
@@ -455,6 +465,21 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         );
     }
 
+    flush_dirty("before the export phase");
+    progress(&format!(
+        "export rate: filling a store with {} records, then reading and exporting them",
+        opts.export_records
+    ));
+    let export_dir = dir.join("export");
+    let export_records = opts.export_records;
+    let export = Some(
+        tokio::task::spawn_blocking(move || {
+            export_rate::run(&export_dir, export_records).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the export phase panicked: {e}"))),
+    );
+
     Ok(BenchReport {
         quick: opts.quick,
         machine,
@@ -468,6 +493,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         bare,
         backlog,
         flood,
+        export,
         elapsed: started.elapsed(),
     })
 }
@@ -885,6 +911,11 @@ impl BenchReport {
             .map(|d| d.kib_per_frame(level.run.frames_per_s()))
     }
 
+    /// The export-rate phase, when it ran and succeeded.
+    pub fn export_rate(&self) -> Option<&export_rate::ExportRate> {
+        self.export.as_ref().and_then(|e| e.as_ref().ok())
+    }
+
     /// The one line scripts compare; `nan` where a figure is missing.
     pub fn summary_line(&self) -> String {
         let num = |v: Option<f64>, decimals: usize| match v {
@@ -894,7 +925,8 @@ impl BenchReport {
         let hop = self.hop_summary();
         format!(
             "bench: frames_per_s={} bare_frames_per_s={} ratio={} p99_ms={} p999_ms={} rss_mib={} backlog_resume_s={} \
-             flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={} kib_per_frame_open={} kib_per_frame_peak={}",
+             flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={} kib_per_frame_open={} kib_per_frame_peak={} \
+             export_rps={} export_ratio={}",
             num(Some(self.frames_per_s()), 0),
             num(Some(self.bare_frames_per_s()), 0),
             num(Some(self.ratio()), 3),
@@ -907,6 +939,8 @@ impl BenchReport {
             num(self.flood_ims_within_1s(), 4),
             num(self.kib_per_frame_open(), 1),
             num(self.kib_per_frame_peak(), 1),
+            num(self.export_rate().map(|e| e.export_records_per_s()), 0),
+            num(self.export_rate().map(|e| e.ratio()), 3),
         )
     }
 
@@ -921,6 +955,13 @@ impl BenchReport {
         self.render_memory(&mut o);
         self.render_backlog(&mut o);
         self.render_flood(&mut o);
+        match &self.export {
+            Some(Ok(rate)) => rate.render(&mut o),
+            Some(Err(e)) => {
+                let _ = writeln!(o, "\n-- export rate: failed: {e}");
+            }
+            None => {}
+        }
         self.render_targets(&mut o);
         let _ = writeln!(o, "{}", self.summary_line());
         o
