@@ -28,3 +28,26 @@ pub const IO: u8 = 74;
 pub const KEY_REFUSED: u8 = 77;
 /// The configuration is refused (`EX_CONFIG`).
 pub const CONFIG: u8 = 78;
+
+// `ifrelay verify-export` (docs/export.md, "Exit codes"): the code of the
+// first finding printed; the checks run in this order.
+
+/// The export's manifest is missing, unreadable or of another format.
+pub const EXPORT_BAD_MANIFEST: u8 = 10;
+/// The manifest's signature does not verify with the key it names.
+pub const EXPORT_BAD_SIGNATURE: u8 = 11;
+/// The export was signed by another box than the one expected.
+pub const EXPORT_WRONG_BOX: u8 = 12;
+/// A file the manifest lists is missing (or the signature file).
+pub const EXPORT_MISSING_FILE: u8 = 13;
+/// The folder holds a file the manifest does not list.
+pub const EXPORT_EXTRA_FILE: u8 = 14;
+/// A file's SHA-256 is not the one in the manifest.
+pub const EXPORT_EDITED_FILE: u8 = 15;
+/// The entries of a CBOR file do not form the chain the manifest claims.
+pub const EXPORT_BROKEN_CHAIN: u8 = 16;
+/// An entry of a CBOR file is not selected by the manifest's selection.
+pub const EXPORT_OUTSIDE_SELECTION: u8 = 17;
+/// `ifrelay export` refused its target: not an empty folder
+/// (`EX_CANTCREAT`).
+pub const CANNOT_CREATE: u8 = 73;

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod critical;
 pub mod exit;
+pub mod export;
 pub mod identity;
 pub mod logging;
 pub mod net;

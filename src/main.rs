@@ -76,6 +76,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Export records (all, or a search result) and the access log into a
+    /// new or empty folder: CBOR and CSV files, a manifest signed with the
+    /// box's key, optionally encrypted to auditors (docs/export.md).
+    ///
+    /// Reads the store read-only, so it works on a stopped box only (a
+    /// running box holds its store alone; the console exports from a
+    /// running box in a later release). After an unclean stop, start the
+    /// box once first: the export reads the database file, not the redo
+    /// log. Never writes into a folder that holds anything.
+    ///
+    /// Exit codes: 0 exported, 78 invalid configuration, 73 the target is
+    /// not a new or empty folder, 74 the store or the box's key cannot be
+    /// read, or a file cannot be written, 65 the store is damaged, 77 the
+    /// key file is refused, 2 usage (a bad filter or recipient), 1 other.
+    Export(Box<ExportArgs>),
+    /// Verify an export folder anywhere, without a store: the manifest's
+    /// signature, the box that signed it, every file and its SHA-256, no
+    /// extra file, and the hash chain of every CBOR file in clear. Prints
+    /// one line per problem (docs/export.md).
+    ///
+    /// Exit codes: 0 the export verifies; otherwise the code of the first
+    /// problem printed: 10 bad manifest, 11 bad signature, 12 wrong box,
+    /// 13 missing file, 14 extra file, 15 edited file, 16 broken chain,
+    /// 17 an entry outside the selection;
+    /// 74 the folder cannot be read, 2 usage.
+    VerifyExport {
+        /// The export folder.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// The box's registered public key: a PEM file as `ifrelay
+        /// identity` prints it, or a file holding 64 hex digits.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+        /// The box expected: its agency code, party (`is/<agency>`) or
+        /// name.
+        #[arg(long, value_name = "ID")]
+        box_id: Option<String>,
+    },
     /// Verify the hash chains of a store file, read-only: never creates,
     /// repairs or writes anything, and is safe while the box runs.
     ///
@@ -96,6 +134,65 @@ enum Command {
         #[arg(long, hide = true, conflicts_with = "isolated")]
         survey: bool,
     },
+}
+
+/// What `ifrelay export` exports and where.
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    /// The configuration file (docs/config.md): the store, the box's key.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The target folder: created if missing, refused unless empty.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Export the records only.
+    #[arg(long, conflicts_with_all = ["access", "all"])]
+    records: bool,
+    /// Export the access log only.
+    #[arg(long, conflicts_with = "all")]
+    access: bool,
+    /// Export records and access log (the default).
+    #[arg(long)]
+    all: bool,
+    /// Entries appended at or after this time (RFC 3339, e.g.
+    /// 2026-04-01T00:00:00+09:00); records and access log.
+    #[arg(long, value_name = "TIME")]
+    since: Option<jiff::Timestamp>,
+    /// Entries appended before this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    until: Option<jiff::Timestamp>,
+    /// Records of this processing serial.
+    #[arg(long)]
+    serial: Option<ifrelay_proto::Serial>,
+    /// Records whose prefix names this requesting agency.
+    #[arg(long, value_name = "AGENCY")]
+    requester: Option<ifrelay_proto::AgencyCode>,
+    /// Records whose prefix names this providing agency.
+    #[arg(long, value_name = "AGENCY")]
+    provider: Option<ifrelay_proto::AgencyCode>,
+    /// Records of this business code.
+    #[arg(long, value_name = "CODE")]
+    business: Option<ifrelay_proto::BusinessCode>,
+    /// Records of this information-name code.
+    #[arg(long, value_name = "CODE")]
+    info_name: Option<ifrelay_proto::InfoNameCode>,
+    /// Records whose prefix names this item code.
+    #[arg(long, value_name = "CODE")]
+    item: Option<ifrelay_proto::ItemCode>,
+    /// Records of this person code (符号); the manifest keeps its SHA-256
+    /// only.
+    #[arg(long, value_name = "CODE")]
+    code: Option<ifrelay_proto::PersonCode>,
+    /// Records of this kind.
+    #[arg(long, value_parser = ["query", "provision"])]
+    kind: Option<String>,
+    /// Records of this side.
+    #[arg(long, value_parser = ["requester", "provider"])]
+    side: Option<String>,
+    /// Encrypt every file to this auditor's age recipient (`age1…`);
+    /// repeat for several auditors.
+    #[arg(long, value_name = "AGE_RECIPIENT")]
+    encrypt_to: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +223,12 @@ fn main() -> ExitCode {
             Err(e) => config_error(&e),
         },
         Command::Identity { config, json } => identity(&config, json),
+        Command::Export(args) => export(&args),
+        Command::VerifyExport {
+            dir,
+            public_key,
+            box_id,
+        } => verify_export(&dir, public_key.as_deref(), box_id),
         Command::VerifyStore {
             store,
             isolated,
@@ -237,6 +340,225 @@ fn identity(file: &Path, json: bool) -> ExitCode {
     let card = IdentityCard::new(&config.party(), config.name.as_deref(), &key, created);
     print!("{}", if json { card.json() } else { card.text() });
     ExitCode::SUCCESS
+}
+
+/// `export`: opens the store read-only and the box's key, and writes the
+/// export (docs/export.md).
+fn export(args: &ExportArgs) -> ExitCode {
+    use ifrelay::export::{self, AccessSelection, ExportError, ExportRequest};
+    use ifrelay_store::{RecordFilter, RecordKind, Side};
+
+    let config = match Config::read(&args.config) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let recipients = match args
+        .encrypt_to
+        .iter()
+        .map(|r| export::parse_recipient(r))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(r) => r,
+        Err(e) => return failure(&e, exit::USAGE),
+    };
+    let since = args.since.map(|t| t.as_millisecond());
+    let until = args.until.map(|t| t.as_millisecond());
+    let filter = RecordFilter {
+        since,
+        until,
+        serial: args.serial.clone(),
+        requester: args.requester.clone(),
+        provider: args.provider.clone(),
+        business: args.business.clone(),
+        info_name: args.info_name.clone(),
+        item: args.item.clone(),
+        code: args.code.clone(),
+        kind: args.kind.as_deref().map(|k| match k {
+            "query" => RecordKind::Query,
+            _ => RecordKind::Provision,
+        }),
+        side: args.side.as_deref().map(|s| match s {
+            "requester" => Side::Requester,
+            _ => Side::Provider,
+        }),
+        ..RecordFilter::default()
+    };
+    let key = match BoxKey::load(config.store_dir()) {
+        Ok(key) => key,
+        Err(e) => return failure(&e, identity_exit_code(&e)),
+    };
+    let store = match ifrelay_store::ReadOnlyStore::open(&config.store.path) {
+        Ok(s) => s,
+        Err(e) => {
+            let code = if e.is_damaged() {
+                exit::DAMAGED
+            } else {
+                exit::IO
+            };
+            return failure(&e, code);
+        }
+    };
+    let snapshot = match store.snapshot() {
+        Ok(s) => s,
+        Err(e) => return failure(&e, exit::IO),
+    };
+    let labels = export_labels(&config, &snapshot);
+    let (records, access) = match (args.records, args.access) {
+        (true, _) => (true, false),
+        (_, true) => (false, true),
+        _ => (true, true),
+    };
+    let request = ExportRequest {
+        out: &args.out,
+        records: records.then_some(filter),
+        access: access.then_some(AccessSelection { since, until }),
+        recipients,
+        labels,
+        party: config.party().to_string(),
+        agency: config.agency.to_string(),
+        name: config.name.clone(),
+        now: jiff::Timestamp::now().as_millisecond(),
+    };
+    match export::export(&snapshot, &key, &request) {
+        Ok(summary) => {
+            println!(
+                "exported {} records and {} access-log entries to {}",
+                summary.records,
+                summary.access_entries,
+                args.out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let code = match &e {
+                ExportError::TargetNotEmpty { .. } | ExportError::TargetNotAFolder { .. } => {
+                    exit::CANNOT_CREATE
+                }
+                ExportError::BadRecipient { .. } => exit::USAGE,
+                ExportError::Store(s) if s.is_damaged() => exit::DAMAGED,
+                ExportError::Target { .. } | ExportError::Write { .. } | ExportError::Store(_) => {
+                    exit::IO
+                }
+                _ => exit::FAILURE,
+            };
+            failure(&e, code)
+        }
+    }
+}
+
+/// The labels of the masters of the newest distribution the store holds,
+/// re-verified against the pinned roots as at every start; none (codes
+/// only, said on standard error) when there is no distribution or it does
+/// not verify.
+fn export_labels(
+    config: &Config,
+    snapshot: &ifrelay_store::Snapshot,
+) -> Option<(u64, ifrelay::export::Labels)> {
+    let stored = match snapshot.current_prefix() {
+        Ok(Some(stored)) => stored,
+        Ok(None) => {
+            eprintln!(
+                "ifrelay: the box holds no masters: the CSV files carry codes without labels"
+            );
+            return None;
+        }
+        Err(e) => {
+            print_chain(
+                "cannot read the masters; the CSV files carry codes only: ",
+                &e,
+            );
+            return None;
+        }
+    };
+    let verified = config
+        .distribution_roots()
+        .map_err(|e| e.to_string())
+        .and_then(|roots| {
+            let d: ifrelay_proto::Distribution =
+                ciborium::from_reader(&stored.1[..]).map_err(|e| e.to_string())?;
+            ifrelay_proto::distribution::verify_stored(&d, &roots).map_err(|e| e.to_string())
+        });
+    match verified {
+        Ok(trusted) => Some((
+            stored.0,
+            ifrelay::export::Labels::from_masters(&trusted.fields.masters),
+        )),
+        Err(why) => {
+            eprintln!(
+                "ifrelay: the stored distribution {} does not verify ({why}): the CSV files carry \
+                 codes without labels",
+                stored.0
+            );
+            None
+        }
+    }
+}
+
+/// `verify-export`: checks an export folder and prints one line per
+/// problem.
+fn verify_export(dir: &Path, public_key: Option<&Path>, box_id: Option<String>) -> ExitCode {
+    use ifrelay::export::{verify_export, ExpectedBox};
+    let public_key = match public_key.map(read_public_key).transpose() {
+        Ok(key) => key,
+        Err(why) => {
+            eprintln!("ifrelay: {why}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let expected = ExpectedBox { public_key, box_id };
+    let report = match verify_export(dir, &expected) {
+        Ok(r) => r,
+        Err(e) => return failure(&e, exit::IO),
+    };
+    for line in &report.checked {
+        println!("ok: {line}");
+    }
+    for finding in &report.findings {
+        println!("FAILED: {finding}");
+    }
+    match report.findings.first() {
+        None => {
+            println!("verdict: the export verifies");
+            ExitCode::SUCCESS
+        }
+        Some(first) => {
+            println!("verdict: the export does NOT verify");
+            ExitCode::from(first.exit_code())
+        }
+    }
+}
+
+/// A public key from a PEM file (as `ifrelay identity` prints it) or a
+/// file of 64 hex digits.
+fn read_public_key(path: &Path) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the public key file {}: {e}", path.display()))?;
+    let bad = || {
+        format!(
+            "{} holds no Ed25519 public key (PEM PUBLIC KEY or 64 hex digits)",
+            path.display()
+        )
+    };
+    if let Some(key) = ifrelay::export::verify::parse_hex_key(&text) {
+        return Ok(key);
+    }
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|_| bad())?;
+    let key: [u8; 32] = der
+        .get(12..)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(bad)?;
+    if der[..] != ifrelay::identity::public_key_spki_der(&key)[..] {
+        return Err(bad());
+    }
+    Ok(key)
 }
 
 /// 77 for a key file that is there but refused, 74 for one that cannot be

@@ -53,6 +53,8 @@
 //! - `batch`: writer, chain, error, index, model, tables;
 //! - `reader`: shared, verify, index, chain, error, model, tables;
 //! - `readonly`: integrity, verify, index, schema, chain, error, tables;
+//! - `snapshot` (paged raw rows for exports): readonly, chain, error,
+//!   model, schema, tables;
 //! - `survey` (where a damaged file is damaged): readonly, verify, chain,
 //!   error, tables;
 //! - `store`: readonly, writer, batch, reader, error, model, tables (and
@@ -83,6 +85,7 @@ mod reader;
 mod readonly;
 mod schema;
 mod shared;
+mod snapshot;
 mod store;
 mod survey;
 pub mod tables;
@@ -102,6 +105,7 @@ pub use model::{
 };
 pub use reader::StoreReader;
 pub use readonly::ReadOnlyStore;
+pub use snapshot::{RawAccess, RawRecord, Snapshot};
 pub use store::Store;
 pub use survey::{survey_damaged, SurveyEvent};
 pub use wal::{log_path, LogOptions};

@@ -148,8 +148,12 @@ impl ReadOnlyStore {
     /// # Errors
     /// [`StoreError::Db`] when the file cannot be read.
     pub fn verify_chains(&self) -> Result<ChainReport, StoreError> {
-        let txn = self.db.begin_read().map_err(db("begin read transaction"))?;
-        verify::chains(&txn)
+        verify::chains(&self.begin_read()?)
+    }
+
+    /// A read transaction over the last commit (`crate::snapshot`).
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(db("begin read transaction"))
     }
 }
 

@@ -28,11 +28,16 @@
 //!    `var/bench-records`), random lookups by serial and person code
 //!    through the search indexes, against a filter scan ([`records`]).
 //!
+//! 10. **Export rate**: records/s of a record export over a store of many
+//!    records, against a sequential read of the same records
+//!    ([`export_rate`]).
+//!
 //! [`BenchReport::render`] is the human report; its last line is
 //! [`BenchReport::summary_line`], the one line scripts compare.
 
 pub mod backlog;
 pub mod bare;
+pub mod export_rate;
 pub mod flood;
 pub mod ingest;
 pub mod load;
@@ -122,6 +127,8 @@ pub struct BenchOptions {
     /// Wait up to this long for the rest of the machine to go quiet
     /// (under a quarter of a core for 5 s) before starting.
     pub wait_quiet: Duration,
+    /// Records of the export-rate phase ([`export_rate::records`]).
+    pub export_records: u64,
 }
 
 impl BenchOptions {
@@ -149,6 +156,7 @@ impl BenchOptions {
             flood: Some(flood::FloodOptions::full()),
             records: Some(records::RecordsOptions::full()),
             wait_quiet: Duration::ZERO,
+            export_records: export_rate::records(false),
         }
     }
 
@@ -177,6 +185,7 @@ impl BenchOptions {
             records: Some(records::RecordsOptions::quick(Path::new(
                 "var/bench-quick/records",
             ))),
+            export_records: export_rate::records(true),
             ..BenchOptions::full(box_command)
         }
     }
@@ -290,6 +299,7 @@ pub struct BenchReport {
     pub backlog: Option<Result<BacklogResult, String>>,
     pub flood: Option<Result<flood::FloodRun, String>>,
     pub records: Option<Result<records::RecordsRun, String>>,
+    pub export: Option<Result<export_rate::ExportRate, String>>,
     pub elapsed: Duration,
 }
 
@@ -480,6 +490,20 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         flush_dirty("before the records phase");
         records = Some(records::run(&record_opts).map_err(|e| e.to_string()));
     }
+    flush_dirty("before the export phase");
+    progress(&format!(
+        "export rate: filling a store with {} records, then reading and exporting them",
+        opts.export_records
+    ));
+    let export_dir = dir.join("export");
+    let export_records = opts.export_records;
+    let export = Some(
+        tokio::task::spawn_blocking(move || {
+            export_rate::run(&export_dir, export_records).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the export phase panicked: {e}"))),
+    );
 
     Ok(BenchReport {
         quick: opts.quick,
@@ -495,6 +519,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         backlog,
         flood,
         records,
+        export,
         elapsed: started.elapsed(),
     })
 }
@@ -936,6 +961,9 @@ impl BenchReport {
     /// did before the indexes, extrapolated to the whole store.
     pub fn search_ratio(&self) -> Option<f64> {
         self.records_run()?.ratio()
+    /// The export-rate phase, when it ran and succeeded.
+    pub fn export_rate(&self) -> Option<&export_rate::ExportRate> {
+        self.export.as_ref().and_then(|e| e.as_ref().ok())
     }
 
     /// The one line scripts compare; `nan` where a figure is missing.
@@ -948,7 +976,7 @@ impl BenchReport {
         format!(
             "bench: frames_per_s={} bare_frames_per_s={} ratio={} p99_ms={} p999_ms={} rss_mib={} backlog_resume_s={} \
              flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={} kib_per_frame_open={} kib_per_frame_peak={} \
-             tb_year_10k={} tb_year_100k={} search_ms={} search_ratio={}",
+             tb_year_10k={} tb_year_100k={} search_ms={} search_ratio={} export_rps={} export_ratio={}",
             num(Some(self.frames_per_s()), 0),
             num(Some(self.bare_frames_per_s()), 0),
             num(Some(self.ratio()), 3),
@@ -967,6 +995,8 @@ impl BenchReport {
 
             num(self.search_ms(), 3),
             num(self.search_ratio(), 0),
+            num(self.export_rate().map(|e| e.export_records_per_s()), 0),
+            num(self.export_rate().map(|e| e.ratio()), 3),
         )
     }
 
@@ -982,6 +1012,13 @@ impl BenchReport {
         self.render_backlog(&mut o);
         self.render_flood(&mut o);
         self.render_records(&mut o);
+        match &self.export {
+            Some(Ok(rate)) => rate.render(&mut o),
+            Some(Err(e)) => {
+                let _ = writeln!(o, "\n-- export rate: failed: {e}");
+            }
+            None => {}
+        }
         self.render_targets(&mut o);
         self.render_projection(&mut o);
         let _ = writeln!(o, "{}", self.summary_line());
