@@ -67,6 +67,9 @@ impl<W: Write> Write for Hashing<W> {
 
 type Disk = BufWriter<File>;
 
+// One writer per exported file, so the size of the larger variant costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Plain(Hashing<Disk>),
     Encrypted(Hashing<age::stream::StreamWriter<Hashing<Disk>>>),

@@ -27,10 +27,9 @@
 //! 9. **Records**: a store of 10,000,000 records (kept between runs under
 //!    `var/bench-records`), random lookups by serial and person code
 //!    through the search indexes, against a filter scan ([`records`]).
-//!
 //! 10. **Export rate**: records/s of a record export over a store of many
-//!    records, against a sequential read of the same records
-//!    ([`export_rate`]).
+//!     records, against a sequential read of the same records
+//!     ([`export_rate`]).
 //!
 //! [`BenchReport::render`] is the human report; its last line is
 //! [`BenchReport::summary_line`], the one line scripts compare.
@@ -961,6 +960,8 @@ impl BenchReport {
     /// did before the indexes, extrapolated to the whole store.
     pub fn search_ratio(&self) -> Option<f64> {
         self.records_run()?.ratio()
+    }
+
     /// The export-rate phase, when it ran and succeeded.
     pub fn export_rate(&self) -> Option<&export_rate::ExportRate> {
         self.export.as_ref().and_then(|e| e.as_ref().ok())
@@ -991,8 +992,6 @@ impl BenchReport {
             num(self.kib_per_frame_peak(), 1),
             num(self.tb_per_year(10_000.0), 2),
             num(self.tb_per_year(100_000.0), 2),
-    }
-
             num(self.search_ms(), 3),
             num(self.search_ratio(), 0),
             num(self.export_rate().map(|e| e.export_records_per_s()), 0),
