@@ -67,6 +67,9 @@ impl<W: Write> Write for Hashing<W> {
 
 type Disk = BufWriter<File>;
 
+// One per file being written, living on its thread's stack: the size of
+// the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Plain(Hashing<Disk>),
     Encrypted(Hashing<age::stream::StreamWriter<Hashing<Disk>>>),
