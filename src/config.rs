@@ -214,6 +214,43 @@ pub struct ConfigFile {
     /// `[trust]`: the pinned distribution roots.
     #[serde(default)]
     pub trust: TrustSection,
+    /// `[retention]`: how long records and the access log are kept
+    /// (R-REC-4, R-REC-6).
+    #[serde(default)]
+    pub retention: RetentionSection,
+}
+
+/// The legal minimum retention of query and provision records, in years
+/// (R-REC-4): `retention.records_years` below it is refused.
+pub const MIN_RECORDS_YEARS: u64 = 7;
+/// Default retention of the access log, in years.
+pub const DEFAULT_ACCESS_LOG_YEARS: u64 = 7;
+/// Longest retention accepted, in years.
+pub const MAX_RETENTION_YEARS: u64 = 100;
+
+/// `[retention]`: how long records and access-log entries are kept before
+/// the box deletes them by policy (R-REC-4, R-REC-6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Years a record is kept (at least [`MIN_RECORDS_YEARS`]).
+    pub records_years: u64,
+    /// Years an access-log entry is kept (at least 1).
+    pub access_log_years: u64,
+    /// Whether the box deletes records past `records_years` by itself.
+    /// Off until the maintenance console (issue 10) lets an operator
+    /// confirm a deletion (R-REC-4): until then records are kept.
+    pub delete_records: bool,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self {
+            records_years: MIN_RECORDS_YEARS,
+            access_log_years: DEFAULT_ACCESS_LOG_YEARS,
+            delete_records: false,
+        }
+    }
 }
 
 /// `[trust]`: the trust anchors the box pins (R-DST-1, R-SEC-6).
@@ -465,6 +502,28 @@ pub struct Config {
     pub service: ServiceHours,
     pub rates: RateLimits,
     pub trust: Trust,
+    pub retention: Retention,
+}
+
+/// How long records and access-log entries are kept (`[retention]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Years a record is kept; at least [`MIN_RECORDS_YEARS`].
+    pub records_years: u32,
+    /// Years an access-log entry is kept; at least 1.
+    pub access_log_years: u32,
+    /// Whether records past their period are deleted by the box.
+    pub delete_records: bool,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            records_years: MIN_RECORDS_YEARS as u32,
+            access_log_years: DEFAULT_ACCESS_LOG_YEARS as u32,
+            delete_records: false,
+        }
+    }
 }
 
 /// The trust anchors: where the pinned roots are, and when to warn.
@@ -820,6 +879,8 @@ impl ConfigFile {
             ),
         };
 
+        let retention = self.retention()?;
+
         Ok(Config {
             agency,
             name,
@@ -834,6 +895,42 @@ impl ConfigFile {
             service,
             rates,
             trust,
+            retention,
+        })
+    }
+
+    fn retention(&self) -> Result<Retention, ConfigError> {
+        let r = &self.retention;
+        if r.records_years < MIN_RECORDS_YEARS {
+            return Err(ConfigError::invalid(
+                "retention.records_years",
+                format!(
+                    "{} years is below the legal minimum of {MIN_RECORDS_YEARS} years for \
+                     query and provision records",
+                    r.records_years
+                ),
+                format!("use {MIN_RECORDS_YEARS} or more (up to {MAX_RETENTION_YEARS})"),
+            ));
+        }
+        let records_years = in_range(
+            "retention.records_years",
+            r.records_years,
+            MIN_RECORDS_YEARS,
+            MAX_RETENTION_YEARS,
+            "years",
+        )?;
+        let access_log_years = in_range(
+            "retention.access_log_years",
+            r.access_log_years,
+            1,
+            MAX_RETENTION_YEARS,
+            "years",
+        )?;
+        Ok(Retention {
+            // Both at most MAX_RETENTION_YEARS: they fit.
+            records_years: records_years as u32,
+            access_log_years: access_log_years as u32,
+            delete_records: r.delete_records,
         })
     }
 
@@ -1425,6 +1522,11 @@ impl Config {
                 distribution_roots: self.trust.distribution_roots.clone(),
                 expiry_warning_hours: self.trust.expiry_warning.as_secs() / 3600,
             },
+            retention: RetentionSection {
+                records_years: self.retention.records_years.into(),
+                access_log_years: self.retention.access_log_years.into(),
+                delete_records: self.retention.delete_records,
+            },
             timeouts: TimeoutsSection {
                 connect_ms: ms(self.timeouts.connect),
                 reply_ms: ms(self.timeouts.reply),
@@ -1749,6 +1851,44 @@ allow = ["10.1.0.2/32"]
             let back = Config::parse(&written, Path::new("/elsewhere")).expect(&written);
             assert_eq!(back, c, "{written}");
         }
+    }
+
+    #[test]
+    fn retention_defaults_keep_records_and_refuse_less_than_the_legal_minimum() {
+        let c = parse(MINIMAL).expect("minimal");
+        assert_eq!(c.retention, Retention::default());
+        assert_eq!(c.retention.records_years, 7);
+        assert_eq!(c.retention.access_log_years, 7);
+        assert!(!c.retention.delete_records, "records are kept by default");
+
+        let text = format!(
+            "{VALID}\n[retention]\nrecords_years = 10\naccess_log_years = 2\ndelete_records = true\n"
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            c.retention,
+            Retention {
+                records_years: 10,
+                access_log_years: 2,
+                delete_records: true
+            }
+        );
+        let back =
+            Config::parse(&c.to_toml_string().expect("toml"), Path::new("/x")).expect("back");
+        assert_eq!(back.retention, c.retention);
+
+        let err = refused(
+            &format!("{VALID}\n[retention]\nrecords_years = 6\n"),
+            "retention.records_years",
+        );
+        assert!(
+            err.to_string().contains("legal minimum of 7 years"),
+            "{err}"
+        );
+        refused(
+            &format!("{VALID}\n[retention]\naccess_log_years = 0\n"),
+            "retention.access_log_years",
+        );
     }
 
     #[test]

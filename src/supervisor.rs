@@ -30,7 +30,7 @@ use crate::net::Budget;
 use crate::relay::admission::{AdmissionLimits, Occupancy};
 use crate::relay::channel::{Input, Listener};
 use crate::relay::delivery::{self, DeliveryConfig};
-use crate::relay::engine::{Engine, EngineConfig, EngineStats, StepTimeouts};
+use crate::relay::engine::{Engine, EngineConfig, EngineStats, RetentionPolicy, StepTimeouts};
 use crate::relay::rates::RateLimiter;
 use crate::relay::server::{self, ListenerConfig, ServerContext};
 use crate::store_dir;
@@ -220,6 +220,11 @@ impl RunningBox {
                 },
                 roots,
                 expiry_warning: config.trust.expiry_warning,
+                retention: RetentionPolicy::from_years(
+                    config.retention.records_years,
+                    config.retention.access_log_years,
+                    config.retention.delete_records,
+                ),
             },
             deliver_tx,
             stats.clone(),

@@ -67,8 +67,8 @@ impl<W: Write> Write for Hashing<W> {
 
 type Disk = BufWriter<File>;
 
-// One per file being written, living on its thread's stack: the size of
-// the variants does not matter.
+// One writer per exported file, so the size of the larger variant costs
+// nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 enum Inner {
     Plain(Hashing<Disk>),

@@ -76,6 +76,7 @@ impl<'a> Site<'a> {
                 distribution_roots: self.dir.join("distribution-roots.pem"),
                 ..TrustSection::default()
             },
+            retention: Default::default(),
         };
         let path = self.dir.join("ifrelay.toml");
         std::fs::write(&path, file.to_toml_string().expect("toml")).expect("write");

@@ -18,6 +18,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use crate::chain::{chain_hash, ChainName};
 use crate::error::{db, from_cbor, to_cbor, ErrorChain, StoreError};
+use crate::index::ChainIndexes;
 use crate::model::{AccessEntry, Record, RecordBody, RecordBodyRef, SeenEntry};
 use crate::tables;
 use crate::wal::{self, Entry, Op, OpRef, Plan, Position};
@@ -224,14 +225,7 @@ impl<'a> Batch<'a> {
             },
         )?;
         let seq = self.append(ChainName::Records, &body)?;
-        let mut index = self
-            .txn
-            .open_multimap_table(tables::RECORDS_BY_SERIAL)
-            .map_err(db("open table records_by_serial"))?;
-        index
-            .insert(record.serial.as_str(), seq)
-            .map_err(db("write record index"))?;
-        drop(index);
+        ChainIndexes::open(&self.txn, ChainName::Records)?.insert_record(seq, at, &record)?;
         log_op(
             &mut self.ops,
             self.logging,
@@ -248,6 +242,7 @@ impl<'a> Batch<'a> {
     pub fn append_access(&mut self, entry: AccessEntry) -> Result<u64, StoreError> {
         let body = to_cbor("access-log entry", &entry)?;
         let seq = self.append(ChainName::AccessLog, &body)?;
+        ChainIndexes::open(&self.txn, ChainName::AccessLog)?.insert_access(seq, &entry)?;
         log_op(&mut self.ops, self.logging, &OpRef::AppendAccess(&entry))?;
         Ok(seq)
     }
@@ -271,6 +266,53 @@ impl<'a> Batch<'a> {
         mark.head_seq = seq;
         mark.head_hash = hash;
         Ok(seq)
+    }
+
+    /// Appends up to `max` records of `records` with the chain table and
+    /// the indexes opened once; returns how many were appended. The fast
+    /// path of [`crate::Store::fill_records_for_test`]: rows, hashes and
+    /// index rows exactly as [`Batch::append_record`] writes them, but not
+    /// logged (the batch commits durably in redb instead).
+    pub(crate) fn append_records_bulk<I>(
+        &mut self,
+        records: &mut I,
+        max: usize,
+    ) -> Result<u64, StoreError>
+    where
+        I: Iterator<Item = (Millis, Record)>,
+    {
+        let mut table = self
+            .txn
+            .open_table(tables::RECORDS)
+            .map_err(db("open table records"))?;
+        let mut indexes = ChainIndexes::open(&self.txn, ChainName::Records)?;
+        let mut appended = 0u64;
+        for (at, record) in records.take(max) {
+            let body = to_cbor(
+                "record",
+                &RecordBodyRef {
+                    at,
+                    record: &record,
+                },
+            )?;
+            let mark = self.state.mark(ChainName::Records);
+            let seq = mark.head_seq.checked_add(1).ok_or(StoreError::Exhausted {
+                what: "chain sequence",
+            })?;
+            let hash = chain_hash(ChainName::Records, &mark.head_hash, seq, &body);
+            table
+                .insert(seq, (mark.head_hash, hash, body.as_slice()))
+                .map_err(db("append chain entry"))?;
+            indexes.insert_record(seq, at, &record)?;
+            let mark = self.state.mark_mut(ChainName::Records);
+            mark.head_seq = seq;
+            mark.head_hash = hash;
+            appended += 1;
+        }
+        drop((table, indexes));
+        self.force_durable = true;
+        self.logging = false;
+        Ok(appended)
     }
 
     /// Queues `frame` for `destination`; returns its seq, which is never
@@ -536,6 +578,83 @@ impl<'a> Batch<'a> {
         Ok(removed)
     }
 
+    /// Retention deletion of records by age (R-REC-4, issue 9 item 5):
+    /// removes the oldest records appended before `cutoff` (strictly), at
+    /// most `max` of them, so one call never makes a commit large; returns
+    /// how many were removed. Call it again (in later batches) while it
+    /// returns `max`. Never removes a record appended at or after `cutoff`,
+    /// nor one that follows it in the chain (the chain is only ever cut at
+    /// its start, so a record appended out of time order stops the
+    /// deletion). The hash of the last removed record becomes the chain's
+    /// anchor, as with [`Batch::delete_records_through`]; retention rules
+    /// (the minimum period, the operator's confirmation) are the caller's.
+    ///
+    /// Logged as the [`Batch::delete_records_through`] it resolves to, so a
+    /// replay removes exactly the same records.
+    ///
+    /// # Errors
+    /// [`StoreError::ChainRowMissing`] for a hole in the chain (tampered);
+    /// [`StoreError::Db`] from redb.
+    pub fn delete_records_before(&mut self, cutoff: Millis, max: usize) -> Result<u64, StoreError> {
+        let Some(through) = self.deletable_before(ChainName::Records, cutoff, max)? else {
+            return Ok(0);
+        };
+        let removed = self.delete_through(ChainName::Records, through)?;
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::DeleteRecordsThrough(through),
+        )?;
+        Ok(removed)
+    }
+
+    /// Retention deletion of access-log entries by age (R-REC-6), as
+    /// [`Batch::delete_records_before`].
+    ///
+    /// # Errors
+    /// As [`Batch::delete_records_before`].
+    pub fn delete_access_before(&mut self, cutoff: Millis, max: usize) -> Result<u64, StoreError> {
+        let Some(through) = self.deletable_before(ChainName::AccessLog, cutoff, max)? else {
+            return Ok(0);
+        };
+        let removed = self.delete_through(ChainName::AccessLog, through)?;
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::DeleteAccessThrough(through),
+        )?;
+        Ok(removed)
+    }
+
+    /// The last seq a deletion of entries appended before `cutoff` may
+    /// remove, at most `max` entries past the anchor; `None` when nothing
+    /// may go.
+    fn deletable_before(
+        &mut self,
+        chain: ChainName,
+        cutoff: Millis,
+        max: usize,
+    ) -> Result<Option<u64>, StoreError> {
+        let mark = self.state.mark(chain);
+        if max == 0 || mark.head_seq <= mark.anchor_seq {
+            return Ok(None);
+        }
+        let indexes = ChainIndexes::open(&self.txn, chain)?;
+        // Every time-indexed entry before the first one at or after the
+        // cutoff was appended before it; an out-of-time-order entry at or
+        // after the cutoff below that bound stops the deletion earlier.
+        let mut bound = indexes.first_seq_at_or_after(cutoff)?.unwrap_or(u64::MAX);
+        if let Some(seq) = indexes.first_out_of_order_at_or_after(cutoff, mark.anchor_seq, bound)? {
+            bound = bound.min(seq);
+        }
+        drop(indexes);
+        let by_count = mark
+            .anchor_seq
+            .saturating_add(u64::try_from(max).unwrap_or(u64::MAX));
+        let through = bound.saturating_sub(1).min(by_count).min(mark.head_seq);
+        Ok((through > mark.anchor_seq).then_some(through))
+    }
+
     fn delete_through(&mut self, chain: ChainName, seq: u64) -> Result<u64, StoreError> {
         let mark = self.state.mark(chain);
         if seq <= mark.anchor_seq {
@@ -559,8 +678,11 @@ impl<'a> Batch<'a> {
             .value()
             .1;
 
+        // The removed rows, decoded, so their index rows go too. An
+        // undecodable row has no index rows to find (it could not have
+        // been appended); verification reports the alteration.
         let mut removed = 0u64;
-        let mut serials: Vec<(String, u64)> = Vec::new();
+        let mut bodies: Vec<(u64, Removed)> = Vec::new();
         {
             let extracted = table
                 .extract_from_if(..=seq, |_, _| true)
@@ -568,29 +690,34 @@ impl<'a> Batch<'a> {
             for row in extracted {
                 let (k, v) = row.map_err(db("delete chain entries"))?;
                 removed += 1;
-                if chain == ChainName::Records {
-                    let key = k.value();
-                    // An undecodable row has no index entry to find; the
-                    // index tolerates dangling seqs.
-                    if let Ok(body) =
-                        from_cbor::<RecordBody>("record", || key.to_string(), v.value().2)
-                    {
-                        serials.push((body.record.serial.as_str().to_owned(), key));
+                let key = k.value();
+                let body = v.value().2;
+                let decoded = match chain {
+                    ChainName::Records => {
+                        from_cbor::<RecordBody>("record", || key.to_string(), body)
+                            .ok()
+                            .map(|b| Removed::Record(b.at, Box::new(b.record)))
                     }
+                    ChainName::AccessLog => {
+                        from_cbor::<AccessEntry>("access-log entry", || key.to_string(), body)
+                            .ok()
+                            .map(|e| Removed::Access(Box::new(e)))
+                    }
+                };
+                if let Some(decoded) = decoded {
+                    bodies.push((key, decoded));
                 }
             }
         }
-        if !serials.is_empty() {
-            let mut index = self
-                .txn
-                .open_multimap_table(tables::RECORDS_BY_SERIAL)
-                .map_err(db("open table records_by_serial"))?;
-            for (serial, key) in &serials {
-                index
-                    .remove(serial.as_str(), key)
-                    .map_err(db("delete record index"))?;
+        drop(table);
+        let mut indexes = ChainIndexes::open(&self.txn, chain)?;
+        for (key, body) in &bodies {
+            match body {
+                Removed::Record(at, record) => indexes.remove_record(*key, *at, record)?,
+                Removed::Access(entry) => indexes.remove_access(*key, entry)?,
             }
         }
+        drop(indexes);
         let mark = self.state.mark_mut(chain);
         mark.anchor_seq = seq;
         mark.anchor_hash = new_anchor;
@@ -704,6 +831,12 @@ impl<'a> Batch<'a> {
         writer.state = state;
         Ok(())
     }
+}
+
+/// A chain entry removed by a policy deletion, decoded for its index rows.
+enum Removed {
+    Record(Millis, Box<Record>),
+    Access(Box<AccessEntry>),
 }
 
 /// Adds `op` to a batch's log payload when the batch logs.

@@ -50,6 +50,16 @@ pub enum StoreError {
     )]
     SchemaTooNew { found: u64, supported: u64 },
 
+    /// The file was written by the firmware before the search indexes
+    /// (schema version 1): it can be verified, not searched, until a box
+    /// opened it once and migrated it.
+    #[error(
+        "store: the file has no search indexes yet (schema version {found}, written by an \
+         earlier firmware); start the box once with this firmware, which migrates it, then \
+         search again"
+    )]
+    NeedsMigration { found: u64 },
+
     /// The file is a redb database but not one this firmware knows.
     #[error(
         "store file has an unknown layout ({detail}); it was not written by ifrelay or is \

@@ -29,6 +29,12 @@
 //!   it at boot; accepted frames are remembered by `(sender, message id)`
 //!   ([`Batch::seen`], [`Batch::put_seen`], [`Batch::prune_seen`]) so a
 //!   resent frame gets its first reply again (duplicate suppression).
+//! - Records and access log are searched through secondary indexes
+//!   written beside each chain row ([`StoreReader::search_records_page`],
+//!   [`StoreReader::search_access_page`], cursor paging by seq), and
+//!   deleted by age in bounded steps ([`Batch::delete_records_before`],
+//!   [`Batch::delete_access_before`]); a file of schema version 1 gets its
+//!   indexes built by [`Store::open`] (see `index`).
 //! - [`tables`] holds every `TableDefinition`, public for forensic tools and
 //!   tamper tests.
 //! - `fault` (cargo feature `fault-injection`, off by default): storage
@@ -39,11 +45,14 @@
 //! - `chain`: tables; `error`: chain; `schema`: error, tables;
 //! - `integrity` (the page check, read-only): error;
 //! - `shared` (the handle writer and readers share): error;
+//! - `index` (search indexes: maintenance, builds, paged search): chain,
+//!   error, model, tables;
 //! - `verify` (the chain walk): chain, error, model, schema, tables;
-//! - `writer` (open, prepare, reopen): chain, error, schema, shared, tables;
-//! - `batch`: writer, chain, error, model, tables;
-//! - `reader`: shared, verify, chain, error, model, tables;
-//! - `readonly`: integrity, verify, schema, chain, error, tables;
+//! - `writer` (open, prepare, migrate, reopen): chain, error, index, schema,
+//!   shared, tables;
+//! - `batch`: writer, chain, error, index, model, tables;
+//! - `reader`: shared, verify, index, chain, error, model, tables;
+//! - `readonly`: integrity, verify, index, schema, chain, error, tables;
 //! - `snapshot` (paged raw rows for exports): readonly, chain, error,
 //!   model, schema, tables;
 //! - `survey` (where a damaged file is damaged): readonly, verify, chain,
@@ -69,6 +78,7 @@ mod chain;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+mod index;
 mod integrity;
 mod model;
 mod reader;
@@ -90,8 +100,8 @@ pub use chain::{
 };
 pub use error::StoreError;
 pub use model::{
-    AccessEntry, BootState, ChainedAccess, ChainedRecord, Direction, OutboxEntry, Record,
-    RecordFilter, RecordKind, SeenEntry, Side,
+    AccessEntry, AccessFilter, BootState, ChainedAccess, ChainedRecord, Direction, OutboxEntry,
+    PageCursor, Record, RecordFilter, RecordKind, SeenEntry, Side,
 };
 pub use reader::StoreReader;
 pub use readonly::ReadOnlyStore;

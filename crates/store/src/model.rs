@@ -192,6 +192,66 @@ impl RecordFilter {
     }
 }
 
+/// Where a page of search results ends: the seq of the last entry
+/// returned. Seqs only grow, so entries appended after a page was read
+/// all come after its cursor, and the next page neither skips nor repeats
+/// an entry (R-REC-2: paging stays stable while new records arrive).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageCursor {
+    /// The seq of the last entry of the page; the next page starts after
+    /// it.
+    pub last_seq: u64,
+}
+
+impl PageCursor {
+    /// The cursor before the first entry.
+    pub const START: PageCursor = PageCursor { last_seq: 0 };
+}
+
+/// Search criteria for the access log (R-REC-2, R-REC-6). Every set field
+/// must match; an empty filter matches everything. Party, agency, staff
+/// and serial are answered through an index, the time range through the
+/// time index; direction and operation only narrow what those yield.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessFilter {
+    /// Logged at or after this time.
+    pub since: Option<Millis>,
+    /// Logged strictly before this time.
+    pub until: Option<Millis>,
+    /// The peer or actor: `core`, `is/131016`, `ims/131016`, ...
+    pub party: Option<String>,
+    pub agency: Option<AgencyCode>,
+    /// Console user id.
+    pub staff: Option<String>,
+    pub serial: Option<Serial>,
+    pub direction: Option<Direction>,
+    /// Message type or console command.
+    pub operation: Option<String>,
+}
+
+impl AccessFilter {
+    /// Whether `e` matches every set criterion.
+    pub fn matches(&self, e: &AccessEntry) -> bool {
+        self.since.is_none_or(|t| e.at >= t)
+            && self.until.is_none_or(|t| e.at < t)
+            && self.party.as_ref().is_none_or(|p| *p == e.party)
+            && self
+                .agency
+                .as_ref()
+                .is_none_or(|a| e.agency.as_ref() == Some(a))
+            && self
+                .staff
+                .as_ref()
+                .is_none_or(|s| e.staff.as_ref() == Some(s))
+            && self
+                .serial
+                .as_ref()
+                .is_none_or(|s| e.serial.as_ref() == Some(s))
+            && self.direction.is_none_or(|d| d == e.direction)
+            && self.operation.as_ref().is_none_or(|o| *o == e.operation)
+    }
+}
+
 /// A frame waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {

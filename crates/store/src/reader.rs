@@ -12,8 +12,11 @@ use std::sync::Arc;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::chain::ChainReport;
-use crate::error::{db, from_cbor, StoreError};
-use crate::model::{ChainedAccess, ChainedRecord, OutboxEntry, RecordBody, RecordFilter};
+use crate::error::{db, StoreError};
+use crate::index;
+use crate::model::{
+    AccessFilter, ChainedAccess, ChainedRecord, OutboxEntry, PageCursor, RecordFilter,
+};
 use crate::shared::Shared;
 use crate::tables;
 use crate::verify;
@@ -79,7 +82,7 @@ impl StoreReader {
             }
             for row in table.range(from_seq..).map_err(db("read access log"))? {
                 let (k, v) = row.map_err(db("read access log"))?;
-                out.push(decode_access(k.value(), v.value())?);
+                out.push(index::decode_access(k.value(), v.value())?);
                 if out.len() >= limit {
                     break;
                 }
@@ -88,65 +91,57 @@ impl StoreReader {
         })
     }
 
-    /// Records matching `filter`, at most `limit`, in seq order (R-REC-2).
-    /// A serial criterion uses the serial index; the others scan from
-    /// `filter.from_seq`.
+    /// Records matching `filter`, at most `limit`, in seq order (R-REC-2):
+    /// the first page of [`StoreReader::search_records_page`].
     ///
     /// # Errors
-    /// [`StoreError::Db`], or [`StoreError::Corrupt`] for an undecodable
-    /// row.
+    /// As [`StoreReader::search_records_page`].
     pub fn search_records(
         &self,
         filter: &RecordFilter,
         limit: usize,
     ) -> Result<Vec<ChainedRecord>, StoreError> {
-        self.read(|txn| {
-            let table = txn
-                .open_table(tables::RECORDS)
-                .map_err(db("open table records"))?;
-            let mut out = Vec::new();
-            if limit == 0 {
-                return Ok(out);
-            }
-            if let Some(serial) = &filter.serial {
-                let index = txn
-                    .open_multimap_table(tables::RECORDS_BY_SERIAL)
-                    .map_err(db("open table records_by_serial"))?;
-                for seq in index
-                    .get(serial.as_str())
-                    .map_err(db("read record index"))?
-                {
-                    let seq = seq.map_err(db("read record index"))?.value();
-                    if seq < filter.from_seq {
-                        continue;
-                    }
-                    // A dangling index entry (row removed outside the
-                    // store) is skipped; verification reports the removal.
-                    let Some(row) = table.get(seq).map_err(db("read records"))? else {
-                        continue;
-                    };
-                    let record = decode_record(seq, row.value())?;
-                    if filter.matches(seq, record.at, &record.record) {
-                        out.push(record);
-                        if out.len() >= limit {
-                            break;
-                        }
-                    }
-                }
-                return Ok(out);
-            }
-            for row in table.range(filter.from_seq..).map_err(db("read records"))? {
-                let (k, v) = row.map_err(db("read records"))?;
-                let record = decode_record(k.value(), v.value())?;
-                if filter.matches(record.seq, record.at, &record.record) {
-                    out.push(record);
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-            Ok(out)
-        })
+        Ok(self
+            .search_records_page(filter, PageCursor::START, limit)?
+            .0)
+    }
+
+    /// One page of the records matching `filter` (R-REC-2): at most
+    /// `limit`, in seq order, after `cursor` (and from `filter.from_seq`),
+    /// with the cursor of the next page when this one is full (`None`: no
+    /// more matches in this snapshot). A serial, a person code, an item,
+    /// an info name, a business, a provider or a requester is looked up
+    /// through its index (in that order of preference, the first set
+    /// drives the search), a time range through the time index; the other
+    /// criteria narrow what the index yields. Records appended between
+    /// two pages come after the cursor, so paging is stable.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`], or [`StoreError::Corrupt`] for an undecodable
+    /// row.
+    pub fn search_records_page(
+        &self,
+        filter: &RecordFilter,
+        cursor: PageCursor,
+        limit: usize,
+    ) -> Result<(Vec<ChainedRecord>, Option<PageCursor>), StoreError> {
+        self.read(|txn| index::search_records(txn, filter, cursor, limit))
+    }
+
+    /// One page of the access-log entries matching `filter` (R-REC-2,
+    /// R-REC-6), as [`StoreReader::search_records_page`]: a serial, a
+    /// console user, an agency or a party drives the search through its
+    /// index, a time range through the time index.
+    ///
+    /// # Errors
+    /// As [`StoreReader::search_records_page`].
+    pub fn search_access_page(
+        &self,
+        filter: &AccessFilter,
+        cursor: PageCursor,
+        limit: usize,
+    ) -> Result<(Vec<ChainedAccess>, Option<PageCursor>), StoreError> {
+        self.read(|txn| index::search_access(txn, filter, cursor, limit))
     }
 
     /// Number of stored records.
@@ -365,33 +360,6 @@ impl StoreReader {
     pub fn verify_chains(&self) -> Result<ChainReport, StoreError> {
         self.read(verify::chains)
     }
-}
-
-fn decode_record(
-    seq: u64,
-    (prev_hash, hash, body): tables::ChainRow<'_>,
-) -> Result<ChainedRecord, StoreError> {
-    let RecordBody { at, record } = from_cbor("record", || seq.to_string(), body)?;
-    Ok(ChainedRecord {
-        seq,
-        at,
-        prev_hash,
-        hash,
-        record,
-    })
-}
-
-fn decode_access(
-    seq: u64,
-    (prev_hash, hash, body): tables::ChainRow<'_>,
-) -> Result<ChainedAccess, StoreError> {
-    let entry = from_cbor("access-log entry", || seq.to_string(), body)?;
-    Ok(ChainedAccess {
-        seq,
-        prev_hash,
-        hash,
-        entry,
-    })
 }
 
 #[cfg(test)]

@@ -36,7 +36,9 @@ use redb::{ConcurrencyMode, DatabaseError, ReadOnlyDatabase, ReadableDatabase, S
 
 use crate::chain::ChainReport;
 use crate::error::{db, StoreError};
+use crate::index;
 use crate::integrity;
+use crate::model::{AccessFilter, ChainedAccess, ChainedRecord, PageCursor, RecordFilter};
 use crate::schema;
 use crate::tables;
 use crate::verify;
@@ -152,6 +154,41 @@ impl ReadOnlyStore {
     /// A read transaction over the last commit (`crate::snapshot`).
     pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
         self.db.begin_read().map_err(db("begin read transaction"))
+    }
+}
+
+impl ReadOnlyStore {
+    /// One page of the records matching `filter`, exactly as
+    /// [`crate::StoreReader::search_records_page`] answers inside the box.
+    ///
+    /// # Errors
+    /// As [`crate::StoreReader::search_records_page`], and
+    /// [`StoreError::NeedsMigration`] when the search needs an index and
+    /// the file was written by the firmware before the indexes (schema
+    /// version 1; start the box once to migrate it).
+    pub fn search_records_page(
+        &self,
+        filter: &RecordFilter,
+        cursor: PageCursor,
+        limit: usize,
+    ) -> Result<(Vec<ChainedRecord>, Option<PageCursor>), StoreError> {
+        let txn = self.db.begin_read().map_err(db("begin read transaction"))?;
+        index::search_records(&txn, filter, cursor, limit)
+    }
+
+    /// One page of the access-log entries matching `filter`, as
+    /// [`crate::StoreReader::search_access_page`].
+    ///
+    /// # Errors
+    /// As [`ReadOnlyStore::search_records_page`].
+    pub fn search_access_page(
+        &self,
+        filter: &AccessFilter,
+        cursor: PageCursor,
+        limit: usize,
+    ) -> Result<(Vec<ChainedAccess>, Option<PageCursor>), StoreError> {
+        let txn = self.db.begin_read().map_err(db("begin read transaction"))?;
+        index::search_access(&txn, filter, cursor, limit)
     }
 }
 
@@ -292,7 +329,7 @@ fn check_schema(database: &ReadOnlyDatabase) -> Result<(), StoreError> {
         .map_err(db("read schema version"))?
         .map(|g| g.value());
     match version {
-        Some(found) => schema::check_version(found),
+        Some(found) => schema::check_readable(found),
         None => Err(StoreError::SchemaUnknown {
             detail: "no schema version".into(),
         }),

@@ -3,7 +3,8 @@
 //! the same files with the same errors.
 //!
 //! Invariant: a file whose schema version is not exactly
-//! [`tables::SCHEMA_VERSION`] is never read as if it were; a table of an
+//! [`tables::SCHEMA_VERSION`] is never read as if it were (a version-1
+//! file is migrated by the writer, read without indexes by a reader); a table of an
 //! unexpected type is a foreign layout ([`StoreError::SchemaUnknown`]),
 //! not a redb failure.
 
@@ -26,6 +27,19 @@ pub(crate) fn check_version(found: u64) -> Result<(), StoreError> {
             detail: format!("schema version {found}"),
         }),
     }
+}
+
+/// Checks the schema version for a read-only open: the current version,
+/// or the one before the search indexes, whose chains read the same (its
+/// searches that need an index answer [`StoreError::NeedsMigration`]).
+///
+/// # Errors
+/// As [`check_version`].
+pub(crate) fn check_readable(found: u64) -> Result<(), StoreError> {
+    if found == tables::SCHEMA_VERSION_WITHOUT_SEARCH_INDEXES {
+        return Ok(());
+    }
+    check_version(found)
 }
 
 /// Maps a failure to open a table: a table of another type or kind means

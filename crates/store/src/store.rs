@@ -244,6 +244,39 @@ impl Store {
         Ok(total)
     }
 
+    /// Appends `records` (each with the time it was appended at),
+    /// `per_commit` per write transaction (0 counts as 1); returns how many
+    /// were appended.
+    ///
+    /// **For tests and benchmarks only**, to build a store of millions of
+    /// records fast: the chain table and the search indexes are opened
+    /// once per commit rather than once per record, and every commit is
+    /// durable in redb (not logged), so choose `per_commit` in the
+    /// thousands. Rows, hashes and index rows are exactly those
+    /// [`Batch::append_record`] writes.
+    ///
+    /// # Errors
+    /// As [`Batch::append_record`] and [`Batch::commit`]. Chunks committed
+    /// before the error stay.
+    pub fn fill_records_for_test<I>(
+        &mut self,
+        records: I,
+        per_commit: usize,
+    ) -> Result<u64, StoreError>
+    where
+        I: IntoIterator<Item = (Millis, crate::model::Record)>,
+    {
+        let per_commit = per_commit.max(1);
+        let mut records = records.into_iter().peekable();
+        let mut total = 0u64;
+        while records.peek().is_some() {
+            let mut batch = self.begin()?;
+            total += batch.append_records_bulk(&mut records, per_commit)?;
+            batch.commit()?;
+        }
+        Ok(total)
+    }
+
     /// How many logged batches the open (or the last reopen after an I/O
     /// error) replayed from the redo log: non-zero after an unclean stop.
     pub fn replayed_at_open(&self) -> u64 {

@@ -103,7 +103,7 @@ impl Surveyed {
 }
 
 /// Every table of [`tables`], small and central ones first.
-const SURVEYED: [Surveyed; 12] = [
+const SURVEYED: [Surveyed; 26] = [
     Surveyed::Rows(|t| rows(t, tables::META), "meta"),
     Surveyed::Rows(|t| rows(t, tables::CHAIN_MARKS), "chain_marks"),
     Surveyed::Chain(ChainName::Records),
@@ -122,6 +122,38 @@ const SURVEYED: [Surveyed; 12] = [
     Surveyed::Rows(|t| rows(t, tables::OUTBOX_COUNTS), "outbox_counts"),
     Surveyed::Rows(|t| rows(t, tables::SEEN), "seen"),
     Surveyed::Rows(|t| rows(t, tables::SEEN_BY_TIME), "seen_by_time"),
+    Surveyed::Rows(|t| rows(t, tables::RECORDS_BY_CODE), "records_by_code"),
+    Surveyed::Rows(
+        |t| rows(t, tables::RECORDS_BY_REQUESTER),
+        "records_by_requester",
+    ),
+    Surveyed::Rows(
+        |t| rows(t, tables::RECORDS_BY_PROVIDER),
+        "records_by_provider",
+    ),
+    Surveyed::Rows(
+        |t| rows(t, tables::RECORDS_BY_BUSINESS),
+        "records_by_business",
+    ),
+    Surveyed::Rows(
+        |t| rows(t, tables::RECORDS_BY_INFO_NAME),
+        "records_by_info_name",
+    ),
+    Surveyed::Rows(|t| rows(t, tables::RECORDS_BY_ITEM), "records_by_item"),
+    Surveyed::Rows(|t| rows(t, tables::RECORDS_BY_TIME), "records_by_time"),
+    Surveyed::Rows(
+        |t| rows(t, tables::RECORDS_OUT_OF_TIME_ORDER),
+        "records_out_of_time_order",
+    ),
+    Surveyed::Rows(|t| rows(t, tables::ACCESS_BY_PARTY), "access_by_party"),
+    Surveyed::Rows(|t| rows(t, tables::ACCESS_BY_AGENCY), "access_by_agency"),
+    Surveyed::Rows(|t| rows(t, tables::ACCESS_BY_STAFF), "access_by_staff"),
+    Surveyed::Rows(|t| rows(t, tables::ACCESS_BY_SERIAL), "access_by_serial"),
+    Surveyed::Rows(|t| rows(t, tables::ACCESS_BY_TIME), "access_by_time"),
+    Surveyed::Rows(
+        |t| rows(t, tables::ACCESS_OUT_OF_TIME_ORDER),
+        "access_out_of_time_order",
+    ),
 ];
 
 /// The chain's defects, each with its sequence number.

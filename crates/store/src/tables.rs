@@ -32,6 +32,21 @@
 //!   index `(at, sender, message_id) -> ()` for pruning by age. The key is a
 //!   redb tuple rather than a joined `sender\0id` string, so no separator
 //!   can ever be ambiguous and both parts read back without splitting.
+//! - Search indexes of [`RECORDS`] (schema version 2, issue 9):
+//!   [`RECORDS_BY_CODE`], [`RECORDS_BY_REQUESTER`], [`RECORDS_BY_PROVIDER`],
+//!   [`RECORDS_BY_BUSINESS`], [`RECORDS_BY_INFO_NAME`], [`RECORDS_BY_ITEM`]
+//!   (one row per item): `(key, seq) -> ()`, so one key's records come in
+//!   seq order and a page starts at any seq; [`RECORDS_BY_TIME`]:
+//!   `(at, seq) -> ()` for every record appended at or after the time of
+//!   the last row already in it, so its rows are in seq order and in time
+//!   order at once (a time range is a seq range); the few records appended
+//!   with an earlier time (the clock stepped back) go to
+//!   [`RECORDS_OUT_OF_TIME_ORDER`] `seq -> at` instead. The access log has
+//!   the same by key ([`ACCESS_BY_PARTY`], [`ACCESS_BY_AGENCY`],
+//!   [`ACCESS_BY_STAFF`], [`ACCESS_BY_SERIAL`]) and by time
+//!   ([`ACCESS_BY_TIME`], [`ACCESS_OUT_OF_TIME_ORDER`]). None of them is
+//!   covered by the chains: all are written in the transaction of the row
+//!   they index, removed with it, and can be rebuilt from the chains.
 //!
 //! Schema version decision: the four tables above were added after version
 //! 1 was released, without a bump. No existing table changed its key or
@@ -43,12 +58,22 @@
 //! meanwhile, the next open of this firmware notices (counter marker or row
 //! counts disagree) and rebuilds the index. Bump [`SCHEMA_VERSION`] only
 //! when an existing table's layout or an encoded value's format changes.
+//!
+//! Version 2 (issue 9) adds the search indexes. A version-1 file is
+//! migrated by [`crate::Store::open`]: the index tables are created and
+//! filled from [`RECORDS`] and [`ACCESS_LOG`] and the version is set to 2,
+//! all in one durable write transaction. [`crate::ReadOnlyStore`] opens a
+//! version-1 file for verification (the chains did not change); a search
+//! of it that needs an index answers [`crate::StoreError::NeedsMigration`].
 
 use redb::{MultimapTableDefinition, TableDefinition};
 
 /// The layout version this firmware reads and writes. A file with a
 /// higher version is refused rather than misread.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// The previous layout version, which [`crate::Store::open`] migrates.
+pub const SCHEMA_VERSION_WITHOUT_SEARCH_INDEXES: u64 = 1;
 
 /// A row of [`RECORDS`] or [`ACCESS_LOG`]: `(prev_hash, hash, CBOR body)`.
 pub type ChainRow<'a> = ([u8; 32], [u8; 32], &'a [u8]);
@@ -71,7 +96,7 @@ pub const OUTBOX_NEXT_KEY: &str = "outbox_next";
 /// it. A differing or missing value means something that does not keep the
 /// index (an earlier firmware) pushed entries, and the index is rebuilt.
 pub const OUTBOX_INDEX_NEXT_KEY: &str = "outbox_index_next";
-/// Key in [`META`]: the id of the store's redo log (`crate::wal`), written
+/// Key in [`META`]: the id of the store's redo log (`wal.rs`), written
 /// when the log is created; a log with another id is refused.
 pub const LOG_ID_KEY: &str = "log_id";
 /// Key in [`META`]: the number of the last logged batch this state holds.
@@ -93,6 +118,46 @@ pub const ACCESS_LOG: ChainTable = TableDefinition::new("access_log");
 /// Search index of [`RECORDS`] by processing serial.
 pub const RECORDS_BY_SERIAL: MultimapTableDefinition<&str, u64> =
     MultimapTableDefinition::new("records_by_serial");
+
+/// A search index by one key: `(key, seq) -> ()`.
+pub type KeyIndex = TableDefinition<'static, (&'static str, u64), ()>;
+/// A time index: `(at, seq) -> ()`, rows in seq and time order at once.
+pub type TimeIndex = TableDefinition<'static, (i64, u64), ()>;
+/// Entries appended with a time before the last time-indexed one:
+/// `seq -> at`.
+pub type OutOfTimeOrder = TableDefinition<'static, u64, i64>;
+
+/// Records by this side's pseudonymous person code.
+pub const RECORDS_BY_CODE: KeyIndex = TableDefinition::new("records_by_code");
+/// Records by requesting agency.
+pub const RECORDS_BY_REQUESTER: KeyIndex = TableDefinition::new("records_by_requester");
+/// Records by providing agency.
+pub const RECORDS_BY_PROVIDER: KeyIndex = TableDefinition::new("records_by_provider");
+/// Records by business code.
+pub const RECORDS_BY_BUSINESS: KeyIndex = TableDefinition::new("records_by_business");
+/// Records by info name code.
+pub const RECORDS_BY_INFO_NAME: KeyIndex = TableDefinition::new("records_by_info_name");
+/// Records by item code, one row per item of the prefix.
+pub const RECORDS_BY_ITEM: KeyIndex = TableDefinition::new("records_by_item");
+/// Records by the time they were appended.
+pub const RECORDS_BY_TIME: TimeIndex = TableDefinition::new("records_by_time");
+/// Records appended with a time before the last time-indexed record.
+pub const RECORDS_OUT_OF_TIME_ORDER: OutOfTimeOrder =
+    TableDefinition::new("records_out_of_time_order");
+
+/// Access-log entries by party (`core`, `is/131016`, ...).
+pub const ACCESS_BY_PARTY: KeyIndex = TableDefinition::new("access_by_party");
+/// Access-log entries by agency.
+pub const ACCESS_BY_AGENCY: KeyIndex = TableDefinition::new("access_by_agency");
+/// Access-log entries by console user.
+pub const ACCESS_BY_STAFF: KeyIndex = TableDefinition::new("access_by_staff");
+/// Access-log entries by processing serial.
+pub const ACCESS_BY_SERIAL: KeyIndex = TableDefinition::new("access_by_serial");
+/// Access-log entries by time.
+pub const ACCESS_BY_TIME: TimeIndex = TableDefinition::new("access_by_time");
+/// Access-log entries with a time before the last time-indexed entry.
+pub const ACCESS_OUT_OF_TIME_ORDER: OutOfTimeOrder =
+    TableDefinition::new("access_out_of_time_order");
 
 /// State of each live process, keyed by processing serial.
 pub const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("processes");
@@ -117,7 +182,7 @@ pub const SEEN_BY_TIME: TableDefinition<(i64, &str, &str), ()> =
 
 /// Names of every plain table of the layout, to tell a complete file from
 /// one that lacks tables.
-pub(crate) const TABLE_NAMES: [&str; 11] = [
+pub(crate) const TABLE_NAMES: [&str; 25] = [
     "meta",
     "chain_marks",
     "records",
@@ -129,6 +194,20 @@ pub(crate) const TABLE_NAMES: [&str; 11] = [
     "outbox_counts",
     "seen",
     "seen_by_time",
+    "records_by_code",
+    "records_by_requester",
+    "records_by_provider",
+    "records_by_business",
+    "records_by_info_name",
+    "records_by_item",
+    "records_by_time",
+    "records_out_of_time_order",
+    "access_by_party",
+    "access_by_agency",
+    "access_by_staff",
+    "access_by_serial",
+    "access_by_time",
+    "access_out_of_time_order",
 ];
 /// Names of every multimap table of the layout.
 pub(crate) const MULTIMAP_NAMES: [&str; 1] = ["records_by_serial"];

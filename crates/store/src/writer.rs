@@ -40,6 +40,7 @@ use redb::{
 
 use crate::chain::{ChainMark, ChainName};
 use crate::error::{db, StoreError};
+use crate::index;
 use crate::schema::{self, table_error};
 use crate::shared::Shared;
 use crate::tables::{self, MULTIMAP_NAMES, TABLE_NAMES};
@@ -332,8 +333,10 @@ fn open_database(opener: &Opener, cache_bytes: usize) -> Result<Database, StoreE
 }
 
 /// Checks the schema, creates missing tables, builds the outbox index (and
-/// the seen time index) when it is missing or was not kept, and loads the
-/// writer state. Writes only when the file is new, lacks a table or needs
+/// the seen time index) when it is missing or was not kept, migrates a
+/// file of schema version 1 (builds the search indexes of both chains from
+/// their rows and sets the current version), rebuilds search indexes that
+/// do not hold one time row per entry, and loads the writer state. Writes only when the file is new, lacks a table or needs
 /// an index built; all of it in one durable write transaction.
 fn prepare(database: &Database) -> Result<WriterState, StoreError> {
     let mut txn = database
@@ -357,6 +360,7 @@ fn prepare(database: &Database) -> Result<WriterState, StoreError> {
         .chain(MULTIMAP_NAMES.iter())
         .all(|name| present.iter().any(|p| p == name));
 
+    let mut migrate = false;
     let state = {
         let mut meta = txn.open_table(tables::META).map_err(table_error)?;
         let version = meta
@@ -364,6 +368,7 @@ fn prepare(database: &Database) -> Result<WriterState, StoreError> {
             .map_err(db("read schema version"))?
             .map(|g| g.value());
         match version {
+            Some(tables::SCHEMA_VERSION_WITHOUT_SEARCH_INDEXES) => migrate = true,
             Some(found) => schema::check_version(found)?,
             None if present.iter().any(|p| p != "meta") => {
                 return Err(StoreError::SchemaUnknown {
@@ -408,7 +413,34 @@ fn prepare(database: &Database) -> Result<WriterState, StoreError> {
         txn.open_table(tables::OUTBOX_COUNTS).map_err(table_error)?;
         txn.open_table(tables::SEEN).map_err(table_error)?;
         txn.open_table(tables::SEEN_BY_TIME).map_err(table_error)?;
+        for chain in [ChainName::Records, ChainName::AccessLog] {
+            drop(index::ChainIndexes::open(&txn, chain)?);
+        }
         wrote = true;
+    }
+    for chain in [ChainName::Records, ChainName::AccessLog] {
+        if migrate || !index::sound(&txn, chain)? {
+            let started = std::time::Instant::now();
+            let entries = index::rebuild(&txn, chain)?;
+            tracing::info!(
+                %chain,
+                entries,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "store: built the search indexes"
+            );
+            wrote = true;
+        }
+    }
+    if migrate {
+        txn.open_table(tables::META)
+            .map_err(table_error)?
+            .insert(tables::SCHEMA_VERSION_KEY, tables::SCHEMA_VERSION)
+            .map_err(db("write schema version"))?;
+        tracing::info!(
+            from = tables::SCHEMA_VERSION_WITHOUT_SEARCH_INDEXES,
+            to = tables::SCHEMA_VERSION,
+            "store: migrated the file to the current schema (search indexes added)"
+        );
     }
     if !outbox_index_sound(&txn, state.outbox_next)? {
         rebuild_outbox_index(&txn, state.outbox_next)?;

@@ -235,3 +235,41 @@ fn a_power_cut_replays_every_logged_batch_onto_the_last_durable_commit() {
     assert!(store.replayed_at_open() > 0);
     assert_intact(&store, 30);
 }
+
+#[test]
+fn a_retention_deletion_is_replayed_after_a_kill() {
+    let t = TempStore::new();
+    let mut store = Store::open_with_log(&t.path, CACHE, no_checkpoints()).unwrap();
+    store.boot(NOW).unwrap();
+    for n in 1..=10 {
+        step(&mut store, n, b"frame").unwrap();
+    }
+    // Records 1..=6 were appended before NOW + 7.
+    let mut b = store.begin().unwrap();
+    assert_eq!(b.delete_records_before(NOW + 7, 100).unwrap(), 6);
+    assert_eq!(b.delete_access_before(i64::MAX, 4).unwrap(), 4);
+    b.commit().unwrap();
+    let copy = kill_copy(&t, "deleted.redb");
+    std::mem::forget(store);
+
+    let store = Store::open(&copy, CACHE).unwrap();
+    assert_eq!(store.replayed_at_open(), 11);
+    let r = store.reader();
+    assert_eq!(r.record_count().unwrap(), 4);
+    assert_eq!(r.access_count().unwrap(), 6);
+    let report = r.verify_chains().unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records.anchor_seq, 6);
+    assert_eq!(report.access_log.anchor_seq, 4);
+    // The index rows of the deleted records went with them.
+    let gone = r
+        .search_records(
+            &ifrelay_store::RecordFilter {
+                serial: Some(serial(3)),
+                ..ifrelay_store::RecordFilter::default()
+            },
+            10,
+        )
+        .unwrap();
+    assert!(gone.is_empty());
+}

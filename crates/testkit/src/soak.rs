@@ -88,6 +88,8 @@ pub struct SoakReport {
     pub lost: usize,
     /// Events delivered twice to an IMS, plus records held twice.
     pub duplicated: usize,
+    /// Of [`SoakReport::duplicated`]: events delivered twice to an IMS.
+    pub delivered_twice: usize,
     pub serials_reissued: usize,
     /// Broken hash chains (per box).
     pub chains_broken: usize,
@@ -107,7 +109,7 @@ impl SoakReport {
     /// `soak: kills=N flows=N lost=0 duplicated=0 serials_reissued=0`.
     pub fn summary(&self) -> String {
         format!(
-            "soak: kills={} flows={} completed={} closed={} lost={} duplicated={} serials_reissued={} chains_broken={} seed={}",
+            "soak: kills={} flows={} completed={} closed={} lost={} duplicated={} serials_reissued={} delivered_twice={} chains_broken={} seed={}",
             self.kills,
             self.flows,
             self.completed,
@@ -115,6 +117,7 @@ impl SoakReport {
             self.lost,
             self.duplicated,
             self.serials_reissued,
+            self.delivered_twice,
             self.chains_broken,
             self.seed
         )
@@ -276,6 +279,7 @@ fn check(
     for node in &bed.nodes {
         let doubles = node.ims.double_deliveries();
         report.duplicated += doubles.len();
+        report.delivered_twice += doubles.len();
         for d in doubles {
             report
                 .defects

@@ -175,6 +175,7 @@ pub fn write_box_config(
             distribution_roots: pki.roots_path().to_owned(),
             ..TrustSection::default()
         },
+        retention: Default::default(),
     };
     let path = box_dir.join("ifrelay.toml");
     std::fs::write(&path, file.to_toml_string()?)?;

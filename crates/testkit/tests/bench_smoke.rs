@@ -5,7 +5,7 @@
 use std::process::Command;
 
 /// The keys of the summary line, in order.
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 18] = [
     "frames_per_s",
     "bare_frames_per_s",
     "ratio",
@@ -18,6 +18,10 @@ const KEYS: [&str; 14] = [
     "flood_ims_within_1s",
     "kib_per_frame_open",
     "kib_per_frame_peak",
+    "tb_year_10k",
+    "tb_year_100k",
+    "search_ms",
+    "search_ratio",
     "export_rps",
     "export_ratio",
 ];
@@ -25,7 +29,8 @@ const KEYS: [&str; 14] = [
 /// Checks `line` against
 /// `bench: frames_per_s=N bare_frames_per_s=N ratio=R p99_ms=N p999_ms=N rss_mib=N backlog_resume_s=N
 /// flood_rss_mib=N flood_ims_p99_ms=N flood_ims_within_1s=R kib_per_frame_open=N
-/// kib_per_frame_peak=N export_rps=N export_ratio=R` (one line).
+/// kib_per_frame_peak=N tb_year_10k=N tb_year_100k=N search_ms=N search_ratio=N export_rps=N
+/// export_ratio=R` (one line).
 fn check_summary(line: &str) -> Result<(), String> {
     let mut words = line.split(' ');
     if words.next() != Some("bench:") {
@@ -54,14 +59,15 @@ fn check_summary(line: &str) -> Result<(), String> {
 
 #[test]
 fn summary_format_is_checked_strictly() {
-    let good = "bench: frames_per_s=1520 bare_frames_per_s=21000 ratio=0.072 p99_ms=14.20 p999_ms=30.01 rss_mib=41.2 backlog_resume_s=nan flood_rss_mib=24.2 flood_ims_p99_ms=50.63 flood_ims_within_1s=1.0000 kib_per_frame_open=113.7 kib_per_frame_peak=nan export_rps=152000 export_ratio=0.410";
+    let good = "bench: frames_per_s=1520 bare_frames_per_s=21000 ratio=0.072 p99_ms=14.20 p999_ms=30.01 rss_mib=41.2 backlog_resume_s=nan flood_rss_mib=24.2 flood_ims_p99_ms=50.63 flood_ims_within_1s=1.0000 kib_per_frame_open=113.7 kib_per_frame_peak=nan tb_year_10k=5.54 tb_year_100k=55.41 search_ms=0.412 search_ratio=52000 export_rps=152000 export_ratio=0.410";
     assert_eq!(check_summary(good), Ok(()));
     for bad in [
         "frames_per_s=1 bare_frames_per_s=1 ratio=1 p99_ms=1 p999_ms=1 rss_mib=1 backlog_resume_s=1",
         "bench: frames_per_s=1 ratio=1 p99_ms=1 p999_ms=1 rss_mib=1 backlog_resume_s=1",
         "bench: frames_per_s=-1 bare_frames_per_s=1 ratio=1 p99_ms=1 p999_ms=1 rss_mib=1 backlog_resume_s=1",
         "bench: frames_per_s=1 bare_frames_per_s=1 ratio=1 p99_ms=1 p999_ms=1 rss_mib=1 backlog_resume_s=1",
-        "bench: frames_per_s=1 bare_frames_per_s=1 ratio=1 p99_ms=1 p999_ms=1 rss_mib=1 backlog_resume_s=1 flood_rss_mib=1 flood_ims_p99_ms=1 flood_ims_within_1s=1 kib_per_frame_open=1 kib_per_frame_peak=1 x=2",
+        "bench: frames_per_s=1 bare_frames_per_s=1 ratio=1 p99_ms=1 p999_ms=1 rss_mib=1 backlog_resume_s=1 flood_rss_mib=1 flood_ims_p99_ms=1 flood_ims_within_1s=1 kib_per_frame_open=1 kib_per_frame_peak=1 tb_year_10k=1 tb_year_100k=1 search_ms=1 search_ratio=1 x=2",
+        "bench: frames_per_s=1 bare_frames_per_s=1 ratio=1 p99_ms=1 p999_ms=1 rss_mib=1 backlog_resume_s=1 flood_rss_mib=1 flood_ims_p99_ms=1 flood_ims_within_1s=1 kib_per_frame_open=1 kib_per_frame_peak=1",
         "bench: frames_per_s=1 bare_frames_per_s=1 ratio=1 p99_ms=1 p999_ms=1 rss_mib=1 backlog_resume_s=1 flood_rss_mib=1 flood_ims_p99_ms=1 flood_ims_within_1s=1",
     ] {
         assert!(check_summary(bad).is_err(), "{bad}");

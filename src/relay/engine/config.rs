@@ -26,6 +26,39 @@ pub struct EngineConfig {
     pub roots: Vec<RootKey>,
     /// Warn this long before the list in force expires.
     pub expiry_warning: Duration,
+    /// What the tick deletes by age (R-REC-4, R-REC-6).
+    pub retention: RetentionPolicy,
+}
+
+/// How long the chains keep their entries before the tick deletes them,
+/// a bounded step per tick (the engine's `timers` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Records older than this are deleted; `None`: records are kept
+    /// (until an operator confirms deletions at the console, R-REC-4).
+    pub records: Option<Duration>,
+    /// Access-log entries older than this are deleted (R-REC-6).
+    pub access_log: Duration,
+}
+
+impl RetentionPolicy {
+    /// A year as the policy counts it: 366 days, so a period never ends
+    /// early, leap years or not.
+    pub const YEAR: Duration = Duration::from_secs(366 * 24 * 3600);
+
+    /// The policy of `records_years` (records deleted only when
+    /// `delete_records`) and `access_log_years`.
+    pub fn from_years(records_years: u32, access_log_years: u32, delete_records: bool) -> Self {
+        RetentionPolicy {
+            records: delete_records.then(|| Self::YEAR * records_years),
+            access_log: Self::YEAR * access_log_years,
+        }
+    }
+
+    /// The policy of the defaults: records kept, access log 7 years.
+    pub fn keep_records() -> Self {
+        Self::from_years(7, 7, false)
+    }
 }
 
 /// Longest wait for each step of a process; past it the process is closed

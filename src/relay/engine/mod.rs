@@ -56,7 +56,7 @@ use ifrelay_proto::{Body, Party, Reason};
 use ifrelay_store::{BootState, Store, StoreError};
 use tokio::sync::mpsc;
 
-pub use self::config::{EngineConfig, StepTimeouts};
+pub use self::config::{EngineConfig, RetentionPolicy, StepTimeouts};
 pub use self::dedup::SEEN_RETENTION;
 use self::prefix::Lists;
 use self::reply::store_refusal;

@@ -5,7 +5,9 @@
 //! is closed on the next tick, its binding erased, and the IMS told
 //! `E_TIMEOUT` naming the step — the core too once the process has reached
 //! it; pruning forgets at most [`SEEN_PRUNE_PER_TICK`] ids per tick, so a
-//! tick never makes one commit large.
+//! tick never makes one commit large; retention deletion (R-REC-4,
+//! R-REC-6) removes at most [`RETENTION_DELETE_PER_TICK`] records and as
+//! many access-log entries per tick, never one inside its period.
 //!
 //! [`StepTimeouts::deadline`]: super::config::StepTimeouts::deadline
 
@@ -17,7 +19,36 @@ use super::state::{Handled, Relay};
 use crate::relay::destination::Destination;
 use crate::relay::process::{Role as ProcRole, Step};
 
+/// Most records, and most access-log entries, deleted by age per tick:
+/// a bounded step, so deleting years of entries never makes one commit
+/// large (a million entries go in about 35 minutes of ticks).
+pub(super) const RETENTION_DELETE_PER_TICK: usize = 500;
+
 impl Relay {
+    /// Deletes a bounded step of the entries past their retention period
+    /// (R-REC-4, R-REC-6): the access log always, records only when the
+    /// policy says so. Nothing appended at or after the cutoff goes.
+    fn delete_by_retention(&self, batch: &mut Batch<'_>, now: Millis) -> Result<(), StoreError> {
+        let cutoff = |keep: std::time::Duration| {
+            now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
+        };
+        let policy = self.cfg.retention;
+        let access =
+            batch.delete_access_before(cutoff(policy.access_log), RETENTION_DELETE_PER_TICK)?;
+        let records = match policy.records {
+            Some(keep) => batch.delete_records_before(cutoff(keep), RETENTION_DELETE_PER_TICK)?,
+            None => 0,
+        };
+        if access > 0 || records > 0 {
+            tracing::debug!(
+                access,
+                records,
+                "retention: deleted entries past their period"
+            );
+        }
+        Ok(())
+    }
+
     /// Closes every process whose step timed out (R-COM-2), and forgets
     /// message ids older than [`SEEN_RETENTION`].
     pub(super) fn expire(
@@ -28,6 +59,7 @@ impl Relay {
         self.lists.watch_expiry(now, self.cfg.expiry_warning);
         let horizon = now.saturating_sub(i64::try_from(SEEN_RETENTION.as_millis()).unwrap_or(0));
         batch.prune_seen(horizon, SEEN_PRUNE_PER_TICK)?;
+        self.delete_by_retention(batch, now)?;
         let expired: Vec<(Serial, &'static str)> = self
             .processes
             .values()

@@ -24,10 +24,12 @@
 //! 8. **Flood**: fresh boxes under every hostile peer at once, with normal
 //!    traffic beside; peak RSS of the attacked box and the own IMS's
 //!    answer times, quiet and flooded ([`flood`]).
-//!
-//! 9. **Export rate**: records/s of a record export over a store of many
-//!    records, against a sequential read of the same records
-//!    ([`export_rate`]).
+//! 9. **Records**: a store of 10,000,000 records (kept between runs under
+//!    `var/bench-records`), random lookups by serial and person code
+//!    through the search indexes, against a filter scan ([`records`]).
+//! 10. **Export rate**: records/s of a record export over a store of many
+//!     records, against a sequential read of the same records
+//!     ([`export_rate`]).
 //!
 //! [`BenchReport::render`] is the human report; its last line is
 //! [`BenchReport::summary_line`], the one line scripts compare.
@@ -41,10 +43,11 @@ pub mod load;
 pub mod machine;
 pub mod network;
 pub mod proc;
+pub mod records;
 pub mod store_candidates;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ifrelay_proto::Party;
@@ -79,6 +82,10 @@ pub mod targets {
     /// Share of the own IMS's requests answered within 1 s during a flood
     /// (the peak RSS bound, [`RSS_MIB`], holds under the flood too).
     pub const FLOOD_WITHIN_1S: f64 = 0.99;
+    /// p99 of record lookups by serial and person code, in ms, with
+    /// [`SEARCH_RECORDS`] records stored.
+    pub const SEARCH_MS: f64 = 10.0;
+    pub const SEARCH_RECORDS: u64 = 10_000_000;
 }
 
 /// What to run.
@@ -113,6 +120,9 @@ pub struct BenchOptions {
     pub fsyncs: usize,
     /// The flood phase; `None` skips it.
     pub flood: Option<flood::FloodOptions>,
+    /// The record search phase; `None` skips it. A `--quick` run keeps its
+    /// store in the work folder (`records/`), emptied with it.
+    pub records: Option<records::RecordsOptions>,
     /// Wait up to this long for the rest of the machine to go quiet
     /// (under a quarter of a core for 5 s) before starting.
     pub wait_quiet: Duration,
@@ -143,6 +153,7 @@ impl BenchOptions {
             backlog_rate_window: Duration::from_secs(3),
             fsyncs: 500,
             flood: Some(flood::FloodOptions::full()),
+            records: Some(records::RecordsOptions::full()),
             wait_quiet: Duration::ZERO,
             export_records: export_rate::records(false),
         }
@@ -170,6 +181,9 @@ impl BenchOptions {
             backlog_rate_window: Duration::from_secs(1),
             fsyncs: 50,
             flood: Some(flood::FloodOptions::quick()),
+            records: Some(records::RecordsOptions::quick(Path::new(
+                "var/bench-quick/records",
+            ))),
             export_records: export_rate::records(true),
             ..BenchOptions::full(box_command)
         }
@@ -283,6 +297,7 @@ pub struct BenchReport {
     pub bare: Vec<BareRun>,
     pub backlog: Option<Result<BacklogResult, String>>,
     pub flood: Option<Result<flood::FloodRun, String>>,
+    pub records: Option<Result<records::RecordsRun, String>>,
     pub export: Option<Result<export_rate::ExportRate, String>>,
     pub elapsed: Duration,
 }
@@ -465,6 +480,15 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         );
     }
 
+    let mut records = None;
+    if let Some(record_opts) = &opts.records {
+        let mut record_opts = record_opts.clone();
+        if opts.quick {
+            record_opts.dir = dir.join("records");
+        }
+        flush_dirty("before the records phase");
+        records = Some(records::run(&record_opts).map_err(|e| e.to_string()));
+    }
     flush_dirty("before the export phase");
     progress(&format!(
         "export rate: filling a store with {} records, then reading and exporting them",
@@ -493,6 +517,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         bare,
         backlog,
         flood,
+        records,
         export,
         elapsed: started.elapsed(),
     })
@@ -911,6 +936,32 @@ impl BenchReport {
             .map(|d| d.kib_per_frame(level.run.frames_per_s()))
     }
 
+    /// Terabytes a year written to each disk of a box's mirror at
+    /// `flows_per_day` complete flows, from the open-loop figure: KiB per
+    /// relayed frame × [`RELAYED_PER_FLOW`] × flows × 365. Conservative: the
+    /// bench's two boxes share one disk, so a flow's figure holds both
+    /// sides' writes, where a real box writes one side's.
+    pub fn tb_per_year(&self, flows_per_day: f64) -> Option<f64> {
+        self.kib_per_frame_open()
+            .map(|kib| kib * 1024.0 * RELAYED_PER_FLOW as f64 * flows_per_day * 365.0 / 1e12)
+    }
+
+    fn records_run(&self) -> Option<&records::RecordsRun> {
+        self.records.as_ref()?.as_ref().ok()
+    }
+
+    /// p99 of the serial and person-code lookups over the records store,
+    /// in ms (issue 9: ≤ 10 ms at 10,000,000 records).
+    pub fn search_ms(&self) -> Option<f64> {
+        self.records_run()?.search_p99_ms()
+    }
+
+    /// How many times faster that p99 is than the filter scan that search
+    /// did before the indexes, extrapolated to the whole store.
+    pub fn search_ratio(&self) -> Option<f64> {
+        self.records_run()?.ratio()
+    }
+
     /// The export-rate phase, when it ran and succeeded.
     pub fn export_rate(&self) -> Option<&export_rate::ExportRate> {
         self.export.as_ref().and_then(|e| e.as_ref().ok())
@@ -926,7 +977,7 @@ impl BenchReport {
         format!(
             "bench: frames_per_s={} bare_frames_per_s={} ratio={} p99_ms={} p999_ms={} rss_mib={} backlog_resume_s={} \
              flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={} kib_per_frame_open={} kib_per_frame_peak={} \
-             export_rps={} export_ratio={}",
+             tb_year_10k={} tb_year_100k={} search_ms={} search_ratio={} export_rps={} export_ratio={}",
             num(Some(self.frames_per_s()), 0),
             num(Some(self.bare_frames_per_s()), 0),
             num(Some(self.ratio()), 3),
@@ -939,6 +990,10 @@ impl BenchReport {
             num(self.flood_ims_within_1s(), 4),
             num(self.kib_per_frame_open(), 1),
             num(self.kib_per_frame_peak(), 1),
+            num(self.tb_per_year(10_000.0), 2),
+            num(self.tb_per_year(100_000.0), 2),
+            num(self.search_ms(), 3),
+            num(self.search_ratio(), 0),
             num(self.export_rate().map(|e| e.export_records_per_s()), 0),
             num(self.export_rate().map(|e| e.ratio()), 3),
         )
@@ -955,6 +1010,7 @@ impl BenchReport {
         self.render_memory(&mut o);
         self.render_backlog(&mut o);
         self.render_flood(&mut o);
+        self.render_records(&mut o);
         match &self.export {
             Some(Ok(rate)) => rate.render(&mut o),
             Some(Err(e)) => {
@@ -963,6 +1019,7 @@ impl BenchReport {
             None => {}
         }
         self.render_targets(&mut o);
+        self.render_projection(&mut o);
         let _ = writeln!(o, "{}", self.summary_line());
         o
     }
@@ -1393,6 +1450,12 @@ impl BenchReport {
         }
     }
 
+    fn render_records(&self, o: &mut String) {
+        if let Some(run) = &self.records {
+            records::render(o, run);
+        }
+    }
+
     fn render_flood(&self, o: &mut String) {
         let f = match &self.flood {
             Some(Ok(f)) => f,
@@ -1502,6 +1565,23 @@ impl BenchReport {
         }
     }
 
+    fn render_projection(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "\nbytes written per year to each disk of the mirror (open-loop KiB per frame x {RELAYED_PER_FLOW} frames per flow x 365 days):"
+        );
+        for flows in [10_000.0, 100_000.0] {
+            match self.tb_per_year(flows) {
+                Some(tb) => {
+                    let _ = writeln!(o, "  {flows:>7.0} flows a day: {tb:.2} TB a year");
+                }
+                None => {
+                    let _ = writeln!(o, "  {flows:>7.0} flows a day: unknown (no disk counters)");
+                }
+            }
+        }
+    }
+
     fn render_targets(&self, o: &mut String) {
         let _ = writeln!(o, "\ntargets (2-core machine):");
         let fps = self.frames_per_s();
@@ -1583,6 +1663,20 @@ impl BenchReport {
             None => {
                 let _ = writeln!(o, "  [MISSED] backlog resend: did not start");
             }
+        }
+        if let (Some(p99), Some(r)) = (self.search_ms(), self.records_run()) {
+            let _ = writeln!(
+                o,
+                "  [{}] record search by serial and person code p99 <= {:.0} ms at {} records: {p99:.3} ms{}",
+                verdict(p99 <= targets::SEARCH_MS),
+                targets::SEARCH_MS,
+                targets::SEARCH_RECORDS,
+                if r.records == targets::SEARCH_RECORDS {
+                    String::new()
+                } else {
+                    format!(" (measured with {} records only)", r.records)
+                }
+            );
         }
         if self.flood.is_none() {
             return;

@@ -27,6 +27,9 @@ usage:
                        use under a quarter of a core (shared machines)
   ifrelay-bench box --config FILE
       serve one box (used by the benchmark itself)
+  ifrelay-bench records [--quick]
+      only the records phase: fill (or reuse) var/bench-records and
+      measure search (IFRELAY_BENCH_RECORDS sets the record count)
 ";
 
 fn main() -> ExitCode {
@@ -40,6 +43,27 @@ fn main() -> ExitCode {
         };
     }
     init_tracing("warn");
+    if let ["records", rest @ ..] = args.as_slice() {
+        let opts = match rest {
+            [] => ifrelay_testkit::bench::records::RecordsOptions::full(),
+            ["--quick"] => ifrelay_testkit::bench::records::RecordsOptions::quick(
+                std::path::Path::new("var/bench-quick-records"),
+            ),
+            _ => {
+                eprint!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        let run = ifrelay_testkit::bench::records::run(&opts).map_err(|e| e.to_string());
+        let mut text = String::new();
+        ifrelay_testkit::bench::records::render(&mut text, &run);
+        print!("{text}");
+        return if run.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let opts = match parse(&args) {
         Ok(o) => o,
         Err(text) => {

@@ -6,7 +6,8 @@
 //! - a listener answers every request frame with exactly one reply frame
 //!   on the same connection, in order; the handler never sends anything
 //!   itself — what it wants sent afterwards runs as [`Reply::then`], after
-//!   the reply is written;
+//!   the reply is written or its write failed (the frame was handled and
+//!   its reply remembered either way);
 //! - a frame whose `from` is not the certificate's party is refused with
 //!   [`Reason::Identity`] and never reaches the handler;
 //! - **duplicate suppression**, as the box does it (protocol.md §5.2,
@@ -700,16 +701,15 @@ impl Node {
                 self.bump();
             }
             let bytes = self.frame(reply.body).encode();
-            if write_bytes(&mut tls, &bytes, self.opts.idle_timeout)
-                .await
-                .is_err()
-            {
-                return;
-            }
+            let written = write_bytes(&mut tls, &bytes, self.opts.idle_timeout).await;
+            // The frame was handled and its reply remembered: a resend gets
+            // that reply and never runs the handler again, so what the
+            // handler wants sent must go out even when this write failed —
+            // as a real node's consequences are committed with the frame.
             if let Some(then) = reply.then {
                 then();
             }
-            if close {
+            if written.is_err() || close {
                 return;
             }
         }

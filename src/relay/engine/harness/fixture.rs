@@ -14,7 +14,7 @@ use ifrelay_proto::{
 };
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
-use super::super::{EngineConfig, StepTimeouts};
+use super::super::{EngineConfig, RetentionPolicy, StepTimeouts};
 use crate::relay::channel::{Listener, Peer};
 use crate::relay::hours::ServiceHours;
 
@@ -77,6 +77,7 @@ impl Fixture {
             steps: Fixture::STEPS,
             roots: vec![self.root()],
             expiry_warning: Duration::from_secs(72 * 3600),
+            retention: RetentionPolicy::keep_records(),
         }
     }
 
