@@ -151,7 +151,8 @@ impl ReadOnlyStore {
         verify::chains(&self.begin_read()?)
     }
 
-    /// A read transaction over the last commit (`crate::snapshot`).
+    /// A read transaction over the last commit, for the paged reads of
+    /// exports.
     pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
         self.db.begin_read().map_err(db("begin read transaction"))
     }
