@@ -24,7 +24,8 @@
 //! 8. **Flood**: fresh boxes under every hostile peer at once, with normal
 //!    traffic beside; peak RSS of the attacked box and the own IMS's
 //!    answer times, quiet and flooded ([`flood`]).
-//! 9. **Records**: a store of 10,000,000 records (kept between runs under
+//! 9. **Records**: a store of 1,000,000 records (10,000,000 asked for;
+//!    `IFRELAY_BENCH_RECORDS`; kept between runs under
 //!    `var/bench-records`), random lookups by serial and person code
 //!    through the search indexes, against a filter scan ([`records`]).
 //! 10. **Export rate**: records/s of a record export over a store of many
