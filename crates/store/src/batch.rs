@@ -18,7 +18,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use crate::chain::{chain_hash, ChainName};
 use crate::error::{db, from_cbor, to_cbor, ErrorChain, StoreError};
-use crate::index::ChainIndexes;
+use crate::index::{self, ChainIndexes, Unindexed};
 use crate::model::{AccessEntry, Record, RecordBody, RecordBodyRef, SeenEntry};
 use crate::tables;
 use crate::wal::{self, Entry, Op, OpRef, Plan, Position};
@@ -42,6 +42,9 @@ pub struct Batch<'a> {
     /// Commit durably in redb rather than through the log (bulk test
     /// fills).
     force_durable: bool,
+    /// The entries this batch appended, for a later index step; the
+    /// writer takes them only after the commit succeeded.
+    unindexed: Unindexed,
 }
 
 impl core::fmt::Debug for Batch<'_> {
@@ -63,6 +66,7 @@ impl<'a> Batch<'a> {
             ops: Vec::new(),
             logging,
             force_durable: false,
+            unindexed: Unindexed::default(),
         }
     }
 
@@ -225,12 +229,12 @@ impl<'a> Batch<'a> {
             },
         )?;
         let seq = self.append(ChainName::Records, &body)?;
-        ChainIndexes::open(&self.txn, ChainName::Records)?.insert_record(seq, at, &record)?;
         log_op(
             &mut self.ops,
             self.logging,
             &OpRef::AppendRecord(at, &record),
         )?;
+        self.unindexed.records.push((seq, at, record));
         Ok(seq)
     }
 
@@ -242,8 +246,8 @@ impl<'a> Batch<'a> {
     pub fn append_access(&mut self, entry: AccessEntry) -> Result<u64, StoreError> {
         let body = to_cbor("access-log entry", &entry)?;
         let seq = self.append(ChainName::AccessLog, &body)?;
-        ChainIndexes::open(&self.txn, ChainName::AccessLog)?.insert_access(seq, &entry)?;
         log_op(&mut self.ops, self.logging, &OpRef::AppendAccess(&entry))?;
+        self.unindexed.access.push((seq, entry));
         Ok(seq)
     }
 
@@ -271,8 +275,9 @@ impl<'a> Batch<'a> {
     /// Appends up to `max` records of `records` with the chain table and
     /// the indexes opened once; returns how many were appended. The fast
     /// path of [`crate::Store::fill_records_for_test`]: rows, hashes and
-    /// index rows exactly as [`Batch::append_record`] writes them, but not
-    /// logged (the batch commits durably in redb instead).
+    /// index rows exactly as [`Batch::append_record`] and an index step
+    /// write them (everything waiting is indexed first), but not logged
+    /// (the batch commits durably in redb instead).
     pub(crate) fn append_records_bulk<I>(
         &mut self,
         records: &mut I,
@@ -281,6 +286,7 @@ impl<'a> Batch<'a> {
     where
         I: Iterator<Item = (Millis, Record)>,
     {
+        self.write_index_rows(usize::MAX)?;
         let mut table = self
             .txn
             .open_table(tables::RECORDS)
@@ -307,12 +313,62 @@ impl<'a> Batch<'a> {
             let mark = self.state.mark_mut(ChainName::Records);
             mark.head_seq = seq;
             mark.head_hash = hash;
+            self.state.records_indexed = seq;
             appended += 1;
         }
         drop((table, indexes));
+        index::write_mark(&self.txn, ChainName::Records, self.state.records_indexed)?;
         self.force_durable = true;
         self.logging = false;
         Ok(appended)
+    }
+
+    /// Writes the index rows of the first `max` entries of each chain that
+    /// wait for them (the writer's, then this batch's own) and moves the
+    /// index marks past them; returns how many entries it indexed.
+    pub(crate) fn write_index_rows(&mut self, max: usize) -> Result<usize, StoreError> {
+        let mut indexed = 0usize;
+        let after = self.state.records_indexed;
+        let mut records = self
+            .writer
+            .unindexed
+            .records
+            .iter()
+            .chain(&self.unindexed.records)
+            .filter(|(seq, _, _)| *seq > after)
+            .take(max)
+            .peekable();
+        if records.peek().is_some() {
+            let mut indexes = ChainIndexes::open(&self.txn, ChainName::Records)?;
+            for (seq, at, record) in records {
+                indexes.insert_record(*seq, *at, record)?;
+                self.state.records_indexed = *seq;
+                indexed += 1;
+            }
+            drop(indexes);
+            index::write_mark(&self.txn, ChainName::Records, self.state.records_indexed)?;
+        }
+        let after = self.state.access_indexed;
+        let mut access = self
+            .writer
+            .unindexed
+            .access
+            .iter()
+            .chain(&self.unindexed.access)
+            .filter(|(seq, _)| *seq > after)
+            .take(max)
+            .peekable();
+        if access.peek().is_some() {
+            let mut indexes = ChainIndexes::open(&self.txn, ChainName::AccessLog)?;
+            for (seq, entry) in access {
+                indexes.insert_access(*seq, entry)?;
+                self.state.access_indexed = *seq;
+                indexed += 1;
+            }
+            drop(indexes);
+            index::write_mark(&self.txn, ChainName::AccessLog, self.state.access_indexed)?;
+        }
+        Ok(indexed)
     }
 
     /// Queues `frame` for `destination`; returns its seq, which is never
@@ -651,7 +707,12 @@ impl<'a> Batch<'a> {
         let by_count = mark
             .anchor_seq
             .saturating_add(u64::try_from(max).unwrap_or(u64::MAX));
-        let through = bound.saturating_sub(1).min(by_count).min(mark.head_seq);
+        // The time index knows only the entries up to the index mark.
+        let through = bound
+            .saturating_sub(1)
+            .min(by_count)
+            .min(mark.head_seq)
+            .min(self.state.indexed(chain));
         Ok((through > mark.anchor_seq).then_some(through))
     }
 
@@ -710,6 +771,14 @@ impl<'a> Batch<'a> {
             }
         }
         drop(table);
+        // Entries after the index mark have no index rows to remove; the
+        // mark moves past them, as their rows are gone.
+        let indexed = self.state.indexed(chain);
+        bodies.retain(|(key, _)| *key <= indexed);
+        if seq > indexed {
+            *self.state.indexed_mut(chain) = seq;
+            index::write_mark(&self.txn, chain, seq)?;
+        }
         let mut indexes = ChainIndexes::open(&self.txn, chain)?;
         for (key, body) in &bodies {
             match body {
@@ -750,6 +819,7 @@ impl<'a> Batch<'a> {
             state,
             ops,
             force_durable,
+            unindexed,
             ..
         } = self;
         let plan = writer
@@ -797,31 +867,50 @@ impl<'a> Batch<'a> {
                 }
             }
         });
-        match result {
-            Ok(()) => {
-                writer.state = state;
-                Ok(())
-            }
-            Err(e) => {
-                let e = writer.shared().track(Err(e));
-                if writer.shared().needs_reopen_now() {
-                    if let Err(reopen) = writer.reopen() {
-                        tracing::warn!(
-                            error = %ErrorChain(&reopen),
-                            "store: reopen after failed commit failed; the next batch retries"
-                        );
-                    }
-                }
-                e
-            }
+        settle(writer, state, unindexed, result)
+    }
+
+    /// Commits an index step: the index rows of the first `max` entries of
+    /// each chain that wait for them, and the moved index marks; returns
+    /// how many entries it indexed (0: nothing waited, nothing written).
+    /// Not logged: the rows derive from the chains, so a step lost in a
+    /// crash is only repeated (its entries are after the mark the next
+    /// open reads). Without a redo log the commit is durable in redb.
+    ///
+    /// # Errors
+    /// As [`Batch::commit`].
+    pub(crate) fn index_step(mut self, max: usize) -> Result<usize, StoreError> {
+        let indexed = self.write_index_rows(max)?;
+        if indexed == 0 {
+            return Ok(0);
         }
+        let Batch {
+            writer,
+            txn,
+            state,
+            unindexed,
+            ..
+        } = self;
+        let mut txn = txn;
+        let result = (|| {
+            if writer.log.is_some() {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(db("set durability"))?;
+            }
+            txn.commit().map_err(db("commit an index step"))
+        })();
+        settle(writer, state, unindexed, result).map(|()| indexed)
     }
 
     /// Commits a replay of logged batches durably, recording that the
     /// state now holds every batch through `position`.
     pub(crate) fn commit_replayed(self, position: Position) -> Result<(), StoreError> {
         let Batch {
-            writer, txn, state, ..
+            writer,
+            txn,
+            state,
+            mut unindexed,
+            ..
         } = self;
         let mut txn = txn;
         write_marks(&txn, &writer.state, &state)?;
@@ -829,7 +918,43 @@ impl<'a> Batch<'a> {
         txn.set_quick_repair(true);
         txn.commit().map_err(db("commit the replayed log"))?;
         writer.state = state;
+        writer.unindexed.append(&mut unindexed);
+        writer
+            .unindexed
+            .forget_through(state.records_indexed, state.access_indexed);
         Ok(())
+    }
+}
+
+/// Makes a committed batch's state the writer's, or handles its failure:
+/// the writer keeps its state and reopens the file when redb requires it.
+fn settle(
+    writer: &mut Writer,
+    state: WriterState,
+    mut unindexed: Unindexed,
+    result: Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    match result {
+        Ok(()) => {
+            writer.state = state;
+            writer.unindexed.append(&mut unindexed);
+            writer
+                .unindexed
+                .forget_through(state.records_indexed, state.access_indexed);
+            Ok(())
+        }
+        Err(e) => {
+            let e = writer.shared().track(Err(e));
+            if writer.shared().needs_reopen_now() {
+                if let Err(reopen) = writer.reopen() {
+                    tracing::warn!(
+                        error = %ErrorChain(&reopen),
+                        "store: reopen after failed commit failed; the next batch retries"
+                    );
+                }
+            }
+            e
+        }
     }
 }
 

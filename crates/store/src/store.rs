@@ -209,6 +209,30 @@ impl Store {
         Ok(Batch::new(&mut self.writer, txn))
     }
 
+    /// How many appended entries wait for an index step (both chains).
+    /// Searches find them anyway, by scanning their rows; the wait only
+    /// makes searches slower, so keep it short with
+    /// [`Store::index_pending`].
+    pub fn unindexed(&self) -> usize {
+        self.writer.unindexed.len()
+    }
+
+    /// An index step: writes the search index rows of the oldest `max`
+    /// waiting entries of each chain in one commit, not logged (a step a
+    /// crash loses is repeated); returns how many entries it indexed. The
+    /// engine calls it between batches, so index rows are written in bulk
+    /// and never delay a reply (`index.rs`).
+    ///
+    /// # Errors
+    /// As [`Batch::commit`]; nothing already committed is affected.
+    pub fn index_pending(&mut self, max: usize) -> Result<usize, StoreError> {
+        if self.writer.unindexed.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.writer.begin_txn()?;
+        Batch::new(&mut self.writer, txn).index_step(max)
+    }
+
     /// Fills the outbox of `destination` with `frames`, `per_commit` per
     /// write transaction (0 counts as 1); returns how many were queued.
     ///

@@ -106,6 +106,13 @@ pub const LOG_BATCH_KEY: &str = "log_batch";
 pub const LOG_END_KEY: &str = "log_end";
 /// Key in [`META`]: the current prefix version, absent until the first one.
 pub const PREFIX_CURRENT_KEY: &str = "prefix_current";
+/// Key in [`META`]: the last record whose search index rows are written
+/// (`index.rs`); the records after it are searched by scanning their rows.
+/// Absent in a file whose every record is indexed (schema 2 before the
+/// index lag).
+pub const RECORDS_INDEXED_KEY: &str = "records_indexed_through";
+/// Key in [`META`]: as [`RECORDS_INDEXED_KEY`], for the access log.
+pub const ACCESS_INDEXED_KEY: &str = "access_indexed_through";
 
 /// Per chain `(anchor_seq, anchor_hash, head_seq, head_hash)`, keyed by
 /// [`crate::ChainName::key`].

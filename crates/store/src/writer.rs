@@ -40,7 +40,7 @@ use redb::{
 
 use crate::chain::{ChainMark, ChainName};
 use crate::error::{db, StoreError};
-use crate::index;
+use crate::index::{self, Unindexed};
 use crate::schema::{self, table_error};
 use crate::shared::Shared;
 use crate::tables::{self, MULTIMAP_NAMES, TABLE_NAMES};
@@ -133,6 +133,10 @@ pub(crate) struct WriterState {
     pub records: ChainMark,
     pub access: ChainMark,
     pub outbox_next: u64,
+    /// The index marks (`index.rs`): the last entry of each chain whose
+    /// index rows are written.
+    pub records_indexed: u64,
+    pub access_indexed: u64,
 }
 
 impl WriterState {
@@ -149,6 +153,20 @@ impl WriterState {
             ChainName::AccessLog => &mut self.access,
         }
     }
+
+    pub(crate) fn indexed(&self, chain: ChainName) -> u64 {
+        match chain {
+            ChainName::Records => self.records_indexed,
+            ChainName::AccessLog => self.access_indexed,
+        }
+    }
+
+    pub(crate) fn indexed_mut(&mut self, chain: ChainName) -> &mut u64 {
+        match chain {
+            ChainName::Records => &mut self.records_indexed,
+            ChainName::AccessLog => &mut self.access_indexed,
+        }
+    }
 }
 
 /// The writer's side of the file: the shared handle, how to reopen it, and
@@ -162,6 +180,8 @@ pub(crate) struct Writer {
     pub(crate) log: Option<Log>,
     /// Batches replayed from the log by the last open or reopen.
     pub(crate) replayed: u64,
+    /// The entries after the index marks, as the last commit left them.
+    pub(crate) unindexed: Unindexed,
 }
 
 impl core::fmt::Debug for Writer {
@@ -178,7 +198,7 @@ impl Writer {
     /// Opens the database and prepares it (see [`prepare`]).
     pub(crate) fn open(opener: Opener, cache_bytes: usize) -> Result<Writer, StoreError> {
         let db = open_database(&opener, cache_bytes)?;
-        let state = prepare(&db)?;
+        let (state, unindexed) = prepare(&db)?;
         let mut writer = Writer {
             shared: Arc::new(Shared::new(db)),
             opener,
@@ -186,6 +206,7 @@ impl Writer {
             state,
             log: None,
             replayed: 0,
+            unindexed,
         };
         writer.recover()?;
         Ok(writer)
@@ -289,7 +310,7 @@ impl Writer {
         self.shared.set_needs_reopen(true);
         self.shared.set(None);
         let db = open_database(&self.opener, self.cache_bytes)?;
-        self.state = prepare(&db)?;
+        (self.state, self.unindexed) = prepare(&db)?;
         self.shared.set(Some(Arc::new(db)));
         self.recover()?;
         self.shared.set_needs_reopen(false);
@@ -338,7 +359,7 @@ fn open_database(opener: &Opener, cache_bytes: usize) -> Result<Database, StoreE
 /// their rows and sets the current version), rebuilds search indexes that
 /// do not hold one time row per entry, and loads the writer state. Writes only when the file is new, lacks a table or needs
 /// an index built; all of it in one durable write transaction.
-fn prepare(database: &Database) -> Result<WriterState, StoreError> {
+fn prepare(database: &Database) -> Result<(WriterState, Unindexed), StoreError> {
     let mut txn = database
         .begin_write()
         .map_err(db("begin write transaction"))?;
@@ -396,8 +417,11 @@ fn prepare(database: &Database) -> Result<WriterState, StoreError> {
             records: mark(ChainName::Records)?,
             access: mark(ChainName::AccessLog)?,
             outbox_next,
+            records_indexed: 0,
+            access_indexed: 0,
         }
     };
+    let mut state = state;
 
     let mut wrote = false;
     if !complete {
@@ -419,7 +443,9 @@ fn prepare(database: &Database) -> Result<WriterState, StoreError> {
         wrote = true;
     }
     for chain in [ChainName::Records, ChainName::AccessLog] {
-        if migrate || !index::sound(&txn, chain)? {
+        let head = state.mark(chain).head_seq;
+        let rebuilt = migrate || !index::sound(&txn, chain)?;
+        if rebuilt {
             let started = std::time::Instant::now();
             let entries = index::rebuild(&txn, chain)?;
             tracing::info!(
@@ -430,7 +456,19 @@ fn prepare(database: &Database) -> Result<WriterState, StoreError> {
             );
             wrote = true;
         }
+        let stored = index::read_mark(&txn.open_table(tables::META).map_err(table_error)?, chain)?;
+        // No mark: a file whose every entry is indexed.
+        let mark = match stored {
+            Some(mark) if !rebuilt && mark <= head => mark,
+            _ => {
+                index::write_mark(&txn, chain, head)?;
+                wrote = true;
+                head
+            }
+        };
+        *state.indexed_mut(chain) = mark;
     }
+    let unindexed = Unindexed::load(&txn, [state.records_indexed, state.access_indexed])?;
     if migrate {
         txn.open_table(tables::META)
             .map_err(table_error)?
@@ -455,7 +493,7 @@ fn prepare(database: &Database) -> Result<WriterState, StoreError> {
     } else {
         txn.abort().map_err(db("abort"))?;
     }
-    Ok(state)
+    Ok((state, unindexed))
 }
 
 /// Whether the outbox index and counts can be trusted: they were last

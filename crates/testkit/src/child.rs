@@ -111,6 +111,9 @@ pub struct Counters {
     pub committing_us: u64,
     /// Commits of 20 ms or more (`EngineStats::slow_commits`).
     pub slow_commits: u64,
+    /// Index steps between batches, and engine time in them (µs).
+    pub index_steps: u64,
+    pub indexing_us: u64,
 }
 
 impl Counters {
@@ -123,6 +126,8 @@ impl Counters {
             handling_us: self.handling_us.saturating_sub(before.handling_us),
             committing_us: self.committing_us.saturating_sub(before.committing_us),
             slow_commits: self.slow_commits.saturating_sub(before.slow_commits),
+            index_steps: self.index_steps.saturating_sub(before.index_steps),
+            indexing_us: self.indexing_us.saturating_sub(before.indexing_us),
         }
     }
 
@@ -140,6 +145,8 @@ impl Counters {
                 "handling_us" => c.handling_us = v,
                 "committing_us" => c.committing_us = v,
                 "slow_commits" => c.slow_commits = v,
+                "index_steps" => c.index_steps = v,
+                "indexing_us" => c.indexing_us = v,
                 _ => {}
             }
         }
@@ -149,13 +156,15 @@ impl Counters {
     /// The stdout line a benchmark box prints.
     pub fn line(&self) -> String {
         format!(
-            "stats batches={} inputs={} commit_failures={} handling_us={} committing_us={} slow_commits={}",
+            "stats batches={} inputs={} commit_failures={} handling_us={} committing_us={} slow_commits={} index_steps={} indexing_us={}",
             self.batches,
             self.inputs,
             self.commit_failures,
             self.handling_us,
             self.committing_us,
-            self.slow_commits
+            self.slow_commits,
+            self.index_steps,
+            self.indexing_us
         )
     }
 }
@@ -705,6 +714,8 @@ while :; do sleep 0.05; done
             handling_us: 300,
             committing_us: 900,
             slow_commits: 3,
+            index_steps: 4,
+            indexing_us: 50,
         };
         assert_eq!(Counters::parse(&c.line()), Some(c));
         assert_eq!(Counters::parse(READY_LINE), None);
@@ -715,9 +726,12 @@ while :; do sleep 0.05; done
             handling_us: 100,
             committing_us: 400,
             slow_commits: 1,
+            index_steps: 1,
+            indexing_us: 20,
         });
         assert_eq!((d.batches, d.inputs), (5, 90));
         assert_eq!((d.handling_us, d.committing_us), (200, 500));
         assert_eq!(d.slow_commits, 2);
+        assert_eq!((d.index_steps, d.indexing_us), (3, 30));
     }
 }

@@ -70,6 +70,18 @@ use crate::net::{now_millis, IdGen};
 pub const MAX_BATCH: usize = 256;
 /// A commit this long counts in [`EngineStats::slow_commits`].
 pub const SLOW_COMMIT: Duration = Duration::from_millis(20);
+/// Most entries of each chain one index step indexes: bounds how long an
+/// input that arrives during a step waits (about 1 ms here).
+pub const INDEX_STEP: usize = 256;
+/// Entries waiting for their index rows beyond which the engine takes an
+/// index step even while inputs wait: bounds the rows a search scans.
+pub const INDEX_BACKLOG: usize = 1024;
+/// Between busy batches, fewer waiting entries than this wait for
+/// [`INDEX_QUIET`] to pass, so rows go in bulk.
+pub const INDEX_BULK: usize = 64;
+/// A quiet engine indexes what waits once this long passed since its
+/// last index step.
+pub const INDEX_QUIET: Duration = Duration::from_millis(200);
 
 /// Counters the supervisor exposes (status, demo, tests).
 #[derive(Debug, Default, Clone)]
@@ -84,6 +96,11 @@ pub struct EngineStats {
     /// Commits that took [`SLOW_COMMIT`] or longer (a stalled disk shows
     /// here first).
     pub slow_commits: u64,
+    /// Index steps taken between batches, entries they indexed, and the
+    /// microseconds they took.
+    pub index_steps: u64,
+    pub indexed: u64,
+    pub indexing_us: u64,
     pub refused: HashMap<Reason, u64>,
 }
 
@@ -190,6 +207,7 @@ impl Engine {
     /// sender is gone.
     pub fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
         let mut batch: Vec<Input> = Vec::with_capacity(MAX_BATCH);
+        let mut last_index_step = Instant::now();
         loop {
             let Some(first) = inputs.blocking_recv() else {
                 break;
@@ -211,8 +229,39 @@ impl Engine {
             if stop {
                 break;
             }
+            self.index_between_batches(inputs.is_empty(), &mut last_index_step);
         }
         tracing::info!("relay engine stopped");
+    }
+
+    /// Writes the search index rows of appended entries in bulk, after
+    /// the replies of their batches went out (`ifrelay_store` index.rs):
+    /// when the engine is quiet, or when so many wait that searches would
+    /// slow down.
+    fn index_between_batches(&mut self, quiet: bool, last_step: &mut Instant) {
+        let waiting = self.store.unindexed();
+        let due = waiting >= INDEX_BACKLOG
+            || (quiet
+                && waiting > 0
+                && (waiting >= INDEX_BULK || last_step.elapsed() >= INDEX_QUIET));
+        if !due {
+            return;
+        }
+        let started = Instant::now();
+        let result = self.store.index_pending(INDEX_STEP);
+        *last_step = Instant::now();
+        match result {
+            Ok(indexed) => {
+                let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+                stats.index_steps += 1;
+                stats.indexed += indexed as u64;
+                stats.indexing_us += micros(started.elapsed());
+            }
+            Err(e) => tracing::warn!(
+                error = %crate::logging::Causes(&e),
+                "index step failed; searches scan the entries it left until a later step succeeds"
+            ),
+        }
     }
 
     /// Handles `inputs` at `now` in one write transaction, commits, then

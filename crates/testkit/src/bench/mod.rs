@@ -630,6 +630,8 @@ fn difference(before: &Option<Vec<Counters>>, after: &Option<Vec<Counters>>) -> 
         sum.handling_us += d.handling_us;
         sum.committing_us += d.committing_us;
         sum.slow_commits += d.slow_commits;
+        sum.index_steps += d.index_steps;
+        sum.indexing_us += d.indexing_us;
     }
     Some(sum)
 }
@@ -1140,10 +1142,12 @@ impl BenchReport {
                 let wall_us = l.run.elapsed.as_secs_f64() * 1e6 * 2.0;
                 let _ = writeln!(
                     o,
-                    "  {:>9}: handling inputs {:.0} %, committing {:.0} % (mean commit {:.2} ms, {} of {} ms or more; mean handling {:.1} us per input)",
+                    "  {:>9}: handling inputs {:.0} %, committing {:.0} %, indexing {:.0} % in {} steps (mean commit {:.2} ms, {} of {} ms or more; mean handling {:.1} us per input)",
                     l.per_ims,
                     100.0 * c.handling_us as f64 / wall_us,
                     100.0 * c.committing_us as f64 / wall_us,
+                    100.0 * c.indexing_us as f64 / wall_us,
+                    c.index_steps,
                     c.committing_us as f64 / 1e3 / c.batches as f64,
                     c.slow_commits,
                     ifrelay::relay::engine::SLOW_COMMIT.as_millis(),

@@ -84,6 +84,8 @@ pub fn serve_box(config_path: &Path) -> Result<(), BenchError> {
                         handling_us: s.handling_us,
                         committing_us: s.committing_us,
                         slow_commits: s.slow_commits,
+                        index_steps: s.index_steps,
+                        indexing_us: s.indexing_us,
                     };
                     let _ = writeln!(out, "{}", c.line()).and_then(|()| out.flush());
                 }
