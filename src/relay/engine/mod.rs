@@ -150,6 +150,9 @@ impl Engine {
             stats,
         };
         engine.load(boot, now);
+        // Entries the last run left without index rows (or replayed from
+        // the log) get them before the first search or retention step.
+        engine.index_step(usize::MAX);
         Ok((engine, ids))
     }
 
@@ -247,9 +250,15 @@ impl Engine {
         if !due {
             return;
         }
-        let started = Instant::now();
-        let result = self.store.index_pending(INDEX_STEP);
+        self.index_step(INDEX_STEP);
         *last_step = Instant::now();
+    }
+
+    /// One index step of at most `max` entries per chain, counted in the
+    /// stats; a failure is logged (nothing accepted depends on it).
+    pub(crate) fn index_step(&mut self, max: usize) {
+        let started = Instant::now();
+        let result = self.store.index_pending(max);
         match result {
             Ok(indexed) => {
                 let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());

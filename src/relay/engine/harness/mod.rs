@@ -5,7 +5,8 @@
 //! to [`Harness::run`] is one batch: the inputs are handled against one
 //! write transaction, committed, and the replies and verdicts returned
 //! in input order — exactly what [`Engine::run`] does for the listeners,
-//! minus the channel. The clock is the harness's own ([`Harness::now`]),
+//! minus the channel — then an index step takes every entry the batch
+//! appended, as a quiet engine's next step would. The clock is the harness's own ([`Harness::now`]),
 //! so step timers and serial dates can be tested at any instant;
 //! [`Harness::reboot`] boots a new engine on the same store, as a restart
 //! (or a crash: nothing but the store survives either) would.
@@ -340,6 +341,9 @@ impl Harness {
             waits.push(wait);
         }
         self.engine.run_batch(&mut inputs, self.now);
+        // As a quiet engine does after its batch; when the live engine
+        // steps is timing, not behaviour.
+        self.engine.index_step(usize::MAX);
         waits
             .into_iter()
             .map(|w| match w {
