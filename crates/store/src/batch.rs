@@ -272,12 +272,13 @@ impl<'a> Batch<'a> {
         Ok(seq)
     }
 
-    /// Appends up to `max` records of `records` with the chain table and
-    /// the indexes opened once; returns how many were appended. The fast
-    /// path of [`crate::Store::fill_records_for_test`]: rows, hashes and
-    /// index rows exactly as [`Batch::append_record`] and an index step
-    /// write them (everything waiting is indexed first), but not logged
-    /// (the batch commits durably in redb instead).
+    /// Appends up to `max` records of `records` with the chain table
+    /// opened once; returns how many were appended. The fast path of
+    /// [`crate::Store::fill_records_for_test`]: rows and hashes exactly as
+    /// [`Batch::append_record`] writes them, but not logged (the batch
+    /// commits durably in redb instead), and the records are left after
+    /// the index mark without being held in memory
+    /// ([`crate::Store::index_records_sorted_for_test`] indexes them).
     pub(crate) fn append_records_bulk<I>(
         &mut self,
         records: &mut I,
@@ -286,12 +287,10 @@ impl<'a> Batch<'a> {
     where
         I: Iterator<Item = (Millis, Record)>,
     {
-        self.write_index_rows(usize::MAX)?;
         let mut table = self
             .txn
             .open_table(tables::RECORDS)
             .map_err(db("open table records"))?;
-        let mut indexes = ChainIndexes::open(&self.txn, ChainName::Records)?;
         let mut appended = 0u64;
         for (at, record) in records.take(max) {
             let body = to_cbor(
@@ -309,15 +308,12 @@ impl<'a> Batch<'a> {
             table
                 .insert(seq, (mark.head_hash, hash, body.as_slice()))
                 .map_err(db("append chain entry"))?;
-            indexes.insert_record(seq, at, &record)?;
             let mark = self.state.mark_mut(ChainName::Records);
             mark.head_seq = seq;
             mark.head_hash = hash;
-            self.state.records_indexed = seq;
             appended += 1;
         }
-        drop((table, indexes));
-        index::write_mark(&self.txn, ChainName::Records, self.state.records_indexed)?;
+        drop(table);
         self.force_durable = true;
         self.logging = false;
         Ok(appended)

@@ -790,3 +790,127 @@ pub(crate) fn decode_access(
         entry,
     })
 }
+
+/// The index rows of records after the mark, collected from the chain
+/// and sorted, so each table is written in key order: every leaf once,
+/// instead of one random leaf per row (a fill of millions of records).
+pub(crate) struct SortedRecordRows {
+    /// Per entry of [`RECORD_KEY_INDEXES`]: `(key, seq)`.
+    keys: Vec<Vec<(Box<str>, u64)>>,
+    serial: Vec<(Box<str>, u64)>,
+    by_time: Vec<(Millis, u64)>,
+    out_of_order: Vec<(u64, Millis)>,
+    /// The last seq collected.
+    pub last: u64,
+}
+
+impl SortedRecordRows {
+    /// Reads the records after `mark` and their index rows, sorted.
+    pub(crate) fn collect(txn: &WriteTransaction, mark: u64) -> Result<Self, StoreError> {
+        let mut out = SortedRecordRows {
+            keys: vec![Vec::new(); RECORD_KEY_INDEXES.len()],
+            serial: Vec::new(),
+            by_time: Vec::new(),
+            out_of_order: Vec::new(),
+            last: mark,
+        };
+        let mut last_time = txn
+            .open_table(tables::RECORDS_BY_TIME)
+            .map_err(db("open a time index"))?
+            .last()
+            .map_err(db("read a time index"))?
+            .map(|(k, _)| k.value().0);
+        let rows = txn
+            .open_table(tables::RECORDS)
+            .map_err(db("open chain table"))?;
+        let Some(from) = mark.checked_add(1) else {
+            return Ok(out);
+        };
+        for row in rows.range(from..).map_err(db("read chain entries"))? {
+            let (k, v) = row.map_err(db("read chain entries"))?;
+            let seq = k.value();
+            let Ok(RecordBody { at, record }) =
+                from_cbor::<RecordBody>("record", || seq.to_string(), v.value().2)
+            else {
+                continue;
+            };
+            out.serial.push((record.serial.as_str().into(), seq));
+            for (i, key) in record_keys(&record) {
+                out.keys[i].push((key.into(), seq));
+            }
+            if last_time.is_none_or(|last| at >= last) {
+                out.by_time.push((at, seq));
+                last_time = Some(at);
+            } else {
+                out.out_of_order.push((seq, at));
+            }
+            out.last = seq;
+        }
+        for rows in &mut out.keys {
+            rows.sort_unstable();
+        }
+        out.serial.sort_unstable();
+        Ok(out)
+    }
+
+    /// Writes the rows, table by table in key order, each table in
+    /// transactions of at most `per_commit` rows that `begin` starts.
+    pub(crate) fn write(
+        &self,
+        per_commit: usize,
+        mut begin: impl FnMut() -> Result<WriteTransaction, StoreError>,
+    ) -> Result<(), StoreError> {
+        let per_commit = per_commit.max(1);
+        for (def, rows) in RECORD_KEY_INDEXES.iter().zip(&self.keys) {
+            for chunk in rows.chunks(per_commit) {
+                let txn = begin()?;
+                {
+                    let mut table = txn.open_table(*def).map_err(db("open a search index"))?;
+                    for (key, seq) in chunk {
+                        table
+                            .insert((&**key, *seq), ())
+                            .map_err(db("write a search index"))?;
+                    }
+                }
+                txn.commit().map_err(db("commit search index rows"))?;
+            }
+        }
+        for chunk in self.serial.chunks(per_commit) {
+            let txn = begin()?;
+            {
+                let mut table = txn
+                    .open_multimap_table(tables::RECORDS_BY_SERIAL)
+                    .map_err(db("open table records_by_serial"))?;
+                for (key, seq) in chunk {
+                    table
+                        .insert(&**key, *seq)
+                        .map_err(db("write record index"))?;
+                }
+            }
+            txn.commit().map_err(db("commit search index rows"))?;
+        }
+        for chunk in self.by_time.chunks(per_commit) {
+            let txn = begin()?;
+            {
+                let mut table = txn
+                    .open_table(tables::RECORDS_BY_TIME)
+                    .map_err(db("open a time index"))?;
+                for row in chunk {
+                    table.insert(*row, ()).map_err(db("write a time index"))?;
+                }
+            }
+            txn.commit().map_err(db("commit search index rows"))?;
+        }
+        let txn = begin()?;
+        {
+            let mut table = txn
+                .open_table(tables::RECORDS_OUT_OF_TIME_ORDER)
+                .map_err(db("open a time index"))?;
+            for (seq, at) in &self.out_of_order {
+                table.insert(*seq, *at).map_err(db("write a time index"))?;
+            }
+        }
+        write_mark(&txn, ChainName::Records, self.last)?;
+        txn.commit().map_err(db("commit search index rows"))
+    }
+}

@@ -273,11 +273,13 @@ impl Store {
     /// were appended.
     ///
     /// **For tests and benchmarks only**, to build a store of millions of
-    /// records fast: the chain table and the search indexes are opened
-    /// once per commit rather than once per record, and every commit is
-    /// durable in redb (not logged), so choose `per_commit` in the
-    /// thousands. Rows, hashes and index rows are exactly those
-    /// [`Batch::append_record`] writes.
+    /// records fast: the chain table is opened once per commit rather
+    /// than once per record, and every commit is durable in redb (not
+    /// logged), so choose `per_commit` in the thousands. Rows and hashes
+    /// are exactly those [`Batch::append_record`] writes. The records get
+    /// no index rows and are not held in memory: call
+    /// [`Store::index_records_sorted_for_test`] after the last fill
+    /// (searches find them meanwhile, by scanning).
     ///
     /// # Errors
     /// As [`Batch::append_record`] and [`Batch::commit`]. Chunks committed
@@ -299,6 +301,40 @@ impl Store {
             batch.commit()?;
         }
         Ok(total)
+    }
+
+    /// Writes the search index rows of every record after the index mark
+    /// sorted by key, table by table, in durable commits of at most
+    /// `per_commit` rows; returns how many records it indexed.
+    ///
+    /// **For tests and benchmarks only**, after
+    /// [`Store::fill_records_for_test`]: each index is written in key
+    /// order, every leaf once, where appending in seq order writes one
+    /// random leaf per person-code or serial row and a fill of millions
+    /// slows to a crawl once the indexes outgrow the page cache. Holds
+    /// the keys of all those records in memory (about 300 bytes each).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb; rows committed before the error stay,
+    /// and the next open checks the indexes and rebuilds them if needed.
+    pub fn index_records_sorted_for_test(&mut self, per_commit: usize) -> Result<u64, StoreError> {
+        let mark = self.writer.state.records_indexed;
+        let rows = {
+            let txn = self.writer.begin_txn()?;
+            let rows = crate::index::SortedRecordRows::collect(&txn, mark)?;
+            txn.abort().map_err(crate::error::db("abort"))?;
+            rows
+        };
+        if rows.last == mark {
+            return Ok(0);
+        }
+        let writer = &mut self.writer;
+        rows.write(per_commit, || writer.begin_txn())?;
+        self.writer.state.records_indexed = rows.last;
+        self.writer
+            .unindexed
+            .forget_through(rows.last, self.writer.state.access_indexed);
+        Ok(rows.last - mark)
     }
 
     /// How many logged batches the open (or the last reopen after an I/O

@@ -158,3 +158,74 @@ fn deleting_entries_that_never_got_index_rows_moves_the_mark_past_them() {
     assert_eq!(store.unindexed(), 0);
     assert_eq!(store.reader().record_count().unwrap(), 3);
 }
+
+#[test]
+fn a_sorted_index_build_writes_the_rows_an_index_step_would() {
+    let records = |range: std::ops::Range<u32>| {
+        range
+            .map(|n| {
+                let mut r = common::simple_record(n);
+                r.code = Some(PersonCode::new(&format!("CODE-{}", n % 7)).unwrap());
+                // The clock steps back once: one record out of time order.
+                let at = if n == 40 { 10 } else { 1_000 + i64::from(n) };
+                (at, r)
+            })
+            .collect::<Vec<_>>()
+    };
+    // One store through batches and index steps, one through the fill.
+    let stepped = TempStore::new();
+    let mut a = stepped.open();
+    let mut b = a.begin().unwrap();
+    for (at, r) in records(1..101) {
+        b.append_record(at, r).unwrap();
+    }
+    b.commit().unwrap();
+    a.index_pending(usize::MAX).unwrap();
+    let filled = TempStore::new();
+    let mut f = filled.open_shared();
+    assert_eq!(f.fill_records_for_test(records(1..61), 25).unwrap(), 60);
+    assert_eq!(f.index_records_sorted_for_test(33).unwrap(), 60);
+    assert_eq!(f.fill_records_for_test(records(61..101), 25).unwrap(), 40);
+    assert_eq!(
+        by_code(&f, "CODE-3"),
+        by_code(&a, "CODE-3"),
+        "before the second build"
+    );
+    assert_eq!(f.index_records_sorted_for_test(7).unwrap(), 40);
+    assert_eq!(
+        f.index_records_sorted_for_test(7).unwrap(),
+        0,
+        "nothing left"
+    );
+    for code in 0..7 {
+        let code = format!("CODE-{code}");
+        assert_eq!(by_code(&f, &code), by_code(&a, &code));
+    }
+    drop((a, f));
+    let rows = |t: &TempStore| {
+        t.raw(|txn| {
+            (
+                txn.open_table(tables::RECORDS_BY_CODE)
+                    .unwrap()
+                    .len()
+                    .unwrap(),
+                txn.open_table(tables::RECORDS_BY_TIME)
+                    .unwrap()
+                    .len()
+                    .unwrap(),
+                txn.open_table(tables::RECORDS_OUT_OF_TIME_ORDER)
+                    .unwrap()
+                    .len()
+                    .unwrap(),
+                txn.open_multimap_table(tables::RECORDS_BY_SERIAL)
+                    .unwrap()
+                    .len()
+                    .unwrap(),
+            )
+        })
+    };
+    assert_eq!(rows(&filled), rows(&stepped));
+    assert_eq!(rows(&filled), (100, 99, 1, 100));
+    assert_eq!(records_indexed_through(&filled), Some(100));
+    assert_eq!(filled.open().unindexed(), 0);
+}

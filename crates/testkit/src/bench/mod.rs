@@ -24,10 +24,11 @@
 //! 8. **Flood**: fresh boxes under every hostile peer at once, with normal
 //!    traffic beside; peak RSS of the attacked box and the own IMS's
 //!    answer times, quiet and flooded ([`flood`]).
-//! 9. **Records**: a store of 1,000,000 records (10,000,000 asked for;
-//!    `IFRELAY_BENCH_RECORDS`; kept between runs under
-//!    `var/bench-records`), random lookups by serial and person code
-//!    through the search indexes, against a filter scan ([`records`]).
+//! 9. **Records**: a store of 10,000,000 records (`IFRELAY_BENCH_RECORDS`
+//!    changes it; kept between runs under `var/bench-records`, ~6 GiB,
+//!    the first fill ~5 minutes), random lookups by serial and person
+//!    code through the search indexes, against a filter scan
+//!    ([`records`]).
 //! 10. **Export rate**: records/s of a record export over a store of many
 //!     records, against a sequential read of the same records
 //!     ([`export_rate`]).
