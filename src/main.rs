@@ -606,13 +606,17 @@ impl Signals {
     /// Returns when a stop signal arrives; logs and ignores the others.
     async fn stop_requested(mut self) {
         loop {
+            // Biased, ignored ones first: signals that arrived before this
+            // loop first ran (a slow start) are all logged before a stop
+            // signal among them ends it.
             let ignored = tokio::select! {
-                _ = self.term.recv() => break tracing::info!(signal = "SIGTERM", "stop requested"),
-                _ = self.int.recv() => break tracing::info!(signal = "SIGINT", "stop requested"),
-                _ = self.quit.recv() => break tracing::info!(signal = "SIGQUIT", "stop requested"),
+                biased;
                 _ = self.hup.recv() => "SIGHUP",
                 _ = self.usr1.recv() => "SIGUSR1",
                 _ = self.usr2.recv() => "SIGUSR2",
+                _ = self.term.recv() => break tracing::info!(signal = "SIGTERM", "stop requested"),
+                _ = self.int.recv() => break tracing::info!(signal = "SIGINT", "stop requested"),
+                _ = self.quit.recv() => break tracing::info!(signal = "SIGQUIT", "stop requested"),
             };
             tracing::warn!(
                 signal = ignored,

@@ -61,6 +61,7 @@ pub use self::dedup::SEEN_RETENTION;
 use self::prefix::Lists;
 use self::reply::store_refusal;
 use self::state::{Handled, Relay};
+pub use self::timers::RETENTION_DELETE_PER_TICK;
 use super::channel::{FrameInput, Input, Notice, Verdict};
 use super::destination::Destination;
 use super::process::Process;

@@ -29,7 +29,10 @@
 //!    the first fill ~5 minutes), random lookups by serial and person
 //!    code through the search indexes, against a filter scan
 //!    ([`records`]).
-//! 10. **Export rate**: records/s of a record export over a store of many
+//! 10. **Retention**: what one tick's deletion step costs on a store of
+//!     500,000 records and access-log entries past their period
+//!     ([`retention`]).
+//! 11. **Export rate**: records/s of a record export over a store of many
 //!     records, against a sequential read of the same records
 //!     ([`export_rate`]).
 //!
@@ -46,6 +49,7 @@ pub mod machine;
 pub mod network;
 pub mod proc;
 pub mod records;
+pub mod retention;
 pub mod store_candidates;
 
 use std::fmt::Write as _;
@@ -300,6 +304,7 @@ pub struct BenchReport {
     pub backlog: Option<Result<BacklogResult, String>>,
     pub flood: Option<Result<flood::FloodRun, String>>,
     pub records: Option<Result<records::RecordsRun, String>>,
+    pub retention: Option<Result<retention::RetentionRun, String>>,
     pub export: Option<Result<export_rate::ExportRate, String>>,
     pub elapsed: Duration,
 }
@@ -491,6 +496,21 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         flush_dirty("before the records phase");
         records = Some(records::run(&record_opts).map_err(|e| e.to_string()));
     }
+    flush_dirty("before the retention phase");
+    let retention_entries = retention::entries(opts.quick);
+    progress(&format!(
+        "retention: filling a store with {retention_entries} records and access-log entries past their period, then timing deletion steps"
+    ));
+    let retention_dir = dir.join("retention");
+    let retention_steps = if opts.quick { 10 } else { 200 };
+    let retention = Some(
+        tokio::task::spawn_blocking(move || {
+            retention::run(&retention_dir, retention_entries, retention_steps)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the retention phase panicked: {e}"))),
+    );
     flush_dirty("before the export phase");
     progress(&format!(
         "export rate: filling a store with {} records, then reading and exporting them",
@@ -520,6 +540,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         backlog,
         flood,
         records,
+        retention,
         export,
         elapsed: started.elapsed(),
     })
@@ -1459,6 +1480,9 @@ impl BenchReport {
     fn render_records(&self, o: &mut String) {
         if let Some(run) = &self.records {
             records::render(o, run);
+        }
+        if let Some(run) = &self.retention {
+            retention::render(o, run);
         }
     }
 

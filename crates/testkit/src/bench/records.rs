@@ -146,7 +146,7 @@ fn code_of(n: u64, records: u64) -> Result<PersonCode, BenchError> {
 }
 
 /// Record number `n` (from 0) of a store of `records`, with its time.
-fn record(n: u64, records: u64) -> Result<(Millis, Record), BenchError> {
+pub(super) fn record(n: u64, records: u64) -> Result<(Millis, Record), BenchError> {
     let m = mix(n ^ 0x5555);
     let agency = |k: u64| AgencyCode::new(&format!("{:06}", 100_000 + k % 50));
     let mut prefix = Prefix {

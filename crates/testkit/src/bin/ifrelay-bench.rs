@@ -30,6 +30,8 @@ usage:
   ifrelay-bench records [--quick]
       only the records phase: fill (or reuse) var/bench-records and
       measure search (IFRELAY_BENCH_RECORDS sets the record count)
+  ifrelay-bench retention [--quick]
+      only the retention phase, in var/bench-retention
 ";
 
 fn main() -> ExitCode {
@@ -57,6 +59,30 @@ fn main() -> ExitCode {
         let run = ifrelay_testkit::bench::records::run(&opts).map_err(|e| e.to_string());
         let mut text = String::new();
         ifrelay_testkit::bench::records::render(&mut text, &run);
+        print!("{text}");
+        return if run.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    if let ["retention", rest @ ..] = args.as_slice() {
+        let quick = match rest {
+            [] => false,
+            ["--quick"] => true,
+            _ => {
+                eprint!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        let run = ifrelay_testkit::bench::retention::run(
+            std::path::Path::new("var/bench-retention"),
+            ifrelay_testkit::bench::retention::entries(quick),
+            if quick { 10 } else { 200 },
+        )
+        .map_err(|e| e.to_string());
+        let mut text = String::new();
+        ifrelay_testkit::bench::retention::render(&mut text, &run);
         print!("{text}");
         return if run.is_ok() {
             ExitCode::SUCCESS
