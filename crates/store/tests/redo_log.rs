@@ -276,3 +276,51 @@ fn a_retention_deletion_is_replayed_after_a_kill() {
         .unwrap();
     assert!(gone.is_empty());
 }
+
+#[test]
+fn index_steps_lost_in_a_kill_are_taken_again_and_searches_find_everything() {
+    let t = TempStore::new();
+    let mut store = Store::open_with_log(&t.path, CACHE, no_checkpoints()).unwrap();
+    store.boot(NOW).unwrap();
+    for n in 1..=10 {
+        step(&mut store, n, b"frame").unwrap();
+    }
+    // Unlogged, not durable: a kill loses them with redb's last commits.
+    assert_eq!(store.index_pending(usize::MAX).unwrap(), 20);
+    for n in 11..=15 {
+        step(&mut store, n, b"frame").unwrap();
+    }
+    store.index_pending(3).unwrap();
+    let copy = kill_copy(&t, "indexed.redb");
+    std::mem::forget(store);
+
+    let mut store = Store::open(&copy, CACHE).unwrap();
+    assert_eq!(store.replayed_at_open(), 15);
+    // The boot's durable state held no index rows: everything waits again.
+    assert_eq!(store.unindexed(), 30);
+    assert_intact(&store, 15);
+    let by_serial = |store: &Store, n: u32| {
+        store
+            .reader()
+            .search_records(
+                &ifrelay_store::RecordFilter {
+                    serial: Some(serial(n)),
+                    ..ifrelay_store::RecordFilter::default()
+                },
+                10,
+            )
+            .unwrap()
+            .len()
+    };
+    for n in 1..=15 {
+        assert_eq!(by_serial(&store, n), 1, "record {n} before the step");
+    }
+    assert_eq!(store.index_pending(usize::MAX).unwrap(), 30);
+    for n in 1..=15 {
+        assert_eq!(by_serial(&store, n), 1, "record {n} after the step, once");
+    }
+    drop(store);
+    // A clean reopen finds the indexes sound and nothing waiting.
+    let store = Store::open(&copy, CACHE).unwrap();
+    assert_eq!(store.unindexed(), 0);
+}
