@@ -1,6 +1,7 @@
 //! Restarting a box: serials stay unique (R-SER-1, R-AV-2) and processes
 //! continue where they stood, with their bindings (R-PFX-2) and the
-//! prefix list (R-DST-2) reloaded from the store.
+//! prefix list (R-DST-2) reloaded from the store; a clean stop leaves no
+//! entry waiting for its search index rows.
 
 use std::collections::HashSet;
 
@@ -53,6 +54,13 @@ async fn serials_stay_unique_across_restarts_and_processes_continue() {
 
     for _ in 0..2 {
         bed.stop_box(0).await;
+        // A clean stop leaves every appended entry with its index rows.
+        {
+            let store = ifrelay_store::Store::open(&bed.nodes[0].config.store.path, 4 << 20)
+                .expect("the stopped box's store opens");
+            assert_eq!(store.unindexed(), 0, "entries left unindexed at stop");
+            assert!(store.reader().access_count().expect("count") > 0);
+        }
         bed.start_box(0).await.expect("box restarts");
         for _ in 0..5 {
             let s = issue_serial(&bed).await;

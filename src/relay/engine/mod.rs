@@ -235,6 +235,9 @@ impl Engine {
             }
             self.index_between_batches(inputs.is_empty(), &mut last_index_step);
         }
+        // A clean stop leaves every entry indexed (a rollback to a firmware
+        // without index marks then misses nothing).
+        self.index_step(usize::MAX);
         tracing::info!("relay engine stopped");
     }
 
