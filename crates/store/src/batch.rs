@@ -818,10 +818,20 @@ impl<'a> Batch<'a> {
             unindexed,
             ..
         } = self;
-        let plan = writer
-            .log
-            .as_ref()
-            .map(|log| (log.plan(ops.len(), force_durable), log.position()));
+        // Compressed before planning: the ring's room is counted in the
+        // bytes written.
+        let packed = if writer.log.is_some() {
+            match wal::pack(&ops) {
+                Ok(p) => Some(p),
+                Err(e) => return settle(writer, state, unindexed, Err(e)),
+            }
+        } else {
+            None
+        };
+        let plan = writer.log.as_ref().map(|log| {
+            let len = packed.as_ref().map_or(ops.len(), Vec::len);
+            (log.plan(len, force_durable), log.position())
+        });
         let result = write_marks(&txn, &writer.state, &state).and_then(|()| match plan {
             None => txn.commit().map_err(db("commit batch")),
             Some((Plan::Checkpoint { next_end }, position)) => {
@@ -848,7 +858,7 @@ impl<'a> Batch<'a> {
                 let Some(log) = writer.log.as_mut() else {
                     return Err(StoreError::Unavailable);
                 };
-                log.append(batch, at, &ops)?;
+                log.append(batch, at, packed.as_deref().unwrap_or(&ops), ops.len())?;
                 match txn.commit() {
                     Ok(()) => {
                         log.committed(batch, end);

@@ -108,4 +108,4 @@ pub use readonly::ReadOnlyStore;
 pub use snapshot::{RawAccess, RawRecord, Snapshot};
 pub use store::Store;
 pub use survey::{survey_damaged, SurveyEvent};
-pub use wal::{log_path, LogOptions};
+pub use wal::{log_path, LogOptions, LogStats};

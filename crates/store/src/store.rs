@@ -20,7 +20,7 @@ use crate::error::{db, StoreError};
 use crate::model::BootState;
 use crate::reader::StoreReader;
 use crate::tables;
-use crate::wal::LogOptions;
+use crate::wal::{LogOptions, LogStats};
 use crate::writer::{Opener, Writer};
 
 /// The store of the box: owns the redb file and the in-memory chain heads.
@@ -335,6 +335,38 @@ impl Store {
             .unindexed
             .forget_through(rows.last, self.writer.state.access_indexed);
         Ok(rows.last - mark)
+    }
+
+    /// A checkpoint now: one durable commit that holds every batch so
+    /// far, so the next open replays nothing. For a clean stop: firmware
+    /// that predates log compression can then open the store
+    /// (docs/operations.md, "Going back to an older firmware"). Nothing to
+    /// do for a store without a redo log.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] when the commit fails; the batches stay in the
+    /// log and the next open replays them.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let Some(position) = self.writer.log.as_ref().map(|log| log.position()) else {
+            return Ok(());
+        };
+        let mut txn = self.writer.begin_txn()?;
+        txn.set_quick_repair(true);
+        let r = crate::batch::write_position(&txn, position)
+            .and_then(|()| txn.commit().map_err(db("commit a checkpoint")));
+        if let (Ok(()), Some(log)) = (&r, self.writer.log.as_mut()) {
+            log.checkpointed(position.end);
+        }
+        self.writer.shared().track(r)
+    }
+
+    /// What the redo log wrote since the store opened (zeros without a
+    /// log).
+    pub fn log_stats(&self) -> LogStats {
+        self.writer
+            .log
+            .as_ref()
+            .map_or_else(LogStats::default, |log| log.stats())
     }
 
     /// How many logged batches the open (or the last reopen after an I/O

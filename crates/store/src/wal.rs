@@ -16,6 +16,12 @@
 //! operations with their arguments, replayed through the same
 //! [`crate::Batch`] methods (logical redo: replay recomputes seqs and
 //! hashes exactly, because the store is deterministic in its inputs).
+//! Since log format 2 a payload may instead be compressed ([`pack`]):
+//! `0xFF | raw_len u32 | LZ4 block of the CBOR`. No CBOR operation starts
+//! with 0xFF (a "break" outside any indefinite item), so the two forms
+//! cannot be mistaken, and firmware that predates compression fails to
+//! decode such an entry and refuses to start instead of skipping it
+//! (docs/operations.md, "Going back to an older firmware").
 //!
 //! Coordination with redb lives in redb's `meta` table: every commit that
 //! applies a logged batch also writes `log_batch` (its number) and
@@ -55,6 +61,16 @@ pub(crate) const HEADER_LEN: u64 = 4096;
 const ENTRY_HEADER_LEN: usize = 32;
 const FILE_MAGIC: &[u8; 16] = b"ifrelay-redo-v1\0";
 const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"IRLE");
+/// First byte of a compressed payload ([`pack`]).
+const PACKED: u8 = 0xFF;
+/// Bytes before the LZ4 block of a compressed payload.
+const PACKED_HEADER_LEN: usize = 5;
+/// Payloads shorter than this are logged as they are: the entry would not
+/// cover fewer pages.
+const PACK_MIN: usize = 256;
+/// The page size of the log's writes: what one `fdatasync` writes per
+/// page an entry touches.
+const PAGE: u64 = 4096;
 
 /// How the redo log is sized and when the store checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +172,68 @@ pub(crate) fn encode_op(out: &mut Vec<u8>, op: &OpRef<'_>) -> Result<(), StoreEr
     })
 }
 
+/// The payload to log for `raw` (CBOR operations): compressed when that
+/// makes it smaller. The bench's entries shrink 10–30×; an entry of
+/// encrypted provision bodies much less (docs/performance.md, "Log
+/// compression").
+pub(crate) fn pack(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
+    if raw.len() < PACK_MIN {
+        return Ok(raw.to_vec());
+    }
+    let raw_len = u32::try_from(raw.len()).map_err(|_| StoreError::Encode {
+        what: "log entry",
+        detail: "larger than 4 GiB".into(),
+    })?;
+    let mut out =
+        vec![0u8; PACKED_HEADER_LEN + lz4_flex::block::get_maximum_output_size(raw.len())];
+    out[0] = PACKED;
+    out[1..PACKED_HEADER_LEN].copy_from_slice(&raw_len.to_le_bytes());
+    let n = lz4_flex::block::compress_into(raw, &mut out[PACKED_HEADER_LEN..]).map_err(|e| {
+        StoreError::Encode {
+            what: "log entry",
+            detail: e.to_string(),
+        }
+    })?;
+    if PACKED_HEADER_LEN + n >= raw.len() {
+        return Ok(raw.to_vec());
+    }
+    out.truncate(PACKED_HEADER_LEN + n);
+    Ok(out)
+}
+
+/// The CBOR operations of a logged payload ([`pack`]'s inverse).
+pub(crate) fn unpack(batch: u64, payload: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    if payload.first() != Some(&PACKED) {
+        return Ok(payload);
+    }
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "log entry of batch",
+        key: batch.to_string(),
+        detail,
+    };
+    let Some(len) = payload.get(1..PACKED_HEADER_LEN) else {
+        return Err(corrupt("compressed payload without its length".into()));
+    };
+    let raw_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let block = &payload[PACKED_HEADER_LEN..];
+    // LZ4 expands at most ~255×: a larger length is damage, not data.
+    if raw_len > block.len().saturating_mul(255).saturating_add(16) {
+        return Err(corrupt(format!(
+            "compressed payload of {} bytes claims {raw_len} bytes",
+            block.len()
+        )));
+    }
+    let raw = lz4_flex::block::decompress(block, raw_len)
+        .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+    if raw.len() != raw_len {
+        return Err(corrupt(format!(
+            "decompressed to {} bytes, {raw_len} expected",
+            raw.len()
+        )));
+    }
+    Ok(raw)
+}
+
 /// The operations of one payload, in order.
 pub(crate) fn decode_ops(batch: u64, mut payload: &[u8]) -> Result<Vec<Op>, StoreError> {
     let mut ops = Vec::new();
@@ -174,6 +252,7 @@ pub(crate) fn decode_ops(batch: u64, mut payload: &[u8]) -> Result<Vec<Op>, Stor
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub batch: u64,
+    /// The CBOR operations (decompressed).
     pub payload: Vec<u8>,
     /// Offset just after the entry.
     pub end: u64,
@@ -212,6 +291,22 @@ pub(crate) struct Log {
     since_checkpoint_batches: u64,
     /// A failed append: checkpoint before logging again.
     force_checkpoint: bool,
+    stats: LogStats,
+}
+
+/// What the redo log wrote since the store opened (bench and status).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    /// Entries appended and synced.
+    pub appends: u64,
+    /// Their bytes (headers and payloads as written, compressed).
+    pub entry_bytes: u64,
+    /// Their payloads before compression.
+    pub raw_bytes: u64,
+    /// Bytes of the pages the appends touched: what their syncs wrote.
+    pub page_bytes: u64,
+    /// Durable redb commits (checkpoints, boots, replays).
+    pub checkpoints: u64,
 }
 
 impl core::fmt::Debug for Log {
@@ -340,7 +435,12 @@ impl Log {
             durable_end: end,
             since_checkpoint_batches: 0,
             force_checkpoint: false,
+            stats: LogStats::default(),
         })
+    }
+
+    pub(crate) fn stats(&self) -> LogStats {
+        self.stats
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -397,7 +497,7 @@ impl Log {
         }
         Ok(Some(Entry {
             batch: expect,
-            payload,
+            payload: unpack(expect, payload)?,
             end,
         }))
     }
@@ -420,8 +520,15 @@ impl Log {
         }
     }
 
-    /// Writes and syncs entry `batch` at `at` (from [`Log::plan`]).
-    pub(crate) fn append(&mut self, batch: u64, at: u64, payload: &[u8]) -> Result<(), StoreError> {
+    /// Writes and syncs entry `batch` at `at` (from [`Log::plan`]);
+    /// `payload` is [`pack`]ed, `raw_len` its length before.
+    pub(crate) fn append(
+        &mut self,
+        batch: u64,
+        at: u64,
+        payload: &[u8],
+        raw_len: usize,
+    ) -> Result<(), StoreError> {
         let mut buf = Vec::with_capacity(ENTRY_HEADER_LEN + payload.len());
         buf.extend_from_slice(&ENTRY_MAGIC.to_le_bytes());
         let len = u32::try_from(payload.len()).map_err(|_| StoreError::Encode {
@@ -444,7 +551,13 @@ impl Log {
             .and_then(|()| self.file.sync_data().map_err(io_err("sync the log")));
         if result.is_err() {
             self.failed(batch, at);
+            return result;
         }
+        let end = at + buf.len() as u64;
+        self.stats.appends += 1;
+        self.stats.entry_bytes += buf.len() as u64;
+        self.stats.raw_bytes += raw_len as u64;
+        self.stats.page_bytes += (end.div_ceil(PAGE) - at / PAGE) * PAGE;
         result
     }
 
@@ -482,6 +595,7 @@ impl Log {
     /// A durable redb commit holds everything so far; the next entry goes
     /// at `next_end`.
     pub(crate) fn checkpointed(&mut self, next_end: u64) {
+        self.stats.checkpoints += 1;
         self.end = next_end;
         self.durable_end = next_end;
         self.since_checkpoint_batches = 0;
@@ -590,5 +704,89 @@ impl StorageBackend for LogFile {
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.0.write_all_at(data, offset)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ops_payload(n: usize) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for i in 0..n {
+            let frame = format!("frame {i} of a batch, with text that repeats");
+            encode_op(&mut raw, &OpRef::PushOutbox("core", frame.as_bytes())).unwrap();
+            encode_op(&mut raw, &OpRef::RemoveOutbox(i as u64)).unwrap();
+        }
+        raw
+    }
+
+    #[test]
+    fn packed_payloads_unpack_to_the_same_operations() {
+        let raw = ops_payload(50);
+        let packed = pack(&raw).unwrap();
+        assert_eq!(packed[0], PACKED);
+        assert!(
+            packed.len() * 3 < raw.len(),
+            "{} of {}",
+            packed.len(),
+            raw.len()
+        );
+        assert_eq!(unpack(7, packed).unwrap(), raw);
+        assert_eq!(decode_ops(7, &raw).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn short_or_incompressible_payloads_are_logged_as_they_are() {
+        let short = ops_payload(1);
+        assert!(short.len() < PACK_MIN);
+        assert_eq!(pack(&short).unwrap(), short);
+        // Bytes with no repetition: compressing would only add.
+        let mut noise = Vec::new();
+        let mut x: u32 = 0x1234_5678;
+        let bytes: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        encode_op(&mut noise, &OpRef::PushOutbox("core", &bytes)).unwrap();
+        let logged = pack(&noise).unwrap();
+        assert_eq!(logged, noise);
+        assert_eq!(unpack(1, logged).unwrap(), noise);
+    }
+
+    #[test]
+    fn a_packed_payload_is_not_mistaken_for_operations_by_older_firmware() {
+        // Firmware before compression decodes payloads with `decode_ops`
+        // directly: it must fail (and refuse to start), not read nothing.
+        let packed = pack(&ops_payload(50)).unwrap();
+        assert!(matches!(
+            decode_ops(3, &packed),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_damaged_packed_payload_is_corrupt_not_a_panic() {
+        let raw = ops_payload(50);
+        let packed = pack(&raw).unwrap();
+        let mut huge = packed.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(unpack(1, huge), Err(StoreError::Corrupt { .. })));
+        let mut short = packed.clone();
+        let len = u32::try_from(raw.len() + 10).unwrap();
+        short[1..5].copy_from_slice(&len.to_le_bytes());
+        assert!(matches!(unpack(1, short), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            unpack(1, vec![PACKED, 1]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let mut cut = packed;
+        cut.truncate(cut.len() / 2);
+        assert!(matches!(unpack(1, cut), Err(StoreError::Corrupt { .. })));
     }
 }

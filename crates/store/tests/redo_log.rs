@@ -128,9 +128,8 @@ fn the_ring_wraps_through_checkpoints_and_loses_nothing() {
     };
     let mut store = Store::open_with_log(&t.path, CACHE, options).unwrap();
     store.boot(NOW).unwrap();
-    let frame = vec![0x5a; 700];
     for n in 1..=200 {
-        step(&mut store, n, &frame).unwrap();
+        step(&mut store, n, &noise(n, 700)).unwrap();
     }
     let copy = kill_copy(&t, "wrapped.redb");
     std::mem::forget(store);
@@ -323,4 +322,82 @@ fn index_steps_lost_in_a_kill_are_taken_again_and_searches_find_everything() {
     // A clean reopen finds the indexes sound and nothing waiting.
     let store = Store::open(&copy, CACHE).unwrap();
     assert_eq!(store.unindexed(), 0);
+}
+
+/// `len` bytes that do not compress (an encrypted body), different per `n`.
+fn noise(n: u32, len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_u32 ^ n.wrapping_mul(0x85eb_ca6b);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// An outbox frame of text that repeats, as protocol frames do.
+fn wordy_frame(n: u32) -> Vec<u8> {
+    format!(
+        "{{\"type\":\"provision\",\"serial\":\"{n:020}\",\"body\":\"{}\"}}",
+        "abcdefgh".repeat(256)
+    )
+    .into_bytes()
+}
+
+#[test]
+fn entries_are_logged_compressed_and_replay_to_the_same_bytes() {
+    let t = TempStore::new();
+    let mut store = Store::open_with_log(&t.path, CACHE, no_checkpoints()).unwrap();
+    store.boot(NOW).unwrap();
+    for n in 1..=10 {
+        step(&mut store, n, &wordy_frame(n)).unwrap();
+    }
+    let stats = store.log_stats();
+    assert_eq!(stats.appends, 10);
+    assert!(
+        stats.entry_bytes * 4 < stats.raw_bytes,
+        "entries shrink: {stats:?}"
+    );
+    assert!(stats.page_bytes >= stats.entry_bytes && stats.page_bytes % 4096 == 0);
+    let copy = kill_copy(&t, "killed.redb");
+    std::mem::forget(store);
+
+    let store = Store::open(&copy, CACHE).unwrap();
+    assert_eq!(store.replayed_at_open(), 10);
+    assert_intact(&store, 10);
+    let frames = store.reader().outbox_for("core", None, 100).unwrap();
+    let expected: Vec<Vec<u8>> = (1..=10).map(wordy_frame).collect();
+    let got: Vec<Vec<u8>> = frames.into_iter().map(|e| e.frame).collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn a_checkpoint_at_a_clean_stop_leaves_nothing_to_replay() {
+    let t = TempStore::new();
+    let mut store = Store::open_with_log(&t.path, CACHE, no_checkpoints()).unwrap();
+    store.boot(NOW).unwrap();
+    for n in 1..=5 {
+        step(&mut store, n, &wordy_frame(n)).unwrap();
+    }
+    let before = kill_copy(&t, "before.redb");
+    store.checkpoint().unwrap();
+    assert_eq!(store.log_stats().checkpoints, 2, "the boot's and this one");
+    step(&mut store, 6, b"after").unwrap();
+    store.checkpoint().unwrap();
+    let after = kill_copy(&t, "after.redb");
+    std::mem::forget(store);
+
+    let store = Store::open(&before, CACHE).unwrap();
+    assert_eq!(
+        store.replayed_at_open(),
+        5,
+        "without it, the log holds them"
+    );
+    assert_intact(&store, 5);
+    drop(store);
+    let store = Store::open(&after, CACHE).unwrap();
+    assert_eq!(store.replayed_at_open(), 0);
+    assert_intact(&store, 6);
 }

@@ -114,6 +114,13 @@ pub struct Counters {
     /// Index steps between batches, and engine time in them (µs).
     pub index_steps: u64,
     pub indexing_us: u64,
+    /// The redo log: entries, their bytes as written and before
+    /// compression, the pages their syncs wrote, and durable commits.
+    pub log_appends: u64,
+    pub log_entry_bytes: u64,
+    pub log_raw_bytes: u64,
+    pub log_page_bytes: u64,
+    pub checkpoints: u64,
 }
 
 impl Counters {
@@ -128,6 +135,11 @@ impl Counters {
             slow_commits: self.slow_commits.saturating_sub(before.slow_commits),
             index_steps: self.index_steps.saturating_sub(before.index_steps),
             indexing_us: self.indexing_us.saturating_sub(before.indexing_us),
+            log_appends: self.log_appends.saturating_sub(before.log_appends),
+            log_entry_bytes: self.log_entry_bytes.saturating_sub(before.log_entry_bytes),
+            log_raw_bytes: self.log_raw_bytes.saturating_sub(before.log_raw_bytes),
+            log_page_bytes: self.log_page_bytes.saturating_sub(before.log_page_bytes),
+            checkpoints: self.checkpoints.saturating_sub(before.checkpoints),
         }
     }
 
@@ -147,6 +159,11 @@ impl Counters {
                 "slow_commits" => c.slow_commits = v,
                 "index_steps" => c.index_steps = v,
                 "indexing_us" => c.indexing_us = v,
+                "log_appends" => c.log_appends = v,
+                "log_entry_bytes" => c.log_entry_bytes = v,
+                "log_raw_bytes" => c.log_raw_bytes = v,
+                "log_page_bytes" => c.log_page_bytes = v,
+                "checkpoints" => c.checkpoints = v,
                 _ => {}
             }
         }
@@ -156,7 +173,8 @@ impl Counters {
     /// The stdout line a benchmark box prints.
     pub fn line(&self) -> String {
         format!(
-            "stats batches={} inputs={} commit_failures={} handling_us={} committing_us={} slow_commits={} index_steps={} indexing_us={}",
+            "stats batches={} inputs={} commit_failures={} handling_us={} committing_us={} slow_commits={} index_steps={} indexing_us={} \
+             log_appends={} log_entry_bytes={} log_raw_bytes={} log_page_bytes={} checkpoints={}",
             self.batches,
             self.inputs,
             self.commit_failures,
@@ -164,7 +182,12 @@ impl Counters {
             self.committing_us,
             self.slow_commits,
             self.index_steps,
-            self.indexing_us
+            self.indexing_us,
+            self.log_appends,
+            self.log_entry_bytes,
+            self.log_raw_bytes,
+            self.log_page_bytes,
+            self.checkpoints
         )
     }
 }
@@ -716,6 +739,11 @@ while :; do sleep 0.05; done
             slow_commits: 3,
             index_steps: 4,
             indexing_us: 50,
+            log_appends: 6,
+            log_entry_bytes: 6000,
+            log_raw_bytes: 60000,
+            log_page_bytes: 32768,
+            checkpoints: 2,
         };
         assert_eq!(Counters::parse(&c.line()), Some(c));
         assert_eq!(Counters::parse(READY_LINE), None);
@@ -728,10 +756,20 @@ while :; do sleep 0.05; done
             slow_commits: 1,
             index_steps: 1,
             indexing_us: 20,
+            log_appends: 1,
+            log_entry_bytes: 1000,
+            log_raw_bytes: 10000,
+            log_page_bytes: 8192,
+            checkpoints: 1,
         });
         assert_eq!((d.batches, d.inputs), (5, 90));
         assert_eq!((d.handling_us, d.committing_us), (200, 500));
         assert_eq!(d.slow_commits, 2);
         assert_eq!((d.index_steps, d.indexing_us), (3, 30));
+        assert_eq!(
+            (d.log_appends, d.log_entry_bytes, d.log_raw_bytes),
+            (5, 5000, 50000)
+        );
+        assert_eq!((d.log_page_bytes, d.checkpoints), (24576, 1));
     }
 }

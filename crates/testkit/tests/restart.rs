@@ -54,10 +54,16 @@ async fn serials_stay_unique_across_restarts_and_processes_continue() {
 
     for _ in 0..2 {
         bed.stop_box(0).await;
-        // A clean stop leaves every appended entry with its index rows.
+        // A clean stop leaves every appended entry with its index rows,
+        // and a checkpoint: nothing in the redo log to replay.
         {
             let store = ifrelay_store::Store::open(&bed.nodes[0].config.store.path, 4 << 20)
                 .expect("the stopped box's store opens");
+            assert_eq!(
+                store.replayed_at_open(),
+                0,
+                "batches left in the log at stop"
+            );
             assert_eq!(store.unindexed(), 0, "entries left unindexed at stop");
             assert!(store.reader().access_count().expect("count") > 0);
         }

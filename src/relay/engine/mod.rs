@@ -102,6 +102,8 @@ pub struct EngineStats {
     pub index_steps: u64,
     pub indexed: u64,
     pub indexing_us: u64,
+    /// What the store's redo log wrote (bytes per frame in the bench).
+    pub log: ifrelay_store::LogStats,
     pub refused: HashMap<Reason, u64>,
 }
 
@@ -236,9 +238,16 @@ impl Engine {
             self.index_between_batches(inputs.is_empty(), &mut last_index_step);
         }
         // A clean stop leaves every entry indexed (a rollback to a firmware
-        // without index marks then misses nothing).
+        // without index marks then misses nothing) and the log empty (one
+        // without log compression then opens the store).
         self.index_step(usize::MAX);
-        tracing::info!("relay engine stopped");
+        match self.store.checkpoint() {
+            Ok(()) => tracing::info!("relay engine stopped"),
+            Err(e) => tracing::warn!(
+                error = %crate::logging::Causes(&e),
+                "relay engine stopped without its final checkpoint; the next start replays the redo log"
+            ),
+        }
     }
 
     /// Writes the search index rows of appended entries in bulk, after
@@ -346,6 +355,7 @@ impl Engine {
             Ok(()) => {
                 let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
                 let mut woken: Vec<Destination> = Vec::new();
+                stats.log = self.store.log_stats();
                 stats.batches += 1;
                 stats.inputs += done.len() as u64;
                 for h in done {

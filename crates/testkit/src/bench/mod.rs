@@ -654,6 +654,11 @@ fn difference(before: &Option<Vec<Counters>>, after: &Option<Vec<Counters>>) -> 
         sum.slow_commits += d.slow_commits;
         sum.index_steps += d.index_steps;
         sum.indexing_us += d.indexing_us;
+        sum.log_appends += d.log_appends;
+        sum.log_entry_bytes += d.log_entry_bytes;
+        sum.log_raw_bytes += d.log_raw_bytes;
+        sum.log_page_bytes += d.log_page_bytes;
+        sum.checkpoints += d.checkpoints;
     }
     Some(sum)
 }
@@ -1176,6 +1181,26 @@ impl BenchReport {
                     c.handling_us as f64 / c.inputs.max(1) as f64,
                 );
             }
+        }
+        for l in &self.levels {
+            let Some(c) = l.engine.filter(|c| c.log_appends > 0) else {
+                continue;
+            };
+            let frames = (l.run.completed * RELAYED_PER_FLOW).max(1) as f64;
+            let disk = l.disk.map_or_else(
+                || "n/a".to_owned(),
+                |d| format!("{:.2}", d.kib_per_frame(l.run.frames_per_s())),
+            );
+            let _ = writeln!(
+                o,
+                "  {:>9}: redo log {:.2} KiB per relayed frame in the pages its syncs wrote ({:.2} KiB of entries; {:.2} KiB before compression), {} checkpoints; the disk took {} KiB per frame in all",
+                l.per_ims,
+                c.log_page_bytes as f64 / 1024.0 / frames,
+                c.log_entry_bytes as f64 / 1024.0 / frames,
+                c.log_raw_bytes as f64 / 1024.0 / frames,
+                c.checkpoints,
+                disk,
+            );
         }
         let _ = writeln!(
             o,

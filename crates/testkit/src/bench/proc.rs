@@ -86,6 +86,11 @@ pub fn serve_box(config_path: &Path) -> Result<(), BenchError> {
                         slow_commits: s.slow_commits,
                         index_steps: s.index_steps,
                         indexing_us: s.indexing_us,
+                        log_appends: s.log.appends,
+                        log_entry_bytes: s.log.entry_bytes,
+                        log_raw_bytes: s.log.raw_bytes,
+                        log_page_bytes: s.log.page_bytes,
+                        checkpoints: s.log.checkpoints,
                     };
                     let _ = writeln!(out, "{}", c.line()).and_then(|()| out.flush());
                 }
