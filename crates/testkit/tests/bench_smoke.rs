@@ -5,7 +5,7 @@
 use std::process::Command;
 
 /// The keys of the summary line, in order.
-const KEYS: [&str; 18] = [
+const KEYS: [&str; 20] = [
     "frames_per_s",
     "bare_frames_per_s",
     "ratio",
@@ -24,13 +24,15 @@ const KEYS: [&str; 18] = [
     "search_ratio",
     "export_rps",
     "export_ratio",
+    "retention_p99_ms",
+    "retention_p999_ms",
 ];
 
 /// Checks `line` against
 /// `bench: frames_per_s=N bare_frames_per_s=N ratio=R p99_ms=N p999_ms=N rss_mib=N backlog_resume_s=N
 /// flood_rss_mib=N flood_ims_p99_ms=N flood_ims_within_1s=R kib_per_frame_open=N
 /// kib_per_frame_peak=N tb_year_10k=N tb_year_100k=N search_ms=N search_ratio=N export_rps=N
-/// export_ratio=R` (one line).
+/// export_ratio=R retention_p99_ms=N retention_p999_ms=N` (one line).
 fn check_summary(line: &str) -> Result<(), String> {
     let mut words = line.split(' ');
     if words.next() != Some("bench:") {
@@ -59,7 +61,7 @@ fn check_summary(line: &str) -> Result<(), String> {
 
 #[test]
 fn summary_format_is_checked_strictly() {
-    let good = "bench: frames_per_s=1520 bare_frames_per_s=21000 ratio=0.072 p99_ms=14.20 p999_ms=30.01 rss_mib=41.2 backlog_resume_s=nan flood_rss_mib=24.2 flood_ims_p99_ms=50.63 flood_ims_within_1s=1.0000 kib_per_frame_open=113.7 kib_per_frame_peak=nan tb_year_10k=5.54 tb_year_100k=55.41 search_ms=0.412 search_ratio=52000 export_rps=152000 export_ratio=0.410";
+    let good = "bench: frames_per_s=1520 bare_frames_per_s=21000 ratio=0.072 p99_ms=14.20 p999_ms=30.01 rss_mib=41.2 backlog_resume_s=nan flood_rss_mib=24.2 flood_ims_p99_ms=50.63 flood_ims_within_1s=1.0000 kib_per_frame_open=113.7 kib_per_frame_peak=nan tb_year_10k=5.54 tb_year_100k=55.41 search_ms=0.412 search_ratio=52000 export_rps=152000 export_ratio=0.410 retention_p99_ms=3.10 retention_p999_ms=nan";
     assert_eq!(check_summary(good), Ok(()));
     for bad in [
         "frames_per_s=1 bare_frames_per_s=1 ratio=1 p99_ms=1 p999_ms=1 rss_mib=1 backlog_resume_s=1",
@@ -95,4 +97,20 @@ fn quick_bench_ends_with_the_summary_line() {
         panic!("{e}\n--- stdout\n{stdout}");
     }
     assert!(dir.path().join("bench/report.txt").exists());
+    // The end-to-end retention run relayed while its box deleted both
+    // records and access-log entries.
+    let deleted: Vec<u64> = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("meanwhile the box deleted "))
+        .map(|rest| {
+            rest.split(' ')
+                .filter_map(|w| w.parse().ok())
+                .take(2)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        deleted.len() == 2 && deleted.iter().all(|&n| n > 0),
+        "deleted {deleted:?}\n--- stdout\n{stdout}"
+    );
 }

@@ -305,6 +305,8 @@ pub struct BenchReport {
     pub flood: Option<Result<flood::FloodRun, String>>,
     pub records: Option<Result<records::RecordsRun, String>>,
     pub retention: Option<Result<retention::RetentionRun, String>>,
+    /// Per-hop latency while a box deletes by retention.
+    pub retention_relay: Option<Result<RetentionRelay, String>>,
     pub export: Option<Result<export_rate::ExportRate, String>>,
     pub elapsed: Duration,
 }
@@ -501,16 +503,33 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     progress(&format!(
         "retention: filling a store with {retention_entries} records and access-log entries past their period, then timing deletion steps"
     ));
-    let retention_dir = dir.join("retention");
+    let retention_net = dir.join("retention").join("net");
+    let retention_store = retention::box_store_path(&retention_net);
     let retention_steps = if opts.quick { 10 } else { 200 };
-    let retention = Some(
+    let retention = {
+        let path = retention_store.clone();
         tokio::task::spawn_blocking(move || {
-            retention::run(&retention_dir, retention_entries, retention_steps)
-                .map_err(|e| e.to_string())
+            retention::run(&path, retention_entries, retention_steps).map_err(|e| e.to_string())
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the retention phase panicked: {e}"))),
-    );
+        .unwrap_or_else(|e| Err(format!("the retention phase panicked: {e}")))
+    };
+    let retention_relay = match &retention {
+        Ok(_) => {
+            flush_dirty("before the retention relay phase");
+            progress(&format!(
+                "retention while relaying: open loop at {} relayed frames/s offered while a box deletes from that store",
+                opts.latency_frames_per_s
+            ));
+            Some(
+                retention_relay_run(&retention_net, &retention_store, opts, machine.cpus)
+                    .await
+                    .map_err(|e| e.to_string()),
+            )
+        }
+        Err(_) => None,
+    };
+    let retention = Some(retention);
     flush_dirty("before the export phase");
     progress(&format!(
         "export rate: filling a store with {} records, then reading and exporting them",
@@ -541,8 +560,51 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         flood,
         records,
         retention,
+        retention_relay,
         export,
         elapsed: started.elapsed(),
+    })
+}
+
+/// The latency run on a network whose first box starts on `store`, full
+/// of entries past their period (left by [`retention::run`]).
+#[derive(Debug)]
+pub struct RetentionRelay {
+    pub latency: Latency,
+    /// Records and access-log entries the box deleted while it ran.
+    pub deleted_records: u64,
+    pub deleted_access: u64,
+    /// How long the box ran (start to stop).
+    pub box_time: Duration,
+}
+
+async fn retention_relay_run(
+    net_dir: &Path,
+    store: &Path,
+    opts: &BenchOptions,
+    cpus: usize,
+) -> Result<RetentionRelay, BenchError> {
+    let before = retention::oldest_seqs(store)?;
+    let started = Instant::now();
+    // Records are kept unless the configuration lets the box delete them.
+    let mut net = network::start_with(net_dir, &opts.box_command, |file| {
+        file.retention.delete_records = true;
+    })
+    .await?;
+    let _ = load::closed_loop(&net.nodes, 2, Duration::from_secs(1), 1_000, opts.drain).await;
+    let latency = latency_run(&net, opts.latency_frames_per_s, opts, cpus).await;
+    net.stop_boxes().await;
+    let box_time = started.elapsed();
+    net.shutdown_simulators().await;
+    let after = retention::oldest_seqs(store)?;
+    // The store is large and of no use after the run.
+    let _ = std::fs::remove_file(store);
+    let _ = std::fs::remove_file(ifrelay_store::log_path(store));
+    Ok(RetentionRelay {
+        latency,
+        deleted_records: after.0.saturating_sub(before.0),
+        deleted_access: after.1.saturating_sub(before.1),
+        box_time,
     })
 }
 
@@ -669,6 +731,8 @@ struct CpuSnapshot {
     processes: Vec<(String, Option<Duration>)>,
     system: Option<(u64, u64)>,
     disk: Option<machine::DiskWrites>,
+    /// `write_bytes` of the boxes, summed (none without boxes).
+    box_writes: Option<u64>,
 }
 
 fn cpu_snapshot(boxes: &[BoxProcess], me: u32) -> CpuSnapshot {
@@ -682,6 +746,11 @@ fn cpu_snapshot(boxes: &[BoxProcess], me: u32) -> CpuSnapshot {
         processes,
         system: machine::system_ticks(),
         disk: machine::disk_writes(),
+        box_writes: if boxes.is_empty() {
+            None
+        } else {
+            boxes.iter().map(proc::write_bytes).sum()
+        },
     }
 }
 
@@ -690,6 +759,8 @@ fn cpu_snapshot(boxes: &[BoxProcess], me: u32) -> CpuSnapshot {
 pub struct DiskRate {
     pub requests_per_s: f64,
     pub bytes_per_s: f64,
+    /// What the boxes' own processes wrote (their files' pages), per second.
+    pub box_bytes_per_s: Option<f64>,
 }
 
 impl DiskRate {
@@ -717,6 +788,10 @@ fn disk_difference(before: &CpuSnapshot, after: &CpuSnapshot) -> Option<DiskRate
     Some(DiskRate {
         requests_per_s: a.requests.saturating_sub(b.requests) as f64 / wall,
         bytes_per_s: a.bytes.saturating_sub(b.bytes) as f64 / wall,
+        box_bytes_per_s: before
+            .box_writes
+            .zip(after.box_writes)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / wall),
     })
 }
 
@@ -1004,10 +1079,12 @@ impl BenchReport {
             _ => "nan".to_owned(),
         };
         let hop = self.hop_summary();
+        let deleting = self.retention_hops();
         format!(
             "bench: frames_per_s={} bare_frames_per_s={} ratio={} p99_ms={} p999_ms={} rss_mib={} backlog_resume_s={} \
              flood_rss_mib={} flood_ims_p99_ms={} flood_ims_within_1s={} kib_per_frame_open={} kib_per_frame_peak={} \
-             tb_year_10k={} tb_year_100k={} search_ms={} search_ratio={} export_rps={} export_ratio={}",
+             tb_year_10k={} tb_year_100k={} search_ms={} search_ratio={} export_rps={} export_ratio={} \
+             retention_p99_ms={} retention_p999_ms={}",
             num(Some(self.frames_per_s()), 0),
             num(Some(self.bare_frames_per_s()), 0),
             num(Some(self.ratio()), 3),
@@ -1026,7 +1103,17 @@ impl BenchReport {
             num(self.search_ratio(), 0),
             num(self.export_rate().map(|e| e.export_records_per_s()), 0),
             num(self.export_rate().map(|e| e.ratio()), 3),
+            num(deleting.map(|h| h.p99.as_secs_f64() * 1000.0), 2),
+            num(deleting.map(|h| h.p999.as_secs_f64() * 1000.0), 2),
         )
+    }
+
+    /// Per-hop latency while a box deletes by retention.
+    fn retention_hops(&self) -> Option<Summary> {
+        match &self.retention_relay {
+            Some(Ok(r)) => r.latency.hops,
+            _ => None,
+        }
     }
 
     /// The whole report; the summary line is its last line.
@@ -1187,19 +1274,22 @@ impl BenchReport {
                 continue;
             };
             let frames = (l.run.completed * RELAYED_PER_FLOW).max(1) as f64;
-            let disk = l.disk.map_or_else(
-                || "n/a".to_owned(),
-                |d| format!("{:.2}", d.kib_per_frame(l.run.frames_per_s())),
-            );
+            let fps = l.run.frames_per_s();
+            let kib = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
+            let boxes = l
+                .disk
+                .and_then(|d| d.box_bytes_per_s)
+                .map(|b| b / 1024.0 / fps.max(1e-9));
             let _ = writeln!(
                 o,
-                "  {:>9}: redo log {:.2} KiB per relayed frame in the pages its syncs wrote ({:.2} KiB of entries; {:.2} KiB before compression), {} checkpoints; the disk took {} KiB per frame in all",
+                "  {:>9}: redo log {:.2} KiB per relayed frame in the pages its syncs wrote ({:.2} KiB of entries; {:.2} KiB before compression), {} checkpoints; the boxes' processes wrote {} KiB per frame (log, checkpoints, their journal lines), the disk took {} in all",
                 l.per_ims,
                 c.log_page_bytes as f64 / 1024.0 / frames,
                 c.log_entry_bytes as f64 / 1024.0 / frames,
                 c.log_raw_bytes as f64 / 1024.0 / frames,
                 c.checkpoints,
-                disk,
+                kib(boxes),
+                kib(l.disk.map(|d| d.kib_per_frame(fps))),
             );
         }
         let _ = writeln!(
@@ -1509,6 +1599,43 @@ impl BenchReport {
         if let Some(run) = &self.retention {
             retention::render(o, run);
         }
+        match &self.retention_relay {
+            Some(Ok(r)) => {
+                let _ = writeln!(
+                    o,
+                    "  end to end: the first box of a fresh network started on that store and relayed open loop at {:.0} frames/s offered",
+                    r.latency.offered_frames_per_s
+                );
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                if let Some(h) = r.latency.hops {
+                    let without = self.hop_summary().map_or_else(
+                        || "n/a".to_owned(),
+                        |w| format!("{:.2} / {:.2} ms", ms(w.p99), ms(w.p999)),
+                    );
+                    let _ = writeln!(
+                        o,
+                        "  per hop p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms over {} flows ({:.0} frames/s achieved); the latency phase, nothing to delete: p99 / p99.9 {without}",
+                        ms(h.p50),
+                        ms(h.p99),
+                        ms(h.p999),
+                        r.latency.run.timings.len(),
+                        r.latency.achieved_frames_per_s()
+                    );
+                }
+                let _ = writeln!(
+                    o,
+                    "  meanwhile the box deleted {} records and {} access-log entries in {:.0} s ({:.1} entries/s)",
+                    r.deleted_records,
+                    r.deleted_access,
+                    r.box_time.as_secs_f64(),
+                    (r.deleted_records + r.deleted_access) as f64 / r.box_time.as_secs_f64().max(1e-9)
+                );
+            }
+            Some(Err(e)) => {
+                let _ = writeln!(o, "  end to end: failed: {e}");
+            }
+            None => {}
+        }
     }
 
     fn render_flood(&self, o: &mut String) {
@@ -1682,6 +1809,30 @@ impl BenchReport {
             _ => {
                 let _ = writeln!(o, "  [MISSED] p99 per hop: no samples");
             }
+        }
+        match (&self.retention_relay, self.retention_hops()) {
+            (Some(Ok(r)), Some(h)) => {
+                let p99 = h.p99.as_secs_f64() * 1000.0;
+                let sustained = r.latency.achieved_frames_per_s()
+                    >= 0.95 * r.latency.offered_frames_per_s
+                    && r.latency.run.failed == 0
+                    && r.latency.run.skipped == 0;
+                let deleting = r.deleted_records + r.deleted_access > 0;
+                let _ = writeln!(
+                    o,
+                    "  [{}] p99 per hop <= {:.0} ms at {:.0} frames/s offered while a box deletes by retention: {p99:.2} ms ({:.2} x target){}{}",
+                    verdict(p99 <= targets::P99_MS && sustained && deleting),
+                    targets::P99_MS,
+                    r.latency.offered_frames_per_s,
+                    p99 / targets::P99_MS,
+                    if sustained { "" } else { "; offered load NOT sustained" },
+                    if deleting { "" } else { "; NOTHING was deleted" },
+                );
+            }
+            (Some(Err(e)), _) => {
+                let _ = writeln!(o, "  [MISSED] p99 per hop while deleting: {e}");
+            }
+            _ => {}
         }
         match self.peak_rss_mib() {
             Some(m) => {

@@ -21,7 +21,7 @@ use crate::child::{BoxCommand, BoxProcess};
 use crate::sim::core::CoreSim;
 use crate::sim::ims::ImsSim;
 use crate::testbed::{agencies, masters, prefix_list, write_box_config, Pki};
-use ifrelay::config::Config;
+use ifrelay::config::{Config, ConfigFile};
 
 /// How long a box may take to start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,6 +62,18 @@ pub fn reserve_ports() -> Result<(SocketAddr, SocketAddr), BenchError> {
 /// # Errors
 /// When any part fails to start.
 pub async fn start(dir: &Path, cmd: &BoxCommand) -> Result<Network, BenchError> {
+    start_with(dir, cmd, |_| {}).await
+}
+
+/// [`start`], with each box's configuration changed by `tweak` first.
+///
+/// # Errors
+/// When any part fails to start.
+pub async fn start_with(
+    dir: &Path,
+    cmd: &BoxCommand,
+    tweak: fn(&mut ConfigFile),
+) -> Result<Network, BenchError> {
     std::fs::create_dir_all(dir)?;
     let dir = &std::path::absolute(dir)?;
     let pki = Pki::new(dir)?;
@@ -78,7 +90,7 @@ pub async fn start(dir: &Path, cmd: &BoxCommand) -> Result<Network, BenchError> 
     let mut nodes = Vec::new();
     let mut boxes = Vec::new();
     for agency in [a, b] {
-        let (node, child) = start_node(dir, &pki, &core, &agency, cmd).await?;
+        let (node, child) = start_node(dir, &pki, &core, &agency, cmd, tweak).await?;
         nodes.push(node);
         boxes.push(child);
     }
@@ -98,6 +110,7 @@ async fn start_node(
     core: &CoreSim,
     agency: &AgencyCode,
     cmd: &BoxCommand,
+    tweak: fn(&mut ConfigFile),
 ) -> Result<(Node, BoxProcess), BenchError> {
     let any: SocketAddr = "127.0.0.1:0".parse()?;
     let mut last_error = String::new();
@@ -119,6 +132,9 @@ async fn start_node(
             core.local_addr(),
             ims.local_addr(),
         )?;
+        let mut file = Config::load(&config_path)?.to_file();
+        tweak(&mut file);
+        std::fs::write(&config_path, file.to_toml_string()?)?;
         let config = Config::load(&config_path)?;
         let log = dir.join(format!("box-{agency}.log"));
         let mut child = BoxProcess::spawn(&format!("box {agency}"), cmd, &config_path, &log, None)?;

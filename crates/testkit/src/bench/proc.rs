@@ -41,6 +41,19 @@ pub fn cpu(b: &BoxProcess) -> Option<Duration> {
     cpu_time(b.pid())
 }
 
+/// Bytes box `b` sent to the block layer so far (`/proc/<pid>/io`
+/// `write_bytes`: its files' pages, not the file system's journal),
+/// while it runs.
+pub fn write_bytes(b: &BoxProcess) -> Option<u64> {
+    if b.status().is_some() {
+        return None;
+    }
+    let io = std::fs::read_to_string(format!("/proc/{}/io", b.pid())).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// `ifrelay-bench box --config FILE`: runs one box as `ifrelay run` does
 /// until SIGTERM, SIGINT or the end of stdin, printing `ready` once it is
 /// started and its engine counters every 200 ms on stdout.

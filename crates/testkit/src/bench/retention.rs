@@ -1,13 +1,21 @@
-//! What one retention step costs the engine (issue 9 item 5): a store
-//! opened as the box opens it (redo log, 16 MiB page cache) holds
-//! `entries` records and as many access-log entries, all past their
-//! period; then batches each delete one tick's step — the engine's
-//! [`RETENTION_DELETE_PER_TICK`] access-log entries and records, through
-//! the same `delete_*_before` calls, committed through the log — and the
-//! time of each batch is the stall a tick's deletion adds to the inputs
-//! that share its batch, once a second.
+//! What retention deletion costs the relay (issue 9 item 5).
+//!
+//! First, one step in isolation: a store opened as the box opens it (redo
+//! log, 16 MiB page cache) holds `entries` records and as many access-log
+//! entries, all past their period; then batches each delete one tick's
+//! step — the engine's [`RETENTION_DELETE_PER_TICK`] access-log entries
+//! and records, through the same `delete_*_before` calls, committed
+//! through the log — and the time of each batch is the stall a tick's
+//! deletion adds to the inputs that share its batch, once a second.
+//!
+//! Then end to end (`super::retention_relay_run`): the same store, left
+//! where the bench network's first box keeps its store
+//! ([`box_store_path`]), is that box's store while flows run open loop at
+//! the latency phase's offered load; the box deletes a step every tick
+//! meanwhile, and the per-hop latency is compared with the latency phase
+//! of the same run, whose boxes have nothing to delete.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ifrelay::relay::engine::RETENTION_DELETE_PER_TICK;
@@ -17,6 +25,7 @@ use ifrelay_store::{AccessEntry, Direction, Store};
 use super::records::record;
 use super::BenchError;
 use crate::stats::{summarize, Summary};
+use crate::testbed::agencies;
 
 /// The box's page cache in the testbed configuration.
 const CACHE_BYTES: usize = 16 << 20;
@@ -63,17 +72,35 @@ fn access(n: u64, at: Millis) -> AccessEntry {
     }
 }
 
-/// Fills a fresh store in `dir` and times `steps` deletion steps.
+/// Where the bench network in `net_dir` keeps its first box's store
+/// (`testbed::write_box_config`).
+pub fn box_store_path(net_dir: &Path) -> PathBuf {
+    net_dir.join(agencies().0.as_str()).join("ifrelay.redb")
+}
+
+/// The seqs of the oldest record and access-log entry left (0: none):
+/// after a run, how far deletion went.
+pub fn oldest_seqs(path: &Path) -> Result<(u64, u64), BenchError> {
+    let store = Store::open(path, CACHE_BYTES)?;
+    let r = store.reader();
+    let record = r.records(0, 1)?.first().map_or(0, |c| c.seq);
+    let access = r.access_log(0, 1)?.first().map_or(0, |c| c.seq);
+    Ok((record, access))
+}
+
+/// Fills a fresh store at `path` and times `steps` deletion steps; the
+/// store stays, for the end-to-end run.
 ///
 /// # Errors
 /// When the store cannot be filled or a step fails.
-pub fn run(dir: &Path, entries: u64, steps: usize) -> Result<RetentionRun, BenchError> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join("retention.redb");
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_file(ifrelay_store::log_path(&path));
+pub fn run(path: &Path, entries: u64, steps: usize) -> Result<RetentionRun, BenchError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(ifrelay_store::log_path(path));
     let started = Instant::now();
-    let mut store = Store::open(&path, CACHE_BYTES)?;
+    let mut store = Store::open(path, CACHE_BYTES)?;
     let old = (0..entries).map(|n| record(n, entries).map(|(at, r)| (at - AGE, r)));
     store.fill_records_for_test(
         old.collect::<Result<Vec<_>, _>>()?,
@@ -108,9 +135,7 @@ pub fn run(dir: &Path, entries: u64, steps: usize) -> Result<RetentionRun, Bench
         samples.push(t.elapsed());
     }
     let steps = summarize(&mut samples).ok_or("no retention step ran")?;
-    drop(store);
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_file(ifrelay_store::log_path(&path));
+    store.checkpoint()?;
     Ok(RetentionRun {
         entries,
         fill,

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
             }
         };
         let run = ifrelay_testkit::bench::retention::run(
-            std::path::Path::new("var/bench-retention"),
+            std::path::Path::new("var/bench-retention/retention.redb"),
             ifrelay_testkit::bench::retention::entries(quick),
             if quick { 10 } else { 200 },
         )
