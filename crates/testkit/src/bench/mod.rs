@@ -31,7 +31,9 @@
 //!    ([`records`]).
 //! 10. **Retention**: what one tick's deletion step costs on a store of
 //!     500,000 records and access-log entries past their period
-//!     ([`retention`]).
+//!     ([`retention`]); then that store is the first box's of a fresh
+//!     network, which relays open loop at the latency phase's load while
+//!     it deletes, for the per-hop latency during deletion.
 //! 11. **Export rate**: records/s of a record export over a store of many
 //!     records, against a sequential read of the same records
 //!     ([`export_rate`]).
