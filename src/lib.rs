@@ -7,6 +7,7 @@
 //! in `ifrelay-testkit`, which the firmware never links.
 
 pub mod config;
+pub mod console;
 pub mod critical;
 pub mod exit;
 pub mod export;
