@@ -82,6 +82,8 @@ impl<'a> Batch<'a> {
         match op {
             Op::PutProcess(serial, state) => self.put_process(&serial, &state),
             Op::RemoveProcess(serial) => self.remove_process(&serial).map(drop),
+            Op::PutUser(id, account) => self.put_user(&id, &account),
+            Op::RemoveUser(id) => self.remove_user(&id).map(drop),
             Op::PutPrefix(version, snapshot) => self.put_prefix(version, &snapshot),
             Op::PrunePrefixesBelow(version) => self.prune_prefixes_below(version).map(drop),
             Op::AppendRecord(at, record) => self.append_record(at, *record).map(drop),
@@ -135,6 +137,34 @@ impl<'a> Batch<'a> {
             self.logging,
             &OpRef::RemoveProcess(serial.as_str()),
         )?;
+        Ok(existed)
+    }
+
+    /// Stores console account `id` (opaque bytes), replacing any before.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn put_user(&mut self, id: &str, account: &[u8]) -> Result<(), StoreError> {
+        let mut table = self
+            .txn
+            .open_table(tables::USERS)
+            .map_err(db("open table users"))?;
+        table.insert(id, account).map_err(db("write user"))?;
+        log_op(&mut self.ops, self.logging, &OpRef::PutUser(id, account))?;
+        Ok(())
+    }
+
+    /// Removes console account `id`; returns whether it existed.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn remove_user(&mut self, id: &str) -> Result<bool, StoreError> {
+        let mut table = self
+            .txn
+            .open_table(tables::USERS)
+            .map_err(db("open table users"))?;
+        let existed = table.remove(id).map_err(db("remove user"))?.is_some();
+        log_op(&mut self.ops, self.logging, &OpRef::RemoveUser(id))?;
         Ok(existed)
     }
 

@@ -273,6 +273,43 @@ impl StoreReader {
         self.count(tables::PROCESSES)
     }
 
+    /// Every console account, `(id, account)` in id order (none before
+    /// the first is stored).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn users(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|txn| {
+            let table = match txn.open_table(tables::USERS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(db("open table users")(e)),
+            };
+            let mut out = Vec::new();
+            for row in table.iter().map_err(db("read users"))? {
+                let (k, v) = row.map_err(db("read users"))?;
+                out.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Console account `id`, if stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn user(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|txn| {
+            let table = match txn.open_table(tables::USERS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(db("open table users")(e)),
+            };
+            let value = table.get(id).map_err(db("read user"))?;
+            Ok(value.map(|v| v.value().to_vec()))
+        })
+    }
+
     fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
         def: redb::TableDefinition<'static, K, V>,

@@ -103,7 +103,7 @@ impl Surveyed {
 }
 
 /// Every table of [`tables`], small and central ones first.
-const SURVEYED: [Surveyed; 26] = [
+const SURVEYED: [Surveyed; 27] = [
     Surveyed::Rows(|t| rows(t, tables::META), "meta"),
     Surveyed::Rows(|t| rows(t, tables::CHAIN_MARKS), "chain_marks"),
     Surveyed::Chain(ChainName::Records),
@@ -113,6 +113,7 @@ const SURVEYED: [Surveyed; 26] = [
         "records_by_serial",
     ),
     Surveyed::Rows(|t| rows(t, tables::PROCESSES), "processes"),
+    Surveyed::Rows(|t| optional_rows(t, tables::USERS), "users"),
     Surveyed::Rows(|t| rows(t, tables::PREFIX), "prefix"),
     Surveyed::Rows(|t| rows(t, tables::OUTBOX), "outbox"),
     Surveyed::Rows(
@@ -233,6 +234,17 @@ fn multimap_rows<K: redb::Key + 'static, V: redb::Key + 'static>(
         }
     }
     Vec::new()
+}
+
+/// [`rows`] of a table that a store has only once it was first written.
+fn optional_rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Vec<String> {
+    match txn.open_table(table) {
+        Err(TableError::TableDoesNotExist(_)) => Vec::new(),
+        _ => rows(txn, table),
+    }
 }
 
 fn table_text(e: TableError) -> String {

@@ -17,6 +17,8 @@
 //! - [`RECORDS_BY_SERIAL`]: secondary index `serial -> seq` for search;
 //!   not covered by the chain (it can be rebuilt from [`RECORDS`]).
 //! - [`PROCESSES`]: `serial -> opaque engine state`.
+//! - [`USERS`]: `user id -> opaque account` (the maintenance console's
+//!   users; created with the first one).
 //! - [`PREFIX`]: `version -> opaque CBOR snapshot`; every version is kept,
 //!   [`PREFIX_CURRENT_KEY`] in [`META`] names the current one.
 //! - [`OUTBOX`]: `seq -> (destination, frame)`.
@@ -168,6 +170,9 @@ pub const ACCESS_OUT_OF_TIME_ORDER: OutOfTimeOrder =
 
 /// State of each live process, keyed by processing serial.
 pub const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("processes");
+/// Console accounts: `user id -> opaque CBOR` (the firmware's
+/// `console::accounts::User`). Absent until the first account is stored.
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// Every prefix list version received, as opaque CBOR.
 pub const PREFIX: TableDefinition<u64, &[u8]> = TableDefinition::new("prefix");
 /// Frames waiting to be delivered: `seq -> (destination, frame)`.

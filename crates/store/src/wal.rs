@@ -127,6 +127,10 @@ pub(crate) enum OpRef<'a> {
     DeleteRecordsThrough(u64),
     #[serde(rename = "A")]
     DeleteAccessThrough(u64),
+    #[serde(rename = "u")]
+    PutUser(&'a str, #[serde(with = "serde_bytes")] &'a [u8]),
+    #[serde(rename = "U")]
+    RemoveUser(&'a str),
 }
 
 /// One operation of a batch as read back from the log (owned form of
@@ -162,6 +166,10 @@ pub(crate) enum Op {
     DeleteRecordsThrough(u64),
     #[serde(rename = "A")]
     DeleteAccessThrough(u64),
+    #[serde(rename = "u")]
+    PutUser(String, #[serde(with = "serde_bytes")] Vec<u8>),
+    #[serde(rename = "U")]
+    RemoveUser(String),
 }
 
 /// Appends `op` to a batch's payload.
