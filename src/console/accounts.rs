@@ -396,6 +396,30 @@ impl User {
         }
     }
 
+    /// Whether `password` is the current one (a change asks for it).
+    ///
+    /// # Errors
+    /// [`AccountError::Hash`] for an unusable stored hash.
+    pub fn password_matches(&self, password: &str) -> Result<bool, AccountError> {
+        verify(password, &self.password)
+    }
+
+    /// Checks a code at enrolment, before the account is stored: the
+    /// holder's app has the secret. A code accepted here is used.
+    ///
+    /// # Errors
+    /// [`AccountError::Otp`] for an unusable secret.
+    pub fn confirm_code(&mut self, code: &str, now: Millis) -> Result<bool, AccountError> {
+        let seconds = u64::try_from(now.div_euclid(1000)).unwrap_or(0);
+        match self.totp()?.check(code.trim(), seconds) {
+            Some(step) if self.otp_last_step.is_none_or(|last| step > last) => {
+                self.otp_last_step = Some(step);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// When the current password expires.
     pub fn expires_at(&self, policy: &PasswordPolicy) -> Millis {
         self.password_set_at + i64::from(policy.max_age_days) * DAY_MS

@@ -108,6 +108,19 @@ pub fn jst_date(ms: Millis) -> String {
     format!("{:04}{:02}{:02}", d.year(), d.month(), d.day())
 }
 
+/// `YYYY-MM-DD hh:mm` of `ms` in Japan, for people (the console).
+pub fn jst_minute(ms: Millis) -> String {
+    let t = civil(ms);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,252 @@
+//! The console's message catalogue: every text the console shows, in
+//! Japanese and English side by side, chosen per user (Japanese by
+//! default). Each refusal says what went wrong and what to do next
+//! (seed 002 §4.7 item 2).
+
+use super::accounts::{Lang, PasswordRefusal, Refusal, Role};
+
+/// One message, with what it mentions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Banner { name: String },
+    FirstBoot,
+    FirstIdPrompt,
+    NewPasswordPrompt,
+    AgainPrompt,
+    PasswordsDiffer,
+    PasswordRefused(PasswordRefusal),
+    Enrolment { base32: String, uri: String },
+    EnrolCodePrompt,
+    EnrolCodeWrong,
+    FirstCreated { id: String },
+    IdPrompt,
+    PasswordPrompt,
+    CodePrompt,
+    LoginRefused(Refusal),
+    Welcome { id: String, role: Role },
+    ExpiresSoon { days: u32 },
+    MustChange,
+    PasswordChanged,
+    LoggedOut,
+    IdleLoggedOut { minutes: u64 },
+    UnknownCommand { word: String },
+    NotAllowed { command: String, role: Role },
+    Usage { usage: String },
+    NoSuchUser { id: String },
+    UserExists { id: String },
+    BadId,
+    UnknownRole { word: String },
+    UserCreated { id: String, role: Role },
+    Locked { id: String },
+    Unlocked { id: String },
+    Reset { id: String },
+    Deleted { id: String },
+    NotYourself,
+    LangSet,
+    StoreFailed { detail: String },
+    Noise,
+    Interrupted,
+    HelpHeader,
+}
+
+/// The text of `msg` in `lang`.
+pub fn text(lang: Lang, msg: &Msg) -> String {
+    use Msg as M;
+    let ja = lang == Lang::Ja;
+    let pick = |j: String, e: String| if ja { j } else { e };
+    match msg {
+        M::Banner { name } => pick(
+            format!("ifrelay 保守コンソール ({name})"),
+            format!("ifrelay maintenance console ({name})"),
+        ),
+        M::FirstBoot => pick(
+            "利用者がまだいません。最初のセキュリティ管理者をこのコンソールで作成します。".into(),
+            "No user exists yet. Create the first security administrator at this console now."
+                .into(),
+        ),
+        M::FirstIdPrompt => pick("新しい利用者ID: ".into(), "new user ID: ".into()),
+        M::NewPasswordPrompt => pick("新しいパスワード: ".into(), "new password: ".into()),
+        M::AgainPrompt => pick("もう一度: ".into(), "again: ".into()),
+        M::PasswordsDiffer => pick(
+            "2回の入力が一致しません。もう一度入力してください。".into(),
+            "The two entries differ. Type the new password again.".into(),
+        ),
+        M::PasswordRefused(r) => password_refusal(ja, r),
+        M::Enrolment { base32, uri } => pick(
+            format!(
+                "認証アプリにこの秘密鍵を登録してください（表示は今回だけです）:\r\n  {base32}\r\n  {uri}"
+            ),
+            format!(
+                "Add this secret to the authenticator app (it is shown only now):\r\n  {base32}\r\n  {uri}"
+            ),
+        ),
+        M::EnrolCodePrompt => pick(
+            "アプリに表示された6桁のコード: ".into(),
+            "6-digit code the app shows: ".into(),
+        ),
+        M::EnrolCodeWrong => pick(
+            "コードが一致しません。秘密鍵の入力を確かめ、次のコードを入力してください。".into(),
+            "The code does not match. Check the secret typed into the app and enter the next code."
+                .into(),
+        ),
+        M::FirstCreated { id } => pick(
+            format!("セキュリティ管理者 {id} を作成しました。ログインしてください。"),
+            format!("Security administrator {id} created. Log in now."),
+        ),
+        M::IdPrompt => pick("利用者ID: ".into(), "user ID: ".into()),
+        M::PasswordPrompt => pick("パスワード: ".into(), "password: ".into()),
+        M::CodePrompt => pick("ワンタイムコード: ".into(), "one-time code: ".into()),
+        M::LoginRefused(r) => login_refusal(ja, r),
+        M::Welcome { id, role } => pick(
+            format!("{id} さん（{}）としてログインしました。? で使えるコマンドを表示します。", role_ja(*role)),
+            format!("Logged in as {id} ({}). Type ? for the commands you may use.", role.name()),
+        ),
+        M::ExpiresSoon { days } => pick(
+            format!("パスワードの有効期限まで残り {days} 日です。passwd で変更してください。"),
+            format!("Your password expires in {days} day(s). Change it with passwd."),
+        ),
+        M::MustChange => pick(
+            "パスワードを変更してください（初回ログイン、初期化後、または期限切れ）。".into(),
+            "Change your password now (first login, after a reset, or expired).".into(),
+        ),
+        M::PasswordChanged => pick("パスワードを変更しました。".into(), "Password changed.".into()),
+        M::LoggedOut => pick("ログアウトしました。".into(), "Logged out.".into()),
+        M::IdleLoggedOut { minutes } => pick(
+            format!("{minutes} 分間操作がなかったため、ログアウトしました。"),
+            format!("Logged out after {minutes} minutes without input."),
+        ),
+        M::UnknownCommand { word } => pick(
+            format!("「{word}」というコマンドはありません。? で使えるコマンドを表示します。"),
+            format!("There is no command \"{word}\". Type ? for the commands you may use."),
+        ),
+        M::NotAllowed { command, role } => pick(
+            format!(
+                "{command} は {} の権限では使えません。この作業の権限を持つ利用者に依頼してください。",
+                role_ja(*role)
+            ),
+            format!(
+                "{command} is not allowed for the {} role. Ask a user whose role does this work.",
+                role.name()
+            ),
+        ),
+        M::Usage { usage } => pick(format!("使い方: {usage}"), format!("usage: {usage}")),
+        M::NoSuchUser { id } => pick(
+            format!("利用者 {id} はいません。users で一覧を表示します。"),
+            format!("There is no user {id}. Type users for the list."),
+        ),
+        M::UserExists { id } => pick(
+            format!("利用者 {id} はすでにいます。別のIDを指定してください。"),
+            format!("User {id} exists already. Choose another ID."),
+        ),
+        M::BadId => pick(
+            "IDは英小文字・数字・- . _ の1〜32文字で、英小文字で始めてください。".into(),
+            "An ID is 1 to 32 of a-z, 0-9, - . _, starting with a letter.".into(),
+        ),
+        M::UnknownRole { word } => pick(
+            format!("役割「{word}」はありません。operator, auditor, security-admin, maintainer のいずれかです。"),
+            format!("There is no role \"{word}\": use operator, auditor, security-admin or maintainer."),
+        ),
+        M::UserCreated { id, role } => pick(
+            format!("利用者 {id}（{}）を作成しました。本人に仮パスワードと秘密鍵を渡してください。", role_ja(*role)),
+            format!("User {id} ({}) created. Hand the temporary password and the secret to that person.", role.name()),
+        ),
+        M::Locked { id } => pick(format!("{id} をロックしました。"), format!("{id} is locked.")),
+        M::Unlocked { id } => pick(
+            format!("{id} のロックを解除しました。"),
+            format!("{id} is unlocked."),
+        ),
+        M::Reset { id } => pick(
+            format!("{id} のパスワードを初期化しました。次回ログイン時に変更が必要です。"),
+            format!("{id}'s password is reset; it must be changed at the next login."),
+        ),
+        M::Deleted { id } => pick(format!("{id} を削除しました。"), format!("{id} is deleted.")),
+        M::NotYourself => pick(
+            "自分自身には使えません。別のセキュリティ管理者に依頼してください。".into(),
+            "Not on yourself: ask another security administrator.".into(),
+        ),
+        M::LangSet => pick("表示言語を日本語にしました。".into(), "Messages are now in English.".into()),
+        M::StoreFailed { detail } => pick(
+            format!("保存できませんでした（{detail}）。何も変わっていません。少し待ってからやり直してください。"),
+            format!("Could not save ({detail}); nothing changed. Wait a moment and try again."),
+        ),
+        M::Noise => pick(
+            "読めない入力（制御文字、不正な文字コード、長すぎる行など）を捨てました。入力を続けてください。".into(),
+            "Unreadable input (control characters, invalid text, an overlong line) was dropped; go on typing."
+                .into(),
+        ),
+        M::Interrupted => pick("中断しました。".into(), "Interrupted.".into()),
+        M::HelpHeader => pick("使えるコマンド:".into(), "Commands you may use:".into()),
+    }
+}
+
+fn role_ja(role: Role) -> &'static str {
+    match role {
+        Role::Operator => "運用者",
+        Role::Auditor => "監査者",
+        Role::SecurityAdmin => "セキュリティ管理者",
+        Role::Maintainer => "保守者",
+    }
+}
+
+fn password_refusal(ja: bool, r: &PasswordRefusal) -> String {
+    let (j, e) = match r {
+        PasswordRefusal::TooShort { min } => (
+            format!("{min} 文字以上にしてください。"),
+            format!("use at least {min} characters."),
+        ),
+        PasswordRefusal::TooFewClasses { min, .. } => (
+            format!("英小文字・英大文字・数字・記号のうち {min} 種類以上を混ぜてください。"),
+            format!("mix at least {min} of lower case, upper case, digits and symbols."),
+        ),
+        PasswordRefusal::ContainsId => (
+            "利用者IDを含めないでください。".into(),
+            "do not include the user ID.".into(),
+        ),
+        PasswordRefusal::Reused { history } => (
+            format!("直近 {history} 回のパスワードは使えません。別のものにしてください。"),
+            format!("the last {history} passwords cannot be used again; choose another."),
+        ),
+    };
+    if ja {
+        format!("このパスワードは使えません: {j}")
+    } else {
+        format!("This password is refused: {e}")
+    }
+}
+
+fn login_refusal(ja: bool, r: &Refusal) -> String {
+    match (r, ja) {
+        (Refusal::Wrong, true) => {
+            "ID、パスワード、コードのいずれかが違います。確かめてもう一度入力してください。".into()
+        }
+        (Refusal::Wrong, false) => {
+            "The ID, the password or the code is wrong. Check them and try again.".into()
+        }
+        (Refusal::CodeUsed, true) => {
+            "このコードは使用済みです。アプリに次のコードが出るのを待って入力してください。".into()
+        }
+        (Refusal::CodeUsed, false) => {
+            "This code was used already. Wait for the app's next code and enter it.".into()
+        }
+        (Refusal::LockedUntil(until), true) => format!(
+            "失敗が続いたため {} までロックされています。時間をおくか、セキュリティ管理者に解除を依頼してください。",
+            crate::relay::jst::jst_minute(*until)
+        ),
+        (Refusal::LockedUntil(until), false) => format!(
+            "Locked after repeated failures until {}. Wait, or ask a security administrator to unlock it.",
+            crate::relay::jst::jst_minute(*until)
+        ),
+        (Refusal::Locked, true) => {
+            "このアカウントはロックされています。セキュリティ管理者に解除を依頼してください。".into()
+        }
+        (Refusal::Locked, false) => {
+            "This account is locked. Ask a security administrator to unlock it.".into()
+        }
+        (Refusal::ExpiredLocked, true) => {
+            "パスワードの期限切れから90日が過ぎたためロックされています。セキュリティ管理者に初期化を依頼してください。".into()
+        }
+        (Refusal::ExpiredLocked, false) => {
+            "The password expired more than 90 days ago; the account is locked. Ask a security administrator to reset it.".into()
+        }
+    }
+}

@@ -1,0 +1,962 @@
+//! One console session: first boot, login, the forced password change,
+//! and the account commands, as a state machine over the bytes typed
+//! and the time. No I/O: what to write back is returned, and accounts
+//! and the access log go through an [`Accounts`] backend (the box's
+//! store through its engine; a memory one in tests).
+//!
+//! Invariants:
+//! - Until a user is logged in, the only things that can be done are
+//!   creating the first security administrator (when no user exists:
+//!   physical presence at this console) and logging in.
+//! - Every command checks the user's role first ([`Role::allows`]).
+//! - Every login attempt and every command leaves an [`Audit`] entry
+//!   with the user (as typed, for a login), the operation and the
+//!   outcome.
+//! - Idle for [`Settings::idle_ms`] while logged in: logged out.
+
+use ifrelay_proto::Millis;
+
+use super::accounts::{
+    inventory, HashCost, Lang, LoginPolicy, PasswordPolicy, Permission, Refusal, Role, User,
+};
+use super::line::{Event, LineEditor};
+use super::messages::{text, Msg};
+
+/// Where accounts live and where the access log goes.
+pub trait Accounts {
+    /// Every account.
+    ///
+    /// # Errors
+    /// A short description of the store's failure.
+    fn users(&self) -> Result<Vec<User>, String>;
+    /// Stores `user` (new or changed) durably.
+    ///
+    /// # Errors
+    /// As [`Accounts::users`]; nothing was stored.
+    fn save(&mut self, user: &User) -> Result<(), String>;
+    /// Removes account `id`.
+    ///
+    /// # Errors
+    /// As [`Accounts::users`].
+    fn remove(&mut self, id: &str) -> Result<(), String>;
+    /// Appends an access-log entry (R-REC-5).
+    fn audit(&mut self, entry: Audit);
+}
+
+/// One access-log entry of the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// The user logged in, or the ID typed at a login.
+    pub user: String,
+    /// `login`, or the command and its subcommand (`user lock`).
+    pub operation: String,
+    /// `accepted`, or `refused: …`.
+    pub outcome: String,
+}
+
+/// The console's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The box's name: the banner and the authenticator's label.
+    pub name: String,
+    pub password: PasswordPolicy,
+    pub login: LoginPolicy,
+    pub cost: HashCost,
+    /// Logged out after this long without input.
+    pub idle_ms: Millis,
+}
+
+impl Settings {
+    /// The defaults for the box `name`: 15 minutes idle.
+    pub fn new(name: &str) -> Settings {
+        Settings {
+            name: name.to_owned(),
+            password: PasswordPolicy::default(),
+            login: LoginPolicy::default(),
+            cost: HashCost::default(),
+            idle_ms: 15 * 60 * 1000,
+        }
+    }
+}
+
+/// The commands, who may use them, and their one-line help.
+const COMMANDS: &[(&str, Option<Permission>, &str, &str)] = &[
+    (
+        "help",
+        None,
+        "使えるコマンドを表示",
+        "list the commands you may use",
+    ),
+    (
+        "whoami",
+        None,
+        "ログイン中の利用者と役割",
+        "who is logged in, with which role",
+    ),
+    (
+        "passwd",
+        None,
+        "自分のパスワードを変更",
+        "change your password",
+    ),
+    (
+        "lang",
+        None,
+        "表示言語 (lang ja | lang en)",
+        "message language (lang ja | lang en)",
+    ),
+    (
+        "users",
+        Some(Permission::ManageUsers),
+        "利用者一覧（アカウント棚卸し）",
+        "the account inventory",
+    ),
+    (
+        "user",
+        Some(Permission::ManageUsers),
+        "利用者の追加・ロック・解除・初期化・削除",
+        "add, lock, unlock, reset or delete a user",
+    ),
+    ("logout", None, "ログアウト", "log out"),
+];
+
+const USER_SUBCOMMANDS: &[&str] = &["add", "delete", "lock", "reset", "unlock"];
+
+#[derive(Debug)]
+enum State {
+    FirstId,
+    FirstPassword {
+        id: String,
+    },
+    FirstAgain {
+        id: String,
+        password: String,
+    },
+    FirstCode {
+        user: Box<User>,
+    },
+    LoginId,
+    LoginPassword {
+        id: String,
+    },
+    LoginCode {
+        id: String,
+        password: String,
+    },
+    /// Changing the password; `forced` until it is done.
+    CurrentPassword,
+    NewPassword {
+        forced: bool,
+    },
+    NewAgain {
+        forced: bool,
+        password: String,
+    },
+    /// A security administrator types a temporary password for `id`.
+    TemporaryPassword {
+        id: String,
+        role: Option<Role>,
+    },
+    TemporaryAgain {
+        id: String,
+        role: Option<Role>,
+        password: String,
+    },
+    Ready,
+}
+
+/// One session at one terminal.
+pub struct Session<B: Accounts> {
+    backend: B,
+    settings: Settings,
+    editor: LineEditor,
+    state: State,
+    /// The user logged in.
+    user: Option<User>,
+    last_input: Millis,
+    out: Vec<u8>,
+}
+
+impl<B: Accounts> Session<B> {
+    /// Starts at the banner and the first prompt.
+    pub fn start(backend: B, settings: Settings, now: Millis) -> Session<B> {
+        let mut s = Session {
+            backend,
+            settings,
+            editor: LineEditor::new(),
+            state: State::LoginId,
+            user: None,
+            last_input: now,
+            out: Vec::new(),
+        };
+        let banner = Msg::Banner {
+            name: s.settings.name.clone(),
+        };
+        s.say(&banner);
+        s.begin_again();
+        s
+    }
+
+    /// The backend (tests look into it).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Whether someone is logged in, and who.
+    pub fn logged_in(&self) -> Option<&User> {
+        self.user
+            .as_ref()
+            .filter(|_| matches!(self.state, State::Ready))
+    }
+
+    /// Takes what was typed at `now`; returns what to write back.
+    pub fn feed(&mut self, bytes: &[u8], now: Millis) -> Vec<u8> {
+        self.last_input = now;
+        for &b in bytes {
+            let mut echo = Vec::new();
+            let event = self.editor.feed(b, &mut echo);
+            self.out.extend_from_slice(&echo);
+            if let Some(event) = event {
+                self.event(event, now);
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Lets time pass: logs out an idle user.
+    pub fn tick(&mut self, now: Millis) -> Vec<u8> {
+        if self.user.is_some() && now - self.last_input >= self.settings.idle_ms {
+            let minutes = u64::try_from(self.settings.idle_ms / 60_000).unwrap_or(0);
+            self.out.extend_from_slice(b"\r\n");
+            self.say(&Msg::IdleLoggedOut { minutes });
+            let id = self.user_id();
+            self.audit(&id, "logout", "idle timeout");
+            self.user = None;
+            self.begin_again();
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn lang(&self) -> Lang {
+        self.user.as_ref().map_or(Lang::default(), |u| u.lang)
+    }
+
+    fn say(&mut self, msg: &Msg) {
+        let t = text(self.lang(), msg);
+        self.out.extend_from_slice(t.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn prompt(&mut self, msg: &Msg, secret: bool) {
+        let p = text(self.lang(), msg);
+        self.editor.start(&p, secret, &mut self.out);
+    }
+
+    fn ready_prompt(&mut self) {
+        let p = format!("{}@{}> ", self.user_id(), self.settings.name);
+        self.editor.start(&p, false, &mut self.out);
+    }
+
+    fn user_id(&self) -> String {
+        self.user.as_ref().map(|u| u.id.clone()).unwrap_or_default()
+    }
+
+    fn audit(&mut self, user: &str, operation: &str, outcome: &str) {
+        self.backend.audit(Audit {
+            user: user.to_owned(),
+            operation: operation.to_owned(),
+            outcome: outcome.to_owned(),
+        });
+    }
+
+    /// First boot when no user exists, else the login.
+    fn begin_again(&mut self) {
+        match self.backend.users() {
+            Ok(users) if users.is_empty() => {
+                self.say(&Msg::FirstBoot);
+                self.state = State::FirstId;
+                self.prompt(&Msg::FirstIdPrompt, false);
+            }
+            Ok(_) => {
+                self.state = State::LoginId;
+                self.prompt(&Msg::IdPrompt, false);
+            }
+            Err(detail) => {
+                self.say(&Msg::StoreFailed { detail });
+                self.state = State::LoginId;
+                self.prompt(&Msg::IdPrompt, false);
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event, now: Millis) {
+        match event {
+            Event::Line(line) => self.line(line, now),
+            Event::Noise(_) => {
+                self.out.extend_from_slice(b"\r\n");
+                self.say(&Msg::Noise);
+                self.editor.redraw(&mut self.out);
+            }
+            Event::Interrupt => {
+                self.say(&Msg::Interrupted);
+                if self.logged_in().is_some() {
+                    self.ready_prompt();
+                } else if self.user.is_some() && !self.forced() {
+                    self.state = State::Ready;
+                    self.ready_prompt();
+                } else {
+                    self.user = None;
+                    self.begin_again();
+                }
+            }
+            Event::Eof => {
+                if self.logged_in().is_some() {
+                    self.command("logout", now);
+                }
+            }
+            Event::Complete(before) => self.complete(&before),
+            Event::Help(before) => self.help(&before),
+        }
+    }
+
+    fn forced(&self) -> bool {
+        matches!(
+            self.state,
+            State::NewPassword { forced: true } | State::NewAgain { forced: true, .. }
+        )
+    }
+
+    fn line(&mut self, line: String, now: Millis) {
+        let state = std::mem::replace(&mut self.state, State::LoginId);
+        match state {
+            State::FirstId => self.first_id(line.trim()),
+            State::FirstPassword { id } => {
+                self.state = State::FirstAgain { id, password: line };
+                self.prompt(&Msg::AgainPrompt, true);
+            }
+            State::FirstAgain { id, password } => self.first_again(id, password, &line, now),
+            State::FirstCode { user } => self.first_code(*user, line.trim(), now),
+            State::LoginId => {
+                let id = line.trim().to_owned();
+                if id.is_empty() {
+                    self.prompt(&Msg::IdPrompt, false);
+                    return;
+                }
+                self.state = State::LoginPassword { id };
+                self.prompt(&Msg::PasswordPrompt, true);
+            }
+            State::LoginPassword { id } => {
+                self.state = State::LoginCode { id, password: line };
+                self.prompt(&Msg::CodePrompt, true);
+            }
+            State::LoginCode { id, password } => self.login(&id, &password, line.trim(), now),
+            State::CurrentPassword => self.current_password(&line),
+            State::NewPassword { forced } => {
+                self.state = State::NewAgain {
+                    forced,
+                    password: line,
+                };
+                self.prompt(&Msg::AgainPrompt, true);
+            }
+            State::NewAgain { forced, password } => self.new_again(forced, password, &line, now),
+            State::TemporaryPassword { id, role } => {
+                self.state = State::TemporaryAgain {
+                    id,
+                    role,
+                    password: line,
+                };
+                self.prompt(&Msg::AgainPrompt, true);
+            }
+            State::TemporaryAgain { id, role, password } => {
+                self.temporary_again(&id, role, password, &line, now)
+            }
+            State::Ready => {
+                self.state = State::Ready;
+                self.command(&line, now);
+            }
+        }
+    }
+
+    fn first_id(&mut self, id: &str) {
+        if !valid_id(id) {
+            self.say(&Msg::BadId);
+            self.state = State::FirstId;
+            self.prompt(&Msg::FirstIdPrompt, false);
+            return;
+        }
+        self.state = State::FirstPassword { id: id.to_owned() };
+        self.prompt(&Msg::NewPasswordPrompt, true);
+    }
+
+    fn first_again(&mut self, id: String, password: String, again: &str, now: Millis) {
+        if password != again {
+            self.say(&Msg::PasswordsDiffer);
+            self.state = State::FirstPassword { id };
+            self.prompt(&Msg::NewPasswordPrompt, true);
+            return;
+        }
+        let s = &self.settings;
+        match User::create(
+            &id,
+            Role::SecurityAdmin,
+            &password,
+            now,
+            &s.password,
+            s.cost,
+        ) {
+            Ok(Ok((mut user, _))) => {
+                // Chosen by its holder at the console: no forced change.
+                user.must_change = false;
+                match user.enrolment(&self.settings.name) {
+                    Ok(e) => {
+                        self.say(&Msg::Enrolment {
+                            base32: e.base32,
+                            uri: e.uri,
+                        });
+                        self.state = State::FirstCode {
+                            user: Box::new(user),
+                        };
+                        self.prompt(&Msg::EnrolCodePrompt, false);
+                    }
+                    Err(e) => self.failed_first(e.to_string()),
+                }
+            }
+            Ok(Err(refusal)) => {
+                self.say(&Msg::PasswordRefused(refusal));
+                self.state = State::FirstPassword { id };
+                self.prompt(&Msg::NewPasswordPrompt, true);
+            }
+            Err(e) => self.failed_first(e.to_string()),
+        }
+    }
+
+    fn failed_first(&mut self, detail: String) {
+        self.say(&Msg::StoreFailed { detail });
+        self.begin_again();
+    }
+
+    /// The first administrator proves the app has the secret before the
+    /// account exists: a mistyped secret cannot lock the box out.
+    fn first_code(&mut self, mut user: User, code: &str, now: Millis) {
+        if !matches!(user.confirm_code(code, now), Ok(true)) {
+            self.say(&Msg::EnrolCodeWrong);
+            self.state = State::FirstCode {
+                user: Box::new(user),
+            };
+            self.prompt(&Msg::EnrolCodePrompt, false);
+            return;
+        }
+        let id = user.id.clone();
+        match self.backend.save(&user) {
+            Ok(()) => {
+                self.audit(&id, "user add security-admin (first boot)", "accepted");
+                self.say(&Msg::FirstCreated { id });
+                self.begin_again();
+            }
+            Err(detail) => self.failed_first(detail),
+        }
+    }
+
+    fn login(&mut self, id: &str, password: &str, code: &str, now: Millis) {
+        let users = match self.backend.users() {
+            Ok(u) => u,
+            Err(detail) => {
+                self.say(&Msg::StoreFailed { detail });
+                self.begin_again();
+                return;
+            }
+        };
+        let Some(mut user) = users.into_iter().find(|u| u.id == id) else {
+            self.audit(id, "login", "refused: unknown user");
+            self.say(&Msg::LoginRefused(Refusal::Wrong));
+            self.begin_again();
+            return;
+        };
+        let s = self.settings.clone();
+        let result = user.login(password, code, now, &s.password, &s.login);
+        match result {
+            Ok(Ok(ok)) => {
+                if let Err(detail) = self.backend.save(&user) {
+                    self.say(&Msg::StoreFailed { detail });
+                    self.begin_again();
+                    return;
+                }
+                self.audit(id, "login", "accepted");
+                let role = user.role;
+                self.user = Some(user);
+                self.say(&Msg::Welcome {
+                    id: id.to_owned(),
+                    role,
+                });
+                if let Some(days) = ok.expires_in_days {
+                    self.say(&Msg::ExpiresSoon { days });
+                }
+                if ok.must_change {
+                    self.say(&Msg::MustChange);
+                    self.state = State::NewPassword { forced: true };
+                    self.prompt(&Msg::NewPasswordPrompt, true);
+                } else {
+                    self.state = State::Ready;
+                    self.ready_prompt();
+                }
+            }
+            Ok(Err(refusal)) => {
+                // The failure count must survive; a store failure here
+                // only loses one count.
+                let _ = self.backend.save(&user);
+                self.audit(id, "login", &format!("refused: {refusal:?}"));
+                self.say(&Msg::LoginRefused(refusal));
+                self.begin_again();
+            }
+            Err(e) => {
+                self.audit(id, "login", &format!("refused: {e}"));
+                self.say(&Msg::StoreFailed {
+                    detail: e.to_string(),
+                });
+                self.begin_again();
+            }
+        }
+    }
+
+    fn current_password(&mut self, current: &str) {
+        let ok = self
+            .user
+            .as_ref()
+            .is_some_and(|u| u.password_matches(current).unwrap_or(false));
+        if ok {
+            self.state = State::NewPassword { forced: false };
+            self.prompt(&Msg::NewPasswordPrompt, true);
+        } else {
+            let id = self.user_id();
+            self.audit(&id, "passwd", "refused: wrong current password");
+            self.say(&Msg::LoginRefused(Refusal::Wrong));
+            self.state = State::Ready;
+            self.ready_prompt();
+        }
+    }
+
+    fn new_again(&mut self, forced: bool, password: String, again: &str, now: Millis) {
+        if password != again {
+            self.say(&Msg::PasswordsDiffer);
+            self.state = State::NewPassword { forced };
+            self.prompt(&Msg::NewPasswordPrompt, true);
+            return;
+        }
+        let s = self.settings.clone();
+        let Some(mut user) = self.user.clone() else {
+            self.begin_again();
+            return;
+        };
+        let id = user.id.clone();
+        match user.change_password(&password, now, &s.password, s.cost) {
+            Ok(Ok(())) => match self.backend.save(&user) {
+                Ok(()) => {
+                    self.user = Some(user);
+                    self.audit(&id, "passwd", "accepted");
+                    self.say(&Msg::PasswordChanged);
+                    self.state = State::Ready;
+                    self.ready_prompt();
+                }
+                Err(detail) => {
+                    self.say(&Msg::StoreFailed { detail });
+                    self.again_or_ready(forced);
+                }
+            },
+            Ok(Err(refusal)) => {
+                self.audit(&id, "passwd", &format!("refused: {refusal}"));
+                self.say(&Msg::PasswordRefused(refusal));
+                self.state = State::NewPassword { forced };
+                self.prompt(&Msg::NewPasswordPrompt, true);
+            }
+            Err(e) => {
+                self.say(&Msg::StoreFailed {
+                    detail: e.to_string(),
+                });
+                self.again_or_ready(forced);
+            }
+        }
+    }
+
+    fn again_or_ready(&mut self, forced: bool) {
+        if forced {
+            self.state = State::NewPassword { forced };
+            self.prompt(&Msg::NewPasswordPrompt, true);
+        } else {
+            self.state = State::Ready;
+            self.ready_prompt();
+        }
+    }
+
+    fn command(&mut self, line: &str, now: Millis) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(&name) = words.first() else {
+            self.ready_prompt();
+            return;
+        };
+        let Some(user) = self.user.clone() else {
+            self.begin_again();
+            return;
+        };
+        let Some(&(_, permission, _, _)) = COMMANDS.iter().find(|c| c.0 == name) else {
+            self.say(&Msg::UnknownCommand {
+                word: name.to_owned(),
+            });
+            self.ready_prompt();
+            return;
+        };
+        let operation = match (name, words.get(1)) {
+            ("user", Some(sub)) => format!("user {sub}"),
+            _ => name.to_owned(),
+        };
+        if let Some(p) = permission {
+            if !user.role.allows(p) {
+                self.audit(&user.id, &operation, "refused: not allowed for the role");
+                self.say(&Msg::NotAllowed {
+                    command: name.to_owned(),
+                    role: user.role,
+                });
+                self.ready_prompt();
+                return;
+            }
+        }
+        match name {
+            "help" => {
+                self.help("");
+                return;
+            }
+            "whoami" => {
+                let role = user.role;
+                self.say(&Msg::Welcome {
+                    id: user.id.clone(),
+                    role,
+                });
+            }
+            "passwd" => {
+                self.state = State::CurrentPassword;
+                self.prompt(&Msg::PasswordPrompt, true);
+                return;
+            }
+            "lang" => {
+                let lang = match words.get(1) {
+                    Some(&"ja") => Lang::Ja,
+                    Some(&"en") => Lang::En,
+                    _ => {
+                        self.say(&Msg::Usage {
+                            usage: "lang ja | lang en".into(),
+                        });
+                        self.ready_prompt();
+                        return;
+                    }
+                };
+                let mut changed = user.clone();
+                changed.lang = lang;
+                match self.backend.save(&changed) {
+                    Ok(()) => {
+                        self.user = Some(changed);
+                        self.say(&Msg::LangSet);
+                    }
+                    Err(detail) => self.say(&Msg::StoreFailed { detail }),
+                }
+            }
+            "users" => self.show_users(now),
+            "user" if self.user_command(&words[1..], &user) => return,
+            "logout" => {
+                self.audit(&user.id, "logout", "accepted");
+                self.say(&Msg::LoggedOut);
+                self.user = None;
+                self.begin_again();
+                return;
+            }
+            _ => {}
+        }
+        self.audit(&user.id, &operation, "accepted");
+        self.ready_prompt();
+    }
+
+    fn show_users(&mut self, now: Millis) {
+        match self.backend.users() {
+            Ok(users) => {
+                let rows = inventory(&users, now, &self.settings.password);
+                let mut table = format!(
+                    "{:<16} {:<15} {:<16} {:>8} {}\r\n",
+                    "user", "role", "last login", "pw days", "locked"
+                );
+                for r in rows {
+                    let last = r
+                        .last_login
+                        .map(crate::relay::jst::jst_minute)
+                        .unwrap_or_else(|| "-".into());
+                    table.push_str(&format!(
+                        "{:<16} {:<15} {:<16} {:>8} {}\r\n",
+                        r.id,
+                        r.role.name(),
+                        last,
+                        r.password_age_days,
+                        if r.locked { "yes" } else { "no" }
+                    ));
+                }
+                self.out.extend_from_slice(table.as_bytes());
+            }
+            Err(detail) => self.say(&Msg::StoreFailed { detail }),
+        }
+    }
+
+    /// `user add|lock|unlock|reset|delete ID [ROLE]`; true when it moved
+    /// to another prompt itself.
+    fn user_command(&mut self, args: &[&str], me: &User) -> bool {
+        let usage =
+            "user add ID ROLE | user lock ID | user unlock ID | user reset ID | user delete ID";
+        let (Some(&sub), Some(&id)) = (args.first(), args.get(1)) else {
+            self.say(&Msg::Usage {
+                usage: usage.into(),
+            });
+            return false;
+        };
+        let users = match self.backend.users() {
+            Ok(u) => u,
+            Err(detail) => {
+                self.say(&Msg::StoreFailed { detail });
+                return false;
+            }
+        };
+        let existing = users.into_iter().find(|u| u.id == id);
+        if sub == "add" {
+            if existing.is_some() {
+                self.say(&Msg::UserExists { id: id.to_owned() });
+                return false;
+            }
+            if !valid_id(id) {
+                self.say(&Msg::BadId);
+                return false;
+            }
+            let Some(role) = args.get(2).and_then(|w| parse_role(w)) else {
+                let word = args.get(2).copied().unwrap_or("").to_owned();
+                self.say(&Msg::UnknownRole { word });
+                return false;
+            };
+            self.state = State::TemporaryPassword {
+                id: id.to_owned(),
+                role: Some(role),
+            };
+            self.prompt(&Msg::NewPasswordPrompt, true);
+            return true;
+        }
+        let Some(mut target) = existing else {
+            self.say(&Msg::NoSuchUser { id: id.to_owned() });
+            return false;
+        };
+        if target.id == me.id {
+            self.say(&Msg::NotYourself);
+            return false;
+        }
+        let msg = match sub {
+            "lock" => {
+                target.locked = true;
+                Msg::Locked { id: id.to_owned() }
+            }
+            "unlock" => {
+                target.unlock();
+                Msg::Unlocked { id: id.to_owned() }
+            }
+            "reset" => {
+                self.state = State::TemporaryPassword {
+                    id: id.to_owned(),
+                    role: None,
+                };
+                self.prompt(&Msg::NewPasswordPrompt, true);
+                return true;
+            }
+            "delete" => {
+                match self.backend.remove(id) {
+                    Ok(()) => self.say(&Msg::Deleted { id: id.to_owned() }),
+                    Err(detail) => self.say(&Msg::StoreFailed { detail }),
+                }
+                return false;
+            }
+            _ => {
+                self.say(&Msg::Usage {
+                    usage: usage.into(),
+                });
+                return false;
+            }
+        };
+        match self.backend.save(&target) {
+            Ok(()) => self.say(&msg),
+            Err(detail) => self.say(&Msg::StoreFailed { detail }),
+        }
+        false
+    }
+
+    fn temporary_again(
+        &mut self,
+        id: &str,
+        role: Option<Role>,
+        password: String,
+        again: &str,
+        now: Millis,
+    ) {
+        let admin = self.user_id();
+        if password != again {
+            self.say(&Msg::PasswordsDiffer);
+            self.state = State::TemporaryPassword {
+                id: id.to_owned(),
+                role,
+            };
+            self.prompt(&Msg::NewPasswordPrompt, true);
+            return;
+        }
+        let s = self.settings.clone();
+        let outcome = match role {
+            Some(role) => User::create(id, role, &password, now, &s.password, s.cost).map(|r| {
+                r.map(|(user, _)| {
+                    let shown = user.enrolment(&s.name).ok();
+                    (user, shown)
+                })
+            }),
+            None => match self.backend.users() {
+                Ok(users) => match users.into_iter().find(|u| u.id == id) {
+                    Some(mut user) => user
+                        .reset_password(&password, now, &s.password, s.cost)
+                        .map(|r| r.map(|()| (user, None))),
+                    None => {
+                        self.say(&Msg::NoSuchUser { id: id.to_owned() });
+                        self.state = State::Ready;
+                        self.ready_prompt();
+                        return;
+                    }
+                },
+                Err(detail) => {
+                    self.say(&Msg::StoreFailed { detail });
+                    self.state = State::Ready;
+                    self.ready_prompt();
+                    return;
+                }
+            },
+        };
+        let operation = if role.is_some() {
+            "user add"
+        } else {
+            "user reset"
+        };
+        match outcome {
+            Ok(Ok((user, enrolment))) => match self.backend.save(&user) {
+                Ok(()) => {
+                    self.audit(&admin, operation, &format!("accepted: {id}"));
+                    if let Some(e) = enrolment {
+                        self.say(&Msg::Enrolment {
+                            base32: e.base32,
+                            uri: e.uri,
+                        });
+                        self.say(&Msg::UserCreated {
+                            id: id.to_owned(),
+                            role: user.role,
+                        });
+                    } else {
+                        self.say(&Msg::Reset { id: id.to_owned() });
+                    }
+                }
+                Err(detail) => self.say(&Msg::StoreFailed { detail }),
+            },
+            Ok(Err(refusal)) => self.say(&Msg::PasswordRefused(refusal)),
+            Err(e) => self.say(&Msg::StoreFailed {
+                detail: e.to_string(),
+            }),
+        }
+        self.state = State::Ready;
+        self.ready_prompt();
+    }
+
+    /// The commands (or subcommands) this user may type after `before`.
+    fn choices(&self, before: &str) -> Vec<&'static str> {
+        let Some(user) = self.logged_in() else {
+            return Vec::new();
+        };
+        let words: Vec<&str> = before.split_whitespace().collect();
+        let fresh_word = before.is_empty() || before.ends_with(' ');
+        match (words.as_slice(), fresh_word) {
+            ([], _) | ([_], false) => COMMANDS
+                .iter()
+                .filter(|c| c.1.is_none_or(|p| user.role.allows(p)))
+                .map(|c| c.0)
+                .collect(),
+            (["user"], true) | (["user", _], false)
+                if user.role.allows(Permission::ManageUsers) =>
+            {
+                USER_SUBCOMMANDS.to_vec()
+            }
+            (["lang"], true) | (["lang", _], false) => vec!["en", "ja"],
+            _ => Vec::new(),
+        }
+    }
+
+    fn complete(&mut self, before: &str) {
+        let partial = if before.ends_with(' ') {
+            ""
+        } else {
+            before.split_whitespace().last().unwrap_or("")
+        };
+        let matching: Vec<&str> = self
+            .choices(before)
+            .into_iter()
+            .filter(|c| c.starts_with(partial))
+            .collect();
+        match matching.as_slice() {
+            [one] => {
+                let head = &before[..before.len() - partial.len()];
+                let line = format!("{head}{one} ");
+                self.editor.set_line(&line, &mut self.out);
+            }
+            [] => self.out.push(0x07),
+            many => {
+                self.out.extend_from_slice(b"\r\n");
+                self.out.extend_from_slice(many.join("  ").as_bytes());
+                self.out.extend_from_slice(b"\r\n");
+                self.editor.redraw(&mut self.out);
+            }
+        }
+    }
+
+    fn help(&mut self, before: &str) {
+        self.out.extend_from_slice(b"\r\n");
+        if self.logged_in().is_none() {
+            self.editor.redraw(&mut self.out);
+            return;
+        }
+        let ja = self.lang() == Lang::Ja;
+        let choices = self.choices(before);
+        if before.trim().is_empty() {
+            self.say(&Msg::HelpHeader);
+            for c in COMMANDS.iter().filter(|c| choices.contains(&c.0)) {
+                let line = format!("  {:<8} {}\r\n", c.0, if ja { c.2 } else { c.3 });
+                self.out.extend_from_slice(line.as_bytes());
+            }
+        } else {
+            self.out.extend_from_slice(choices.join("  ").as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+        if matches!(self.state, State::Ready) && before.is_empty() {
+            self.ready_prompt();
+        } else {
+            self.editor.redraw(&mut self.out);
+        }
+    }
+}
+
+/// An ID: 1–32 of `a-z 0-9 - . _`, starting with a letter.
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && id.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
+}
+
+fn parse_role(word: &str) -> Option<Role> {
+    [
+        Role::Operator,
+        Role::Auditor,
+        Role::SecurityAdmin,
+        Role::Maintainer,
+    ]
+    .into_iter()
+    .find(|r| r.name() == word)
+}

@@ -1,0 +1,337 @@
+//! The console session as a person drives it (issue 10 items 2–3, 8):
+//! keys in, screen out, with one-time codes computed from the secret the
+//! screen showed — first boot, login, forced change, the account
+//! commands, what each role may not do, lockout, idle logout and garbage
+//! on the line. Accounts live in memory here; the serial port and the
+//! store come later.
+#![allow(clippy::unwrap_used)]
+
+use ifrelay::console::accounts::{HashCost, Role, User};
+use ifrelay::console::session::{Accounts, Audit, Session, Settings};
+
+const T0: i64 = 1_796_000_000_000;
+const ADMIN_PW: &str = "Chief-Pass-2026";
+
+#[derive(Default)]
+struct Memory {
+    users: Vec<User>,
+    audit: Vec<Audit>,
+    fail_saves: bool,
+}
+
+impl Accounts for Memory {
+    fn users(&self) -> Result<Vec<User>, String> {
+        Ok(self.users.clone())
+    }
+    fn save(&mut self, user: &User) -> Result<(), String> {
+        if self.fail_saves {
+            return Err("disk full".into());
+        }
+        self.users.retain(|u| u.id != user.id);
+        self.users.push(user.clone());
+        Ok(())
+    }
+    fn remove(&mut self, id: &str) -> Result<(), String> {
+        self.users.retain(|u| u.id != id);
+        Ok(())
+    }
+    fn audit(&mut self, entry: Audit) {
+        self.audit.push(entry);
+    }
+}
+
+/// A person at the terminal: the session, the clock, and what the
+/// screen showed.
+struct Terminal {
+    session: Session<Memory>,
+    now: i64,
+    screen: String,
+}
+
+impl Terminal {
+    fn new() -> Terminal {
+        let mut settings = Settings::new("box-131016");
+        settings.cost = HashCost {
+            memory_kib: 64,
+            passes: 1,
+        };
+        let mut session = Session::start(Memory::default(), settings, T0);
+        let banner = String::from_utf8(session.feed(b"", T0)).unwrap();
+        Terminal {
+            session,
+            now: T0,
+            screen: banner,
+        }
+    }
+
+    /// Types `keys` (Enter included where wanted); returns the new screen
+    /// text.
+    fn typed(&mut self, keys: &str) -> String {
+        self.now += 1_000;
+        let out = self.session.feed(keys.as_bytes(), self.now);
+        let text = String::from_utf8(out).unwrap();
+        self.screen.push_str(&text);
+        text
+    }
+
+    /// The last base32 secret the screen showed.
+    fn secret(&self) -> String {
+        self.screen
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| {
+                l.len() == 32
+                    && l.chars()
+                        .all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c))
+            })
+            .unwrap()
+            .to_owned()
+    }
+
+    fn wait(&mut self, ms: i64) {
+        self.now += ms;
+    }
+
+    fn audit(&self) -> &[Audit] {
+        &self.session.backend().audit
+    }
+}
+
+/// The code an authenticator app shows at `at` for `secret`.
+fn code(secret: &str, at: i64) -> String {
+    let bytes = totp_rs::Secret::try_from_base32(secret).unwrap();
+    let totp = totp_rs::Builder::new()
+        .with_secret(bytes.as_bytes().to_vec())
+        .build()
+        .unwrap();
+    totp.generate(u64::try_from(at / 1000).unwrap()).to_string()
+}
+
+/// First boot: the first security administrator `admin`; returns the
+/// secret shown.
+fn first_boot(t: &mut Terminal) -> String {
+    assert!(
+        t.screen.contains("最初のセキュリティ管理者"),
+        "{}",
+        t.screen
+    );
+    t.typed("admin\r");
+    t.typed(&format!("{ADMIN_PW}\r{ADMIN_PW}\r"));
+    let secret = t.secret();
+    let shown = t.typed(&format!("{}\r", code(&secret, t.now + 1_000)));
+    assert!(shown.contains("admin"), "{shown}");
+    secret
+}
+
+/// Logs `id` in; the code is a fresh one (30 s later than any before).
+fn login(t: &mut Terminal, id: &str, password: &str, secret: &str) -> String {
+    t.wait(30_000);
+    t.typed(&format!("{id}\r{password}\r"));
+    let c = code(secret, t.now + 1_000);
+    t.typed(&format!("{c}\r"))
+}
+
+#[test]
+fn first_boot_creates_the_first_administrator_who_then_logs_in() {
+    let mut t = Terminal::new();
+    let secret = first_boot(&mut t);
+    assert!(t.screen.contains("otpauth://totp/box-131016:admin?secret="));
+    let shown = login(&mut t, "admin", ADMIN_PW, &secret);
+    assert!(shown.contains("admin@box-131016> "), "{shown}");
+    let who = t.typed("whoami\r");
+    assert!(who.contains("セキュリティ管理者"), "{who}");
+    let users = &t.session.backend().users;
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].role, Role::SecurityAdmin);
+    assert!(t
+        .audit()
+        .iter()
+        .any(|a| a.user == "admin" && a.operation == "login" && a.outcome == "accepted"));
+}
+
+#[test]
+fn a_mistyped_secret_at_first_boot_creates_nobody() {
+    let mut t = Terminal::new();
+    t.typed("admin\r");
+    t.typed(&format!("{ADMIN_PW}\r{ADMIN_PW}\r"));
+    let shown = t.typed("123456\r");
+    assert!(shown.contains("コードが一致しません"), "{shown}");
+    assert!(t.session.backend().users.is_empty());
+}
+
+#[test]
+fn a_new_user_changes_the_temporary_password_first_and_codes_work_once() {
+    let mut t = Terminal::new();
+    let admin_secret = first_boot(&mut t);
+    login(&mut t, "admin", ADMIN_PW, &admin_secret);
+    t.typed("user add sato auditor\r");
+    let shown = t.typed("Temp-Pass-0001\rTemp-Pass-0001\r");
+    assert!(shown.contains("sato"), "{shown}");
+    let sato_secret = t.secret();
+    assert_ne!(sato_secret, admin_secret);
+    t.typed("logout\r");
+
+    // Wrong password, then a replayed code after a good login.
+    t.wait(30_000);
+    t.typed("sato\rWrong-Pass-0001\r");
+    let refused = t.typed(&format!("{}\r", code(&sato_secret, t.now + 1_000)));
+    assert!(refused.contains("いずれかが違います"), "{refused}");
+    let first = login(&mut t, "sato", "Temp-Pass-0001", &sato_secret);
+    assert!(first.contains("パスワードを変更してください"), "{first}");
+    let changed = t.typed("Kumamoto-Pass-1\rKumamoto-Pass-1\r");
+    assert!(changed.contains("パスワードを変更しました"), "{changed}");
+    assert!(changed.contains("sato@box-131016> "));
+    t.typed("logout\r");
+    t.typed("sato\rKumamoto-Pass-1\r");
+    let replay = t.typed(&format!("{}\r", code(&sato_secret, t.now - 1_000)));
+    assert!(replay.contains("使用済み"), "{replay}");
+}
+
+#[test]
+fn every_role_is_refused_the_commands_it_may_not_use() {
+    let mut t = Terminal::new();
+    let admin_secret = first_boot(&mut t);
+    login(&mut t, "admin", ADMIN_PW, &admin_secret);
+    let mut secrets = Vec::new();
+    for (id, role) in [
+        ("op", "operator"),
+        ("aud", "auditor"),
+        ("mnt", "maintainer"),
+    ] {
+        t.typed(&format!("user add {id} {role}\r"));
+        t.typed("Temp-Pass-0001\rTemp-Pass-0001\r");
+        secrets.push((id, t.secret()));
+    }
+    t.typed("logout\r");
+    for (id, secret) in secrets {
+        login(&mut t, id, "Temp-Pass-0001", &secret);
+        t.typed("Own-Pass-00001\rOwn-Pass-00001\r");
+        for command in ["users", "user lock admin", "user add x operator"] {
+            let shown = t.typed(&format!("{command}\r"));
+            assert!(
+                shown.contains("権限では使えません"),
+                "{id} {command}: {shown}"
+            );
+        }
+        // What the role may not use is not offered either.
+        let help = t.typed("?");
+        assert!(!help.contains("users"), "{id}: {help}");
+        t.typed("\x15logout\r");
+    }
+    let refusals = t
+        .audit()
+        .iter()
+        .filter(|a| a.outcome == "refused: not allowed for the role")
+        .count();
+    assert_eq!(refusals, 9);
+}
+
+#[test]
+fn five_wrong_logins_lock_and_another_administrator_unlocks() {
+    let mut t = Terminal::new();
+    let admin_secret = first_boot(&mut t);
+    login(&mut t, "admin", ADMIN_PW, &admin_secret);
+    t.typed("user add admin2 security-admin\r");
+    t.typed("Temp-Pass-0002\rTemp-Pass-0002\r");
+    let second = t.secret();
+    t.typed("logout\r");
+    for _ in 0..5 {
+        t.typed("admin\rnot-it\r000000\r");
+    }
+    let locked = login(&mut t, "admin", ADMIN_PW, &admin_secret);
+    assert!(locked.contains("ロックされています"), "{locked}");
+    login(&mut t, "admin2", "Temp-Pass-0002", &second);
+    t.typed("Second-Own-Pass9\rSecond-Own-Pass9\r");
+    let listed = t.typed("users\r");
+    assert!(
+        listed.contains("admin ") && listed.contains("yes"),
+        "{listed}"
+    );
+    let unlocked = t.typed("user unlock admin\r");
+    assert!(unlocked.contains("ロックを解除しました"), "{unlocked}");
+    let myself = t.typed("user lock admin2\r");
+    assert!(myself.contains("自分自身には使えません"), "{myself}");
+    t.typed("logout\r");
+    let back = login(&mut t, "admin", ADMIN_PW, &admin_secret);
+    assert!(back.contains("admin@box-131016> "), "{back}");
+}
+
+#[test]
+fn an_idle_session_is_logged_out() {
+    let mut t = Terminal::new();
+    let secret = first_boot(&mut t);
+    login(&mut t, "admin", ADMIN_PW, &secret);
+    assert!(t.session.logged_in().is_some());
+    let early = t.session.tick(t.now + 14 * 60 * 1000);
+    assert!(early.is_empty());
+    let out = String::from_utf8(t.session.tick(t.now + 15 * 60 * 1000)).unwrap();
+    assert!(out.contains("15 分間操作がなかった"), "{out}");
+    assert!(t.session.logged_in().is_none());
+    assert!(t.audit().iter().any(|a| a.outcome == "idle timeout"));
+}
+
+#[test]
+fn tab_completes_and_question_mark_helps_in_the_user_language() {
+    let mut t = Terminal::new();
+    let secret = first_boot(&mut t);
+    login(&mut t, "admin", ADMIN_PW, &secret);
+    let completed = t.typed("us\t");
+    assert!(completed.contains("user"), "{completed}");
+    let sub = t.typed("\x15user lo\t");
+    assert!(sub.contains("user lock "), "{sub}");
+    t.typed("\x15lang en\r");
+    let help = t.typed("?");
+    assert!(
+        help.contains("Commands you may use:") && help.contains("the account inventory"),
+        "{help}"
+    );
+    let unknown = t.typed("frobnicate\r");
+    assert!(
+        unknown.contains("There is no command \"frobnicate\""),
+        "{unknown}"
+    );
+}
+
+#[test]
+fn garbage_on_the_line_gets_one_message_and_the_session_goes_on() {
+    let mut t = Terminal::new();
+    let secret = first_boot(&mut t);
+    login(&mut t, "admin", ADMIN_PW, &secret);
+    let noise = t.typed("\x00\x00\x1b[999999999999999999Z\u{1}\u{2}\u{7f}");
+    assert_eq!(noise.matches("読めない入力").count(), 1, "{noise}");
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    t.now += 1_000;
+    let _ = t.session.feed(&garbage, t.now);
+    let who = t.typed("\x03whoami\r");
+    assert!(who.contains("admin"), "{who}");
+}
+
+#[test]
+fn a_store_failure_changes_nothing_and_says_so() {
+    let mut t = Terminal::new();
+    let secret = first_boot(&mut t);
+    login(&mut t, "admin", ADMIN_PW, &secret);
+    // The session's backend is inside it: fail the next saves through a
+    // fresh session over the same accounts.
+    let users = t.session.backend().users.clone();
+    let mut settings = Settings::new("box-131016");
+    settings.cost = HashCost {
+        memory_kib: 64,
+        passes: 1,
+    };
+    let memory = Memory {
+        users,
+        audit: Vec::new(),
+        fail_saves: true,
+    };
+    let mut session = Session::start(memory, settings, t.now);
+    let now = t.now + 31_000;
+    let _ = session.feed(format!("admin\r{ADMIN_PW}\r").as_bytes(), now);
+    let shown = session.feed(format!("{}\r", code(&secret, now)).as_bytes(), now);
+    let shown = String::from_utf8(shown).unwrap();
+    assert!(shown.contains("保存できませんでした"), "{shown}");
+    assert!(session.logged_in().is_none());
+}
