@@ -2,11 +2,13 @@
 //! accounts with roles, login with a password and a one-time code, and
 //! the password policy. Built so far, all without I/O: the account model
 //! ([`accounts`]), line editing ([`line`]), the message catalogue
-//! ([`messages`]) and the session with first boot, login and the account
-//! commands ([`session`]). Still to come: the session on the serial port,
-//! storing accounts through the engine, records and export commands.
+//! ([`messages`]), the session with first boot, login and the account
+//! commands ([`session`]), and accounts kept in the store through the
+//! engine ([`store_accounts`]). Still to come: the session on the serial
+//! port, and the status, records and export commands.
 
 pub mod accounts;
 pub mod line;
 pub mod messages;
 pub mod session;
+pub mod store_accounts;

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 
 use ifrelay_proto::{Body, Frame, MessageId, Party, Reason, StatusEvent};
-use ifrelay_store::Direction;
+use ifrelay_store::{AccessEntry, Direction};
 use tokio::sync::oneshot;
 
 use super::destination::{Destination, OutboxItem};
@@ -60,8 +60,21 @@ pub enum Input {
     /// Delivery tried an entry `retry_count` times without reaching the
     /// next hop; the engine decides whether to give it up.
     Undeliverable(Box<Undeliverable>),
+    /// The maintenance console stores or removes accounts and appends its
+    /// access-log entry, in one batch; `done` hears `accepted` once it
+    /// is durable, or the store's refusal.
+    Console(Box<ConsoleWrite>),
     /// Stop after the current batch.
     Stop,
+}
+
+/// What the console writes in one batch.
+#[derive(Debug)]
+pub struct ConsoleWrite {
+    /// Accounts to store (`Some`: the encoded account) or remove (`None`).
+    pub users: Vec<(String, Option<Vec<u8>>)>,
+    pub access: Option<AccessEntry>,
+    pub done: oneshot::Sender<Body>,
 }
 
 /// A frame from an authenticated peer, and where its answer goes.

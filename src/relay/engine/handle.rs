@@ -4,8 +4,8 @@
 //! inputs (refusals noted by listeners, delivery answers, the tick,
 //! announcements).
 //!
-//! Invariants: every input except a tick, an announcement or a stop
-//! writes exactly one access-log entry; a refused frame changes nothing
+//! Invariants: every input except a tick, an announcement, a console
+//! write without an entry or a stop writes exactly one access-log entry; a refused frame changes nothing
 //! but that entry (and, for a permit the box refuses, the closing of its
 //! process with notices, which [`Fault::RefuseAndTell`] carries); a frame
 //! is remembered for duplicate suppression only when accepted, in the
@@ -19,12 +19,28 @@ use super::dedup::{decode_seen, encode_seen, fingerprint};
 use super::reply::{accepted, refuse, with_reply_to, Fault};
 use super::roles::{check_role, starts_process};
 use super::state::{Handled, Relay};
-use crate::relay::channel::{Delivery, FrameInput, Input, Peer, Undeliverable};
+use crate::relay::channel::{ConsoleWrite, Delivery, FrameInput, Input, Peer, Undeliverable};
 use crate::relay::destination::{party_label, Destination};
 
 /// A store error while handling an input, with the input handed back (when
 /// it has someone to answer) so it can be answered [`Reason::Store`].
 pub(super) type Failed = Box<(StoreError, Option<Input>)>;
+
+/// The console's accounts and access-log entry, into the batch.
+fn console_write(batch: &mut Batch<'_>, write: &ConsoleWrite) -> Result<(), StoreError> {
+    for (id, account) in &write.users {
+        match account {
+            Some(bytes) => batch.put_user(id, bytes)?,
+            None => {
+                batch.remove_user(id)?;
+            }
+        }
+    }
+    if let Some(entry) = &write.access {
+        batch.append_access(entry.clone())?;
+    }
+    Ok(())
+}
 
 /// What a frame got: the reply, the outbox entries queued for it, and the
 /// refusal reason if it was refused.
@@ -108,6 +124,13 @@ impl Relay {
                     })
                 }
                 Err(e) => Err(Box::new((e, Some(Input::Undeliverable(u))))),
+            },
+            Input::Console(write) => match console_write(batch, &write) {
+                Ok(()) => Ok(Handled {
+                    reply: Some((write.done, accepted())),
+                    ..Handled::default()
+                }),
+                Err(e) => Err(Box::new((e, Some(Input::Console(write))))),
             },
             Input::Stop => Ok(Handled::default()),
         }

@@ -1,0 +1,122 @@
+//! The console's accounts in the box's store: read through a
+//! [`StoreReader`], written through the engine (the store's one writer)
+//! as [`Input::Console`], each write durable before the console goes on.
+//!
+//! Blocking: the console runs on its own thread, never on the runtime.
+
+use std::time::Duration;
+
+use ifrelay_proto::{Body, Millis};
+use ifrelay_store::{AccessEntry, Direction, StoreReader};
+use tokio::sync::{mpsc, oneshot};
+
+use super::accounts::User;
+use super::session::{Accounts, Audit};
+use crate::relay::channel::{ConsoleWrite, Input};
+
+/// How long a write may wait for the engine before the console says the
+/// store failed (the engine commits within milliseconds when healthy).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accounts in the store, for the console at `terminal`.
+pub struct StoreAccounts {
+    reader: StoreReader,
+    inputs: mpsc::Sender<Input>,
+    /// `console:<tty>`, the access log's terminal.
+    terminal: String,
+    clock: fn() -> Millis,
+}
+
+impl StoreAccounts {
+    pub fn new(
+        reader: StoreReader,
+        inputs: mpsc::Sender<Input>,
+        terminal: &str,
+        clock: fn() -> Millis,
+    ) -> StoreAccounts {
+        StoreAccounts {
+            reader,
+            inputs,
+            terminal: format!("console:{terminal}"),
+            clock,
+        }
+    }
+
+    fn write(
+        &self,
+        users: Vec<(String, Option<Vec<u8>>)>,
+        access: Option<AccessEntry>,
+    ) -> Result<(), String> {
+        let (done, answer) = oneshot::channel();
+        let input = Input::Console(Box::new(ConsoleWrite {
+            users,
+            access,
+            done,
+        }));
+        self.inputs
+            .blocking_send(input)
+            .map_err(|_| "the relay engine is stopping".to_owned())?;
+        // The runtime is not this thread's: wait with a bound.
+        let deadline = std::time::Instant::now() + WRITE_TIMEOUT;
+        let mut answer = answer;
+        loop {
+            match answer.try_recv() {
+                Ok(Body::Accepted(_)) => return Ok(()),
+                Ok(Body::Refused(r)) => return Err(format!("{}: {}", r.reason, r.text)),
+                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err("the store refused the write".to_owned())
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err("the store did not answer in time".to_owned());
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+}
+
+impl Accounts for StoreAccounts {
+    fn users(&self) -> Result<Vec<User>, String> {
+        let rows = self.reader.users().map_err(|e| e.to_string())?;
+        rows.into_iter()
+            .map(|(id, bytes)| {
+                ciborium::from_reader::<User, _>(&bytes[..])
+                    .map_err(|e| format!("account {id} does not decode: {e}"))
+            })
+            .collect()
+    }
+
+    fn save(&mut self, user: &User) -> Result<(), String> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(user, &mut bytes).map_err(|e| e.to_string())?;
+        self.write(vec![(user.id.clone(), Some(bytes))], None)
+    }
+
+    fn remove(&mut self, id: &str) -> Result<(), String> {
+        self.write(vec![(id.to_owned(), None)], None)
+    }
+
+    fn audit(&mut self, entry: Audit) {
+        let access = AccessEntry {
+            at: (self.clock)(),
+            terminal: self.terminal.clone(),
+            party: "console".to_owned(),
+            agency: None,
+            staff: Some(entry.user),
+            direction: Direction::In,
+            operation: entry.operation,
+            message_id: None,
+            serial: None,
+            business: None,
+            info_name: None,
+            items: Vec::new(),
+            outcome: entry.outcome,
+        };
+        if let Err(error) = self.write(Vec::new(), Some(access)) {
+            tracing::error!(%error, "console: could not write the access log");
+        }
+    }
+}
