@@ -218,7 +218,42 @@ pub struct ConfigFile {
     /// (R-REC-4, R-REC-6).
     #[serde(default)]
     pub retention: RetentionSection,
+    /// `[console]`: the maintenance console on a serial port (issue 10).
+    #[serde(default)]
+    pub console: ConsoleSection,
 }
+
+/// `[console]`: where the maintenance console runs and its login rules
+/// (docs/console.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSection {
+    /// The serial port (`/dev/ttyS0` on the box); empty: no console.
+    pub tty: String,
+    /// Line speed in bits/s.
+    pub baud: u64,
+    /// Minutes without input before the user is logged out.
+    pub idle_minutes: u64,
+    /// Failed logins in a row that lock an account.
+    pub max_failures: u64,
+    /// Minutes such a lock lasts.
+    pub lockout_minutes: u64,
+}
+
+impl Default for ConsoleSection {
+    fn default() -> Self {
+        Self {
+            tty: String::new(),
+            baud: 115_200,
+            idle_minutes: 15,
+            max_failures: 5,
+            lockout_minutes: 15,
+        }
+    }
+}
+
+/// Line speeds the console accepts.
+pub const CONSOLE_BAUDS: [u32; 5] = [9_600, 19_200, 38_400, 57_600, 115_200];
 
 /// The legal minimum retention of query and provision records, in years
 /// (R-REC-4): `retention.records_years` below it is refused.
@@ -503,6 +538,31 @@ pub struct Config {
     pub rates: RateLimits,
     pub trust: Trust,
     pub retention: Retention,
+    pub console: Console,
+}
+
+/// The maintenance console (`[console]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Console {
+    /// The serial port; `None`: no console.
+    pub tty: Option<PathBuf>,
+    /// One of [`CONSOLE_BAUDS`].
+    pub baud: u32,
+    pub idle: Duration,
+    pub max_failures: u32,
+    pub lockout: Duration,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self {
+            tty: None,
+            baud: 115_200,
+            idle: Duration::from_secs(15 * 60),
+            max_failures: 5,
+            lockout: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// How long records and access-log entries are kept (`[retention]`).
@@ -880,6 +940,7 @@ impl ConfigFile {
         };
 
         let retention = self.retention()?;
+        let console = self.console()?;
 
         Ok(Config {
             agency,
@@ -896,6 +957,41 @@ impl ConfigFile {
             rates,
             trust,
             retention,
+            console,
+        })
+    }
+
+    fn console(&self) -> Result<Console, ConfigError> {
+        let c = &self.console;
+        let tty = match c.tty.trim() {
+            "" => None,
+            t if t.starts_with('/') => Some(PathBuf::from(t)),
+            t => return Err(ConfigError::invalid(
+                "console.tty",
+                format!("{t:?} is not an absolute path"),
+                "name the serial port's device, e.g. /dev/ttyS0, or leave it empty for no console",
+            )),
+        };
+        let baud = u32::try_from(c.baud)
+            .ok()
+            .filter(|b| CONSOLE_BAUDS.contains(b))
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "console.baud",
+                    format!("{} is not a serial line speed the console uses", c.baud),
+                    "use 9600, 19200, 38400, 57600 or 115200 (TeraTerm's setting must match)",
+                )
+            })?;
+        let minutes = |field: &str, v: u64, max: u64| {
+            in_range(field, v, 1, max, "minutes").map(|m| Duration::from_secs(m * 60))
+        };
+        Ok(Console {
+            tty,
+            baud,
+            idle: minutes("console.idle_minutes", c.idle_minutes, 24 * 60)?,
+            max_failures: in_range("console.max_failures", c.max_failures, 1, 100, "attempts")?
+                as u32,
+            lockout: minutes("console.lockout_minutes", c.lockout_minutes, 7 * 24 * 60)?,
         })
     }
 
@@ -1527,6 +1623,18 @@ impl Config {
                 access_log_years: self.retention.access_log_years.into(),
                 delete_records: self.retention.delete_records,
             },
+            console: ConsoleSection {
+                tty: self
+                    .console
+                    .tty
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                baud: self.console.baud.into(),
+                idle_minutes: self.console.idle.as_secs() / 60,
+                max_failures: self.console.max_failures.into(),
+                lockout_minutes: self.console.lockout.as_secs() / 60,
+            },
             timeouts: TimeoutsSection {
                 connect_ms: ms(self.timeouts.connect),
                 reply_ms: ms(self.timeouts.reply),
@@ -1789,6 +1897,49 @@ allow = ["10.1.0.2/32"]
     }
 
     #[track_caller]
+    #[test]
+    fn the_console_is_off_by_default_and_its_settings_are_checked() {
+        let c = parse(MINIMAL).expect("minimal");
+        assert_eq!(c.console, Console::default());
+        assert_eq!(c.console.tty, None);
+        assert_eq!(c.console.baud, 115_200);
+        let text = format!(
+            "{VALID}\n[console]\ntty = \"/dev/ttyS0\"\nbaud = 9600\nidle_minutes = 5\nmax_failures = 3\nlockout_minutes = 30\n"
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            c.console,
+            Console {
+                tty: Some(PathBuf::from("/dev/ttyS0")),
+                baud: 9600,
+                idle: Duration::from_secs(300),
+                max_failures: 3,
+                lockout: Duration::from_secs(1800),
+            }
+        );
+        let back =
+            Config::parse(&c.to_toml_string().expect("toml"), Path::new("/x")).expect("back");
+        assert_eq!(back.console, c.console);
+        let err = refused(
+            &format!("{VALID}\n[console]\ntty = \"ttyS0\"\n"),
+            "console.tty",
+        );
+        assert!(err.to_string().contains("/dev/ttyS0"), "{err}");
+        let err = refused(
+            &format!("{VALID}\n[console]\nbaud = 12345\n"),
+            "console.baud",
+        );
+        assert!(err.to_string().contains("TeraTerm"), "{err}");
+        refused(
+            &format!("{VALID}\n[console]\nidle_minutes = 0\n"),
+            "console.idle_minutes",
+        );
+        refused(
+            &format!("{VALID}\n[console]\nmax_failures = 0\n"),
+            "console.max_failures",
+        );
+    }
+
     fn refused(text: &str, field: &str) -> ConfigError {
         let err = parse(text).expect_err("configuration must be refused");
         assert_eq!(err.field(), Some(field), "{err}");

@@ -155,6 +155,8 @@ pub struct RunningBox {
     workers: TaskTracker,
     /// Each listener's context, for [`RunningBox::connections`].
     servers: Vec<Arc<ServerContext>>,
+    /// The maintenance console, when `[console] tty` names a port.
+    console: Option<crate::console::tty::Console>,
 }
 
 impl RunningBox {
@@ -361,6 +363,31 @@ impl RunningBox {
                 }
             }
         });
+        let console = match &config.console.tty {
+            Some(tty) => {
+                let mut settings = crate::console::session::Settings::new(
+                    config
+                        .name
+                        .as_deref()
+                        .unwrap_or(&format!("is-{}", config.agency)),
+                );
+                settings.idle_ms = millis_of(config.console.idle);
+                settings.login.max_failures = config.console.max_failures;
+                settings.login.lockout_ms = millis_of(config.console.lockout);
+                Some(
+                    crate::console::tty::Console::spawn(
+                        tty.clone(),
+                        config.console.baud,
+                        settings,
+                        reader.clone(),
+                        engine_tx.clone(),
+                        crate::net::now_millis,
+                    )
+                    .map_err(StartError::Thread)?,
+                )
+            }
+            None => None,
+        };
         // R-COM-3: tell the core and the IMS the box is up.
         let _ = engine_tx
             .send(Input::Announce {
@@ -387,6 +414,7 @@ impl RunningBox {
             listeners,
             workers,
             servers,
+            console,
         })
     }
 
@@ -439,6 +467,10 @@ impl RunningBox {
     /// what did not drain stays in the outbox for the next start.
     pub async fn shutdown(mut self) {
         self.stop_requested.cancel();
+        // The console first: it writes through the engine.
+        if let Some(mut console) = self.console.take() {
+            let _ = tokio::task::spawn_blocking(move || console.stop()).await;
+        }
         self.stop_accepting.cancel();
         self.listeners.close();
         let deadline = tokio::time::Instant::now() + self.grace;
@@ -486,4 +518,9 @@ impl RunningBox {
         let left = self.reader.outbox_len().unwrap_or(0);
         tracing::info!(agency = %self.agency, undelivered = left, "box stopped; store flushed");
     }
+}
+
+/// Whole milliseconds of `d`, saturating.
+fn millis_of(d: Duration) -> ifrelay_proto::Millis {
+    ifrelay_proto::Millis::try_from(d.as_millis()).unwrap_or(ifrelay_proto::Millis::MAX)
 }

@@ -4,11 +4,13 @@
 //! ([`accounts`]), line editing ([`line`]), the message catalogue
 //! ([`messages`]), the session with first boot, login and the account
 //! commands ([`session`]), and accounts kept in the store through the
-//! engine ([`store_accounts`]). Still to come: the session on the serial
-//! port, and the status, records and export commands.
+//! engine ([`store_accounts`]), and the thread that serves a session on
+//! the serial port ([`tty`]). Still to come: the status, records, export
+//! and deletion commands.
 
 pub mod accounts;
 pub mod line;
 pub mod messages;
 pub mod session;
 pub mod store_accounts;
+pub mod tty;

@@ -378,6 +378,11 @@ impl<B: Accounts> Session<B> {
     }
 
     fn first_id(&mut self, id: &str) {
+        if id.is_empty() {
+            self.state = State::FirstId;
+            self.prompt(&Msg::FirstIdPrompt, false);
+            return;
+        }
         if !valid_id(id) {
             self.say(&Msg::BadId);
             self.state = State::FirstId;

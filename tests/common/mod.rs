@@ -77,6 +77,7 @@ impl<'a> Site<'a> {
                 ..TrustSection::default()
             },
             retention: Default::default(),
+            console: Default::default(),
         };
         let path = self.dir.join("ifrelay.toml");
         std::fs::write(&path, file.to_toml_string().expect("toml")).expect("write");

@@ -176,6 +176,7 @@ pub fn write_box_config(
             ..TrustSection::default()
         },
         retention: Default::default(),
+        console: Default::default(),
     };
     let path = box_dir.join("ifrelay.toml");
     std::fs::write(&path, file.to_toml_string()?)?;
