@@ -546,6 +546,16 @@ fn hash(password: &str, cost: HashCost) -> Result<String, AccountError> {
         .map_err(|e| AccountError::Hash(e.to_string()))
 }
 
+/// Spends the time a password check takes, for an ID that has no
+/// account: a refusal then takes as long whether or not the ID exists.
+pub fn check_nobody(password: &str, cost: HashCost) {
+    static DUMMY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| hash("no account has this password", cost).ok());
+    if let Some(phc) = dummy {
+        let _ = verify(password, phc);
+    }
+}
+
 /// Whether `password` matches `phc` (its algorithm and cost read from it).
 fn verify(password: &str, phc: &str) -> Result<bool, AccountError> {
     let parsed = PasswordHash::new(phc).map_err(|e| AccountError::Hash(e.to_string()))?;

@@ -17,7 +17,8 @@
 use ifrelay_proto::Millis;
 
 use super::accounts::{
-    inventory, HashCost, Lang, LoginPolicy, PasswordPolicy, Permission, Refusal, Role, User,
+    check_nobody, inventory, HashCost, Lang, LoginPolicy, PasswordPolicy, Permission, Refusal,
+    Role, User,
 };
 use super::line::{Event, LineEditor};
 use super::messages::{text, Msg};
@@ -472,6 +473,7 @@ impl<B: Accounts> Session<B> {
             }
         };
         let Some(mut user) = users.into_iter().find(|u| u.id == id) else {
+            check_nobody(password, self.settings.cost);
             self.audit(id, "login", "refused: unknown user");
             self.say(&Msg::LoginRefused(Refusal::Wrong));
             self.begin_again();
