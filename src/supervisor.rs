@@ -378,10 +378,18 @@ impl RunningBox {
                     crate::console::tty::Console::spawn(
                         tty.clone(),
                         config.console.baud,
-                        settings,
-                        reader.clone(),
-                        engine_tx.clone(),
-                        crate::net::now_millis,
+                        settings.clone(),
+                        crate::console::tty::Backend {
+                            reader: reader.clone(),
+                            inputs: engine_tx.clone(),
+                            clock: crate::net::now_millis,
+                            status: crate::console::store_accounts::StatusSource {
+                                name: settings.name.clone(),
+                                started: std::time::Instant::now(),
+                                service: config.service.describe(),
+                                store_path: store_path.clone(),
+                            },
+                        },
                     )
                     .map_err(StartError::Thread)?,
                 )

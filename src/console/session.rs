@@ -21,7 +21,7 @@ use super::accounts::{
     Role, User,
 };
 use super::line::{Event, LineEditor};
-use super::messages::{text, Msg};
+use super::messages::{status_lines, text, Msg};
 
 /// Where accounts live and where the access log goes.
 pub trait Accounts {
@@ -42,6 +42,33 @@ pub trait Accounts {
     fn remove(&mut self, id: &str) -> Result<(), String>;
     /// Appends an access-log entry (R-REC-5).
     fn audit(&mut self, entry: Audit);
+    /// The box's state for `status`.
+    ///
+    /// # Errors
+    /// When it cannot be read (or is not available, as in tests).
+    fn status(&self) -> Result<StatusReport, String> {
+        Err("not available here".into())
+    }
+}
+
+/// What `status` shows (issue 10 item 7).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusReport {
+    pub name: String,
+    pub version: String,
+    pub uptime_s: u64,
+    /// The service hours, as configured.
+    pub service: String,
+    /// Frames waiting per destination.
+    pub outbox: Vec<(String, u64)>,
+    pub records: u64,
+    pub access_log: u64,
+    /// Bytes of the store's files, and free on their file system.
+    pub store_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+    /// Whether the clock is disciplined (not yet: clock discipline is a
+    /// later issue).
+    pub clock_synced: bool,
 }
 
 /// One access-log entry of the console.
@@ -93,6 +120,12 @@ const COMMANDS: &[(&str, Option<Permission>, &str, &str)] = &[
         None,
         "ログイン中の利用者と役割",
         "who is logged in, with which role",
+    ),
+    (
+        "status",
+        Some(Permission::Status),
+        "箱の状態",
+        "the state of the box",
     ),
     (
         "passwd",
@@ -666,6 +699,15 @@ impl<B: Accounts> Session<B> {
                 }
             }
             "users" => self.show_users(now),
+            "status" => match self.backend.status() {
+                Ok(report) => {
+                    for line in status_lines(self.lang(), &report) {
+                        self.out.extend_from_slice(line.as_bytes());
+                        self.out.extend_from_slice(b"\r\n");
+                    }
+                }
+                Err(detail) => self.say(&Msg::StoreFailed { detail }),
+            },
             "user" if self.user_command(&words[1..], &user) => return,
             "logout" => {
                 self.audit(&user.id, "logout", "accepted");

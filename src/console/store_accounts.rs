@@ -11,7 +11,7 @@ use ifrelay_store::{AccessEntry, Direction, StoreReader};
 use tokio::sync::{mpsc, oneshot};
 
 use super::accounts::User;
-use super::session::{Accounts, Audit};
+use super::session::{Accounts, Audit, StatusReport};
 use crate::relay::channel::{ConsoleWrite, Input};
 
 /// How long a write may wait for the engine before the console says the
@@ -25,6 +25,17 @@ pub struct StoreAccounts {
     /// `console:<tty>`, the access log's terminal.
     terminal: String,
     clock: fn() -> Millis,
+    status: Option<StatusSource>,
+}
+
+/// What `status` reads besides the store.
+#[derive(Debug, Clone)]
+pub struct StatusSource {
+    pub name: String,
+    pub started: std::time::Instant,
+    /// The service hours, described.
+    pub service: String,
+    pub store_path: std::path::PathBuf,
 }
 
 impl StoreAccounts {
@@ -39,7 +50,14 @@ impl StoreAccounts {
             inputs,
             terminal: format!("console:{terminal}"),
             clock,
+            status: None,
         }
+    }
+
+    /// With what `status` needs besides the store.
+    pub fn with_status(mut self, source: StatusSource) -> StoreAccounts {
+        self.status = Some(source);
+        self
     }
 
     fn write(
@@ -97,6 +115,32 @@ impl Accounts for StoreAccounts {
 
     fn remove(&mut self, id: &str) -> Result<(), String> {
         self.write(vec![(id.to_owned(), None)], None)
+    }
+
+    fn status(&self) -> Result<StatusReport, String> {
+        let source = self.status.as_ref().ok_or("not available here")?;
+        let text = |e: ifrelay_store::StoreError| e.to_string();
+        let store = &source.store_path;
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).ok();
+        let store_bytes =
+            size(store).map(|s| s + size(&ifrelay_store::log_path(store)).unwrap_or(0));
+        let free_bytes = store.parent().and_then(|dir| {
+            nix::sys::statvfs::statvfs(dir)
+                .ok()
+                .map(|v| u64::from(v.blocks_available()) * v.fragment_size())
+        });
+        Ok(StatusReport {
+            name: source.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: source.started.elapsed().as_secs(),
+            service: source.service.clone(),
+            outbox: self.reader.outbox_destinations().map_err(text)?,
+            records: self.reader.record_count().map_err(text)?,
+            access_log: self.reader.access_count().map_err(text)?,
+            store_bytes,
+            free_bytes,
+            clock_synced: false,
+        })
     }
 
     fn audit(&mut self, entry: Audit) {

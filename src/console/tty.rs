@@ -29,7 +29,7 @@ use std::os::fd::AsFd;
 use tokio::sync::mpsc;
 
 use super::session::{Session, Settings};
-use super::store_accounts::StoreAccounts;
+use super::store_accounts::{StatusSource, StoreAccounts};
 use crate::relay::channel::Input;
 
 /// How often the port is polled (and a stop noticed).
@@ -54,15 +54,13 @@ impl Console {
         tty: PathBuf,
         baud: u32,
         settings: Settings,
-        reader: StoreReader,
-        inputs: mpsc::Sender<Input>,
-        clock: fn() -> Millis,
+        backend: Backend,
     ) -> std::io::Result<Console> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("console".into())
-            .spawn(move || serve(&tty, baud, &settings, &reader, &inputs, clock, &flag))?;
+            .spawn(move || serve(&tty, baud, &settings, &backend, &flag))?;
         Ok(Console {
             stop,
             thread: Some(thread),
@@ -81,15 +79,16 @@ impl Console {
     }
 }
 
-fn serve(
-    tty: &Path,
-    baud: u32,
-    settings: &Settings,
-    reader: &StoreReader,
-    inputs: &mpsc::Sender<Input>,
-    clock: fn() -> Millis,
-    stop: &AtomicBool,
-) {
+/// What each session's [`StoreAccounts`] is made of.
+pub struct Backend {
+    pub reader: StoreReader,
+    pub inputs: mpsc::Sender<Input>,
+    pub clock: fn() -> Millis,
+    pub status: StatusSource,
+}
+
+fn serve(tty: &Path, baud: u32, settings: &Settings, backend: &Backend, stop: &AtomicBool) {
+    let clock = backend.clock;
     let name = tty.file_name().map_or_else(
         || tty.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -100,7 +99,13 @@ fn serve(
             Ok(port) => {
                 tracing::info!(tty = %tty.display(), baud, "console: serving");
                 reported = false;
-                let accounts = StoreAccounts::new(reader.clone(), inputs.clone(), &name, clock);
+                let accounts = StoreAccounts::new(
+                    backend.reader.clone(),
+                    backend.inputs.clone(),
+                    &name,
+                    clock,
+                )
+                .with_status(backend.status.clone());
                 let session = Session::start(accounts, settings.clone(), clock());
                 if let Err(e) = run(port, session, clock, stop) {
                     tracing::warn!(tty = %tty.display(), error = %e, "console: the port failed; opening it again");

@@ -129,6 +129,13 @@ async fn first_boot_login_and_garbage_at_a_serial_console() {
         screen.until("読めない入力");
         screen.type_in(b"\x03whoami\r");
         screen.until("セキュリティ管理者）としてログインしました");
+        screen.type_in(b"status\r");
+        let status = screen.until("送信待ち");
+        assert!(
+            status.contains("稼働時間") && status.contains("未同期"),
+            "{status}"
+        );
+        assert!(status.contains("MiB"), "{status}");
         screen.type_in(b"logout\r");
         screen.until("ログアウトしました");
     })
