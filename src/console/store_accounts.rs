@@ -127,7 +127,7 @@ impl Accounts for StoreAccounts {
         let free_bytes = store.parent().and_then(|dir| {
             nix::sys::statvfs::statvfs(dir)
                 .ok()
-                .map(|v| u64::from(v.blocks_available()) * v.fragment_size())
+                .map(|v| v.blocks_available() * v.fragment_size())
         });
         Ok(StatusReport {
             name: source.name.clone(),
