@@ -252,6 +252,21 @@ fn five_wrong_logins_lock_and_another_administrator_unlocks() {
     assert!(unlocked.contains("ロックを解除しました"), "{unlocked}");
     let myself = t.typed("user lock admin2\r");
     assert!(myself.contains("自分自身には使えません"), "{myself}");
+    let changed = t.typed("user role admin auditor\r");
+    assert!(changed.contains("監査者"), "{changed}");
+    let role = |t: &Terminal| {
+        t.session
+            .backend()
+            .users
+            .iter()
+            .find(|u| u.id == "admin")
+            .map(|u| u.role)
+    };
+    assert_eq!(role(&t), Some(Role::Auditor));
+    let refused = t.typed("user role admin boss\r");
+    assert!(refused.contains("役割「boss」はありません"), "{refused}");
+    t.typed("user role admin security-admin\r");
+    assert_eq!(role(&t), Some(Role::SecurityAdmin));
     t.typed("logout\r");
     let back = login(&mut t, "admin", ADMIN_PW, &admin_secret);
     assert!(back.contains("admin@box-131016> "), "{back}");

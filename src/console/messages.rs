@@ -4,7 +4,6 @@
 //! (seed 002 §4.7 item 2).
 
 use super::accounts::{Lang, PasswordRefusal, Refusal, Role};
-use super::session::StatusReport;
 
 /// One message, with what it mentions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +38,7 @@ pub enum Msg {
     UnknownRole { word: String },
     UserCreated { id: String, role: Role },
     Locked { id: String },
+    RoleChanged { id: String, role: Role },
     Unlocked { id: String },
     Reset { id: String },
     Deleted { id: String },
@@ -152,6 +152,10 @@ pub fn text(lang: Lang, msg: &Msg) -> String {
             format!("User {id} ({}) created. Hand the temporary password and the secret to that person.", role.name()),
         ),
         M::Locked { id } => pick(format!("{id} をロックしました。"), format!("{id} is locked.")),
+        M::RoleChanged { id, role } => pick(
+            format!("{id} の役割を {} にしました。次回ログインから有効です。", role_ja(*role)),
+            format!("{id} now has the {} role, from the next login.", role.name()),
+        ),
         M::Unlocked { id } => pick(
             format!("{id} のロックを解除しました。"),
             format!("{id} is unlocked."),
@@ -250,62 +254,4 @@ fn login_refusal(ja: bool, r: &Refusal) -> String {
             "The password expired more than 90 days ago; the account is locked. Ask a security administrator to reset it.".into()
         }
     }
-}
-
-/// The lines of `status`, labels in `lang`, at most 80 columns.
-pub fn status_lines(lang: Lang, r: &StatusReport) -> Vec<String> {
-    let ja = lang == Lang::Ja;
-    let label = |j: &'static str, e: &'static str| if ja { j } else { e };
-    let mib = |b: Option<u64>| {
-        b.map_or_else(
-            || "?".to_owned(),
-            |b| format!("{:.1} MiB", b as f64 / 1_048_576.0),
-        )
-    };
-    let (d, h, m) = (
-        r.uptime_s / 86_400,
-        r.uptime_s / 3600 % 24,
-        r.uptime_s / 60 % 60,
-    );
-    let mut out = vec![
-        format!("{:<14} {} ({})", label("箱", "box"), r.name, r.version),
-        format!("{:<14} {d}d {h:02}:{m:02}", label("稼働時間", "uptime")),
-        format!(
-            "{:<14} {}",
-            label("サービス時間", "service hours"),
-            r.service
-        ),
-        format!(
-            "{:<14} {} / {}",
-            label("記録/アクセスログ", "records/access"),
-            r.records,
-            r.access_log
-        ),
-        format!(
-            "{:<14} {} ({} {})",
-            label("ストア", "store"),
-            mib(r.store_bytes),
-            label("空き", "free"),
-            mib(r.free_bytes)
-        ),
-        format!(
-            "{:<14} {}",
-            label("時刻", "clock"),
-            if r.clock_synced {
-                label("同期済み", "synchronised")
-            } else {
-                label("未同期", "not synchronised")
-            }
-        ),
-    ];
-    if r.outbox.is_empty() {
-        out.push(format!("{:<14} 0", label("送信待ち", "outbox")));
-    }
-    for (destination, n) in &r.outbox {
-        out.push(format!(
-            "{:<14} {destination}: {n}",
-            label("送信待ち", "outbox")
-        ));
-    }
-    out
 }

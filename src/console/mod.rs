@@ -12,5 +12,6 @@ pub mod accounts;
 pub mod line;
 pub mod messages;
 pub mod session;
+pub mod status;
 pub mod store_accounts;
 pub mod tty;

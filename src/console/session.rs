@@ -21,7 +21,8 @@ use super::accounts::{
     Role, User,
 };
 use super::line::{Event, LineEditor};
-use super::messages::{status_lines, text, Msg};
+use super::messages::{text, Msg};
+use super::status::{status_lines, StatusReport};
 
 /// Where accounts live and where the access log goes.
 pub trait Accounts {
@@ -49,26 +50,6 @@ pub trait Accounts {
     fn status(&self) -> Result<StatusReport, String> {
         Err("not available here".into())
     }
-}
-
-/// What `status` shows (issue 10 item 7).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StatusReport {
-    pub name: String,
-    pub version: String,
-    pub uptime_s: u64,
-    /// The service hours, as configured.
-    pub service: String,
-    /// Frames waiting per destination.
-    pub outbox: Vec<(String, u64)>,
-    pub records: u64,
-    pub access_log: u64,
-    /// Bytes of the store's files, and free on their file system.
-    pub store_bytes: Option<u64>,
-    pub free_bytes: Option<u64>,
-    /// Whether the clock is disciplined (not yet: clock discipline is a
-    /// later issue).
-    pub clock_synced: bool,
 }
 
 /// One access-log entry of the console.
@@ -154,7 +135,7 @@ const COMMANDS: &[(&str, Option<Permission>, &str, &str)] = &[
     ("logout", None, "ログアウト", "log out"),
 ];
 
-const USER_SUBCOMMANDS: &[&str] = &["add", "delete", "lock", "reset", "unlock"];
+const USER_SUBCOMMANDS: &[&str] = &["add", "delete", "lock", "reset", "role", "unlock"];
 
 #[derive(Debug)]
 enum State {
@@ -753,8 +734,8 @@ impl<B: Accounts> Session<B> {
     /// `user add|lock|unlock|reset|delete ID [ROLE]`; true when it moved
     /// to another prompt itself.
     fn user_command(&mut self, args: &[&str], me: &User) -> bool {
-        let usage =
-            "user add ID ROLE | user lock ID | user unlock ID | user reset ID | user delete ID";
+        let usage = "user add ID ROLE | user role ID ROLE | user lock ID | user unlock ID \
+                     | user reset ID | user delete ID";
         let (Some(&sub), Some(&id)) = (args.first(), args.get(1)) else {
             self.say(&Msg::Usage {
                 usage: usage.into(),
@@ -806,6 +787,18 @@ impl<B: Accounts> Session<B> {
             "unlock" => {
                 target.unlock();
                 Msg::Unlocked { id: id.to_owned() }
+            }
+            "role" => {
+                let Some(role) = args.get(2).and_then(|w| parse_role(w)) else {
+                    let word = args.get(2).copied().unwrap_or("").to_owned();
+                    self.say(&Msg::UnknownRole { word });
+                    return false;
+                };
+                target.role = role;
+                Msg::RoleChanged {
+                    id: id.to_owned(),
+                    role,
+                }
             }
             "reset" => {
                 self.state = State::TemporaryPassword {

@@ -11,7 +11,8 @@ use ifrelay_store::{AccessEntry, Direction, StoreReader};
 use tokio::sync::{mpsc, oneshot};
 
 use super::accounts::User;
-use super::session::{Accounts, Audit, StatusReport};
+use super::session::{Accounts, Audit};
+use super::status::StatusReport;
 use crate::relay::channel::{ConsoleWrite, Input};
 
 /// How long a write may wait for the engine before the console says the
