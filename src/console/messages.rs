@@ -8,46 +8,106 @@ use super::accounts::{Lang, PasswordRefusal, Refusal, Role};
 /// One message, with what it mentions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    Banner { name: String },
+    Banner {
+        name: String,
+    },
     FirstBoot,
     FirstIdPrompt,
     NewPasswordPrompt,
     AgainPrompt,
     PasswordsDiffer,
     PasswordRefused(PasswordRefusal),
-    Enrolment { base32: String, uri: String },
+    Enrolment {
+        base32: String,
+        uri: String,
+    },
     EnrolCodePrompt,
     EnrolCodeWrong,
-    FirstCreated { id: String },
+    FirstCreated {
+        id: String,
+    },
     IdPrompt,
     PasswordPrompt,
     CodePrompt,
     LoginRefused(Refusal),
-    Welcome { id: String, role: Role },
-    ExpiresSoon { days: u32 },
+    Welcome {
+        id: String,
+        role: Role,
+    },
+    ExpiresSoon {
+        days: u32,
+    },
     MustChange,
     PasswordChanged,
     LoggedOut,
-    IdleLoggedOut { minutes: u64 },
-    UnknownCommand { word: String },
-    NotAllowed { command: String, role: Role },
-    Usage { usage: String },
-    NoSuchUser { id: String },
-    UserExists { id: String },
+    IdleLoggedOut {
+        minutes: u64,
+    },
+    UnknownCommand {
+        word: String,
+    },
+    NotAllowed {
+        command: String,
+        role: Role,
+    },
+    Usage {
+        usage: String,
+    },
+    NoSuchUser {
+        id: String,
+    },
+    UserExists {
+        id: String,
+    },
     BadId,
-    UnknownRole { word: String },
-    UserCreated { id: String, role: Role },
-    Locked { id: String },
-    RoleChanged { id: String, role: Role },
-    Unlocked { id: String },
-    Reset { id: String },
-    Deleted { id: String },
+    UnknownRole {
+        word: String,
+    },
+    UserCreated {
+        id: String,
+        role: Role,
+    },
+    Locked {
+        id: String,
+    },
+    RoleChanged {
+        id: String,
+        role: Role,
+    },
+    Unlocked {
+        id: String,
+    },
+    Reset {
+        id: String,
+    },
+    Deleted {
+        id: String,
+    },
     NotYourself,
     LangSet,
-    StoreFailed { detail: String },
+    StoreFailed {
+        detail: String,
+    },
     Noise,
     Interrupted,
     HelpHeader,
+    NoMore,
+    NoSuchRecord {
+        seq: u64,
+    },
+    Shown {
+        shown: usize,
+        more: bool,
+    },
+    BadValue {
+        key: String,
+        value: String,
+        detail: String,
+    },
+    UnknownKey {
+        key: String,
+        keys: String,
+    },
 }
 
 /// The text of `msg` in `lang`.
@@ -181,6 +241,30 @@ pub fn text(lang: Lang, msg: &Msg) -> String {
         ),
         M::Interrupted => pick("中断しました。".into(), "Interrupted.".into()),
         M::HelpHeader => pick("使えるコマンド:".into(), "Commands you may use:".into()),
+        M::NoMore => pick(
+            "続きはありません。新しく search で検索してください。".into(),
+            "Nothing more to show. Start a new search.".into(),
+        ),
+        M::NoSuchRecord { seq } => pick(
+            format!("番号 {seq} の記録はありません（削除済みか、まだありません）。search で番号を確かめてください。"),
+            format!("There is no record {seq} (deleted, or not yet). Find its number with search."),
+        ),
+        M::Shown { shown, more: true } => pick(
+            format!("{shown} 件を表示しました。続きは next です。"),
+            format!("{shown} shown. Type next for more."),
+        ),
+        M::Shown { shown, more: false } => pick(
+            format!("{shown} 件を表示しました（以上）。"),
+            format!("{shown} shown; that is all."),
+        ),
+        M::BadValue { key, value, detail } => pick(
+            format!("{key} の値「{value}」は使えません（{detail}）。"),
+            format!("{value:?} is not a {key} ({detail})."),
+        ),
+        M::UnknownKey { key, keys } => pick(
+            format!("条件「{key}」はありません。使える条件: {keys}"),
+            format!("There is no condition \"{key}\". Conditions: {keys}"),
+        ),
     }
 }
 

@@ -14,7 +14,8 @@
 //!   outcome.
 //! - Idle for [`Settings::idle_ms`] while logged in: logged out.
 
-use ifrelay_proto::Millis;
+use ifrelay_proto::{BusinessCode, InfoNameCode, ItemCode, Millis};
+use ifrelay_store::{AccessFilter, ChainedAccess, ChainedRecord, PageCursor, RecordFilter};
 
 use super::accounts::{
     check_nobody, inventory, HashCost, Lang, LoginPolicy, PasswordPolicy, Permission, Refusal,
@@ -50,10 +51,50 @@ pub trait Accounts {
     fn status(&self) -> Result<StatusReport, String> {
         Err("not available here".into())
     }
+    /// A page of the records matching `filter` after `cursor`.
+    ///
+    /// # Errors
+    /// When the store cannot be read (or is not available here).
+    fn search_records(
+        &self,
+        _filter: &RecordFilter,
+        _cursor: PageCursor,
+        _limit: usize,
+    ) -> Result<RecordPage, String> {
+        Err("not available here".into())
+    }
+    /// A page of the access-log entries matching `filter` after `cursor`.
+    ///
+    /// # Errors
+    /// As [`Accounts::search_records`].
+    fn search_access(
+        &self,
+        _filter: &AccessFilter,
+        _cursor: PageCursor,
+        _limit: usize,
+    ) -> Result<AccessPage, String> {
+        Err("not available here".into())
+    }
+}
+
+/// A page of records and the cursor of the next (`None`: the last).
+pub type RecordPage = (Vec<ChainedRecord>, Option<PageCursor>);
+/// A page of access-log entries and the cursor of the next.
+pub type AccessPage = (Vec<ChainedAccess>, Option<PageCursor>);
+
+/// Records or access-log entries shown per page: two lines each on a
+/// 24-line terminal.
+pub const PAGE: usize = 10;
+
+/// The search `next` continues.
+#[derive(Debug, Clone)]
+enum LastSearch {
+    Records(RecordFilter, PageCursor),
+    Access(AccessFilter, PageCursor),
 }
 
 /// One access-log entry of the console.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Audit {
     /// The user logged in, or the ID typed at a login.
     pub user: String,
@@ -61,6 +102,11 @@ pub struct Audit {
     pub operation: String,
     /// `accepted`, or `refused: …`.
     pub outcome: String,
+    /// The business, info name and items a search touched (report table
+    /// 25): the ones it asked for, and the items of what it showed.
+    pub business: Option<BusinessCode>,
+    pub info_name: Option<InfoNameCode>,
+    pub items: Vec<ItemCode>,
 }
 
 /// The console's settings.
@@ -107,6 +153,24 @@ const COMMANDS: &[(&str, Option<Permission>, &str, &str)] = &[
         Some(Permission::Status),
         "箱の状態",
         "the state of the box",
+    ),
+    (
+        "search",
+        Some(Permission::SearchRecords),
+        "記録・アクセスログの検索 (search records|access 条件…)",
+        "search records or the access log (search records|access KEY VALUE…)",
+    ),
+    (
+        "next",
+        Some(Permission::SearchRecords),
+        "検索結果の次のページ",
+        "the next page of the last search",
+    ),
+    (
+        "show",
+        Some(Permission::SearchRecords),
+        "記録1件の全項目 (show 番号)",
+        "one record in full (show SEQ)",
     ),
     (
         "passwd",
@@ -188,6 +252,7 @@ pub struct Session<B: Accounts> {
     state: State,
     /// The user logged in.
     user: Option<User>,
+    last_search: Option<LastSearch>,
     last_input: Millis,
     out: Vec<u8>,
 }
@@ -201,6 +266,7 @@ impl<B: Accounts> Session<B> {
             editor: LineEditor::new(),
             state: State::LoginId,
             user: None,
+            last_search: None,
             last_input: now,
             out: Vec::new(),
         };
@@ -281,11 +347,13 @@ impl<B: Accounts> Session<B> {
             user: user.to_owned(),
             operation: operation.to_owned(),
             outcome: outcome.to_owned(),
+            ..Audit::default()
         });
     }
 
     /// First boot when no user exists, else the login.
     fn begin_again(&mut self) {
+        self.last_search = None;
         match self.backend.users() {
             Ok(users) if users.is_empty() => {
                 self.say(&Msg::FirstBoot);
@@ -680,6 +748,11 @@ impl<B: Accounts> Session<B> {
                 }
             }
             "users" => self.show_users(now),
+            "search" | "next" | "show" => {
+                self.records_command(name, &words[1..], &user.id);
+                self.ready_prompt();
+                return;
+            }
             "status" => match self.backend.status() {
                 Ok(report) => {
                     for line in status_lines(self.lang(), &report) {
@@ -701,6 +774,131 @@ impl<B: Accounts> Session<B> {
         }
         self.audit(&user.id, &operation, "accepted");
         self.ready_prompt();
+    }
+
+    /// `search records|access KEY VALUE…`, `next`, `show SEQ`; audited
+    /// here with what they touched.
+    fn records_command(&mut self, name: &str, args: &[&str], me: &str) {
+        let mut audit = Audit {
+            user: me.to_owned(),
+            operation: name.to_owned(),
+            ..Audit::default()
+        };
+        let search = match (name, args.first()) {
+            ("search", Some(&"records")) => {
+                audit.operation = "search records".into();
+                match record_filter(&args[1..]) {
+                    Ok(f) => {
+                        audit.business = f.business.clone();
+                        audit.info_name = f.info_name.clone();
+                        audit.items.extend(f.item.clone());
+                        Some(LastSearch::Records(f, PageCursor::START))
+                    }
+                    Err(msg) => {
+                        self.say(&msg);
+                        None
+                    }
+                }
+            }
+            ("search", Some(&"access")) => {
+                audit.operation = "search access".into();
+                match access_filter(&args[1..]) {
+                    Ok(f) => Some(LastSearch::Access(f, PageCursor::START)),
+                    Err(msg) => {
+                        self.say(&msg);
+                        None
+                    }
+                }
+            }
+            ("search", _) => {
+                self.say(&Msg::Usage {
+                    usage: SEARCH_USAGE.into(),
+                });
+                None
+            }
+            ("next", _) => match self.last_search.take() {
+                Some(last) => Some(last),
+                None => {
+                    self.say(&Msg::NoMore);
+                    None
+                }
+            },
+            _ => {
+                audit.operation = "show".into();
+                match args.first().and_then(|a| a.parse::<u64>().ok()) {
+                    Some(seq) => {
+                        let filter = RecordFilter {
+                            from_seq: seq,
+                            ..RecordFilter::default()
+                        };
+                        match self.backend.search_records(&filter, PageCursor::START, 1) {
+                            Ok((found, _)) => match found.into_iter().find(|r| r.seq == seq) {
+                                Some(r) => {
+                                    audit.business = Some(r.record.prefix.business.clone());
+                                    audit.info_name = Some(r.record.prefix.info_name.clone());
+                                    audit.items.extend(r.record.prefix.items.iter().cloned());
+                                    let text = record_in_full(&r);
+                                    self.out.extend_from_slice(text.as_bytes());
+                                }
+                                None => self.say(&Msg::NoSuchRecord { seq }),
+                            },
+                            Err(detail) => self.say(&Msg::StoreFailed { detail }),
+                        }
+                    }
+                    None => self.say(&Msg::Usage {
+                        usage: "show SEQ".into(),
+                    }),
+                }
+                audit.outcome = "accepted".into();
+                self.backend.audit(audit);
+                return;
+            }
+        };
+        let Some(search) = search else {
+            audit.outcome = "refused: usage".into();
+            self.backend.audit(audit);
+            return;
+        };
+        let (shown, next) = match search {
+            LastSearch::Records(filter, cursor) => {
+                match self.backend.search_records(&filter, cursor, PAGE) {
+                    Ok((page, next)) => {
+                        for r in &page {
+                            for item in &r.record.prefix.items {
+                                if !audit.items.contains(item) && audit.items.len() < 16 {
+                                    audit.items.push(item.clone());
+                                }
+                            }
+                            self.out.extend_from_slice(record_lines(r).as_bytes());
+                        }
+                        (page.len(), next.map(|c| LastSearch::Records(filter, c)))
+                    }
+                    Err(detail) => {
+                        self.say(&Msg::StoreFailed { detail });
+                        (0, None)
+                    }
+                }
+            }
+            LastSearch::Access(filter, cursor) => {
+                match self.backend.search_access(&filter, cursor, PAGE) {
+                    Ok((page, next)) => {
+                        for e in &page {
+                            self.out.extend_from_slice(access_lines(e).as_bytes());
+                        }
+                        (page.len(), next.map(|c| LastSearch::Access(filter, c)))
+                    }
+                    Err(detail) => {
+                        self.say(&Msg::StoreFailed { detail });
+                        (0, None)
+                    }
+                }
+            }
+        };
+        let more = next.is_some();
+        self.last_search = next;
+        self.say(&Msg::Shown { shown, more });
+        audit.outcome = format!("accepted: {shown} shown");
+        self.backend.audit(audit);
     }
 
     fn show_users(&mut self, now: Millis) {
@@ -1001,4 +1199,159 @@ fn parse_role(word: &str) -> Option<Role> {
     ]
     .into_iter()
     .find(|r| r.name() == word)
+}
+
+const SEARCH_USAGE: &str = "search records [serial S] [code C] [requester A] [provider A] \
+     [business B] [info I] [item X] [from YYYY-MM-DD[Thh:mm]] [to …] | search access [serial S] \
+     [user U] [party P] [agency A] [operation O] [from …] [to …]";
+
+/// `KEY VALUE` pairs, each key once.
+fn pairs<'a>(args: &[&'a str]) -> Result<Vec<(&'a str, &'a str)>, Msg> {
+    if args.len() % 2 != 0 {
+        return Err(Msg::Usage {
+            usage: SEARCH_USAGE.into(),
+        });
+    }
+    Ok(args.chunks(2).map(|c| (c[0], c[1])).collect())
+}
+
+fn parsed<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, Msg>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse::<T>().map_err(|e| Msg::BadValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn when(key: &str, value: &str) -> Result<Millis, Msg> {
+    crate::relay::jst::parse_jst(value).ok_or_else(|| Msg::BadValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        detail: "YYYY-MM-DD or YYYY-MM-DDThh:mm (JST)".into(),
+    })
+}
+
+fn record_filter(args: &[&str]) -> Result<RecordFilter, Msg> {
+    let mut f = RecordFilter::default();
+    for (key, value) in pairs(args)? {
+        match key {
+            "serial" => f.serial = Some(parsed(key, value)?),
+            "code" => f.code = Some(parsed(key, value)?),
+            "requester" => f.requester = Some(parsed(key, value)?),
+            "provider" => f.provider = Some(parsed(key, value)?),
+            "business" => f.business = Some(parsed(key, value)?),
+            "info" => f.info_name = Some(parsed(key, value)?),
+            "item" => f.item = Some(parsed(key, value)?),
+            "from" => f.since = Some(when(key, value)?),
+            "to" => f.until = Some(when(key, value)?),
+            _ => {
+                return Err(Msg::UnknownKey {
+                    key: key.to_owned(),
+                    keys: "serial code requester provider business info item from to".into(),
+                })
+            }
+        }
+    }
+    Ok(f)
+}
+
+fn access_filter(args: &[&str]) -> Result<AccessFilter, Msg> {
+    let mut f = AccessFilter::default();
+    for (key, value) in pairs(args)? {
+        match key {
+            "serial" => f.serial = Some(parsed(key, value)?),
+            "user" => f.staff = Some(value.to_owned()),
+            "party" => f.party = Some(value.to_owned()),
+            "agency" => f.agency = Some(parsed(key, value)?),
+            "operation" => f.operation = Some(value.to_owned()),
+            "from" => f.since = Some(when(key, value)?),
+            "to" => f.until = Some(when(key, value)?),
+            _ => {
+                return Err(Msg::UnknownKey {
+                    key: key.to_owned(),
+                    keys: "serial user party agency operation from to".into(),
+                })
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// Two lines of at most 80 columns per record.
+fn record_lines(r: &ChainedRecord) -> String {
+    let p = &r.record.prefix;
+    let items: Vec<&str> = p.items.iter().map(|i| i.as_str()).collect();
+    format!(
+        "{:>8} {} {:?}/{:?} {}\r\n         {}->{} {} {} {}\r\n",
+        r.seq,
+        crate::relay::jst::jst_minute(r.at),
+        r.record.kind,
+        r.record.side,
+        r.record.serial,
+        p.requester,
+        p.provider,
+        p.business,
+        p.info_name,
+        items.join(",")
+    )
+}
+
+fn access_lines(e: &ChainedAccess) -> String {
+    let a = &e.entry;
+    format!(
+        "{:>8} {} {} {} {:?}\r\n         {} {}\r\n",
+        e.seq,
+        crate::relay::jst::jst_minute(a.at),
+        a.party,
+        a.staff.as_deref().unwrap_or("-"),
+        a.direction,
+        a.operation,
+        a.outcome
+    )
+}
+
+/// Every field of one record, a line each.
+fn record_in_full(r: &ChainedRecord) -> String {
+    let rec = &r.record;
+    let p = &rec.prefix;
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let items: Vec<&str> = p.items.iter().map(|i| i.as_str()).collect();
+    let lines = [
+        ("seq", r.seq.to_string()),
+        ("at", crate::relay::jst::jst_minute(r.at)),
+        ("kind", format!("{:?}", rec.kind)),
+        ("side", format!("{:?}", rec.side)),
+        ("serial", rec.serial.to_string()),
+        ("requester", p.requester.to_string()),
+        ("provider", p.provider.to_string()),
+        ("business", p.business.to_string()),
+        ("info_name", p.info_name.to_string()),
+        ("items", items.join(",")),
+        ("code", opt(rec.code.as_ref().map(ToString::to_string))),
+        (
+            "permit_id",
+            opt(rec.permit_id.as_ref().map(ToString::to_string)),
+        ),
+        (
+            "counterpart",
+            opt(rec.counterpart.as_ref().map(ToString::to_string)),
+        ),
+        (
+            "query_requested_at",
+            crate::relay::jst::jst_minute(rec.query_requested_at),
+        ),
+        (
+            "provision_at",
+            opt(rec.provision_at.map(crate::relay::jst::jst_minute)),
+        ),
+        ("clock_synced", rec.clock_synced.to_string()),
+        ("hash", r.hash.iter().map(|b| format!("{b:02x}")).collect()),
+    ];
+    lines
+        .iter()
+        .map(|(k, v)| format!("  {k:<19} {v}\r\n"))
+        .collect()
 }

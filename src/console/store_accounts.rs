@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use ifrelay_proto::{Body, Millis};
-use ifrelay_store::{AccessEntry, Direction, StoreReader};
+use ifrelay_store::{AccessEntry, AccessFilter, Direction, PageCursor, RecordFilter, StoreReader};
 use tokio::sync::{mpsc, oneshot};
 
 use super::accounts::User;
-use super::session::{Accounts, Audit};
+use super::session::{AccessPage, Accounts, Audit, RecordPage};
 use super::status::StatusReport;
 use crate::relay::channel::{ConsoleWrite, Input};
 
@@ -144,6 +144,28 @@ impl Accounts for StoreAccounts {
         })
     }
 
+    fn search_records(
+        &self,
+        filter: &RecordFilter,
+        cursor: PageCursor,
+        limit: usize,
+    ) -> Result<RecordPage, String> {
+        self.reader
+            .search_records_page(filter, cursor, limit)
+            .map_err(|e| e.to_string())
+    }
+
+    fn search_access(
+        &self,
+        filter: &AccessFilter,
+        cursor: PageCursor,
+        limit: usize,
+    ) -> Result<AccessPage, String> {
+        self.reader
+            .search_access_page(filter, cursor, limit)
+            .map_err(|e| e.to_string())
+    }
+
     fn audit(&mut self, entry: Audit) {
         let access = AccessEntry {
             at: (self.clock)(),
@@ -155,9 +177,9 @@ impl Accounts for StoreAccounts {
             operation: entry.operation,
             message_id: None,
             serial: None,
-            business: None,
-            info_name: None,
-            items: Vec::new(),
+            business: entry.business,
+            info_name: entry.info_name,
+            items: entry.items,
             outcome: entry.outcome,
         };
         if let Err(error) = self.write(Vec::new(), Some(access)) {

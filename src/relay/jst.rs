@@ -108,6 +108,21 @@ pub fn jst_date(ms: Millis) -> String {
     format!("{:04}{:02}{:02}", d.year(), d.month(), d.day())
 }
 
+/// The instant a person means by `YYYY-MM-DD` (its midnight) or
+/// `YYYY-MM-DDThh:mm` in Japan (the console's searches).
+pub fn parse_jst(text: &str) -> Option<Millis> {
+    let t = text.trim();
+    let civil: DateTime = match t.split_once('T') {
+        Some(_) => t.parse().ok()?,
+        None => t
+            .parse::<jiff::civil::Date>()
+            .ok()?
+            .to_datetime(jiff::civil::Time::midnight()),
+    };
+    let at = JST.to_timestamp(civil).ok()?;
+    Some(at.as_millisecond())
+}
+
 /// `YYYY-MM-DD hh:mm` of `ms` in Japan, for people (the console).
 pub fn jst_minute(ms: Millis) -> String {
     let t = civil(ms);

@@ -86,7 +86,7 @@ fn the_survey_names_the_damaged_entry_and_announces_every_table_first() {
             SurveyEvent::Finding { .. } => None,
         })
         .collect();
-    assert_eq!(read.len(), 26, "{events:?}");
+    assert_eq!(read.len(), 27, "{events:?}");
     assert_eq!(read[..4], ["meta", "chain_marks", "records", "access_log"]);
     assert!(
         events.iter().any(|e| matches!(
