@@ -350,3 +350,30 @@ fn a_store_failure_changes_nothing_and_says_so() {
     assert!(shown.contains("保存できませんでした"), "{shown}");
     assert!(session.logged_in().is_none());
 }
+
+#[test]
+fn a_long_answer_waits_behind_more() {
+    let mut t = Terminal::new();
+    let secret = first_boot(&mut t);
+    login(&mut t, "admin", ADMIN_PW, &secret);
+    for n in 0..30 {
+        t.typed(&format!("user add u{n:02} operator\r"));
+        t.typed("Temp-Pass-0001\rTemp-Pass-0001\r");
+    }
+    // A header and 31 users: 22 lines (the header, admin, 20 operators),
+    // then the rest behind --More--.
+    let first = t.typed("users\r");
+    assert!(first.ends_with("--More--"), "{first}");
+    assert_eq!(first.matches(" operator ").count(), 20, "{first}");
+    let line = t.typed("\r");
+    assert_eq!(line.matches(" operator ").count(), 1, "{line}");
+    assert!(line.ends_with("--More--"), "{line}");
+    let rest = t.typed(" ");
+    assert_eq!(rest.matches(" operator ").count(), 9, "{rest}");
+    assert!(rest.ends_with("admin@box-131016> "), "{rest}");
+    // q drops what is left.
+    t.typed("users\r");
+    let quit = t.typed("q");
+    assert!(!quit.contains(" operator "), "{quit}");
+    assert!(quit.ends_with("admin@box-131016> "), "{quit}");
+}

@@ -86,6 +86,12 @@ pub type AccessPage = (Vec<ChainedAccess>, Option<PageCursor>);
 /// 24-line terminal.
 pub const PAGE: usize = 10;
 
+/// Lines of a long answer shown before `--More--`: a 24-line terminal
+/// less the `--More--` line and one for the prompt.
+pub const SCREEN: usize = 22;
+
+const MORE: &[u8] = b"--More--";
+
 /// The search `next` continues.
 #[derive(Debug, Clone)]
 enum LastSearch {
@@ -253,6 +259,8 @@ pub struct Session<B: Accounts> {
     /// The user logged in.
     user: Option<User>,
     last_search: Option<LastSearch>,
+    /// Lines of a long answer not shown yet (`--More--`).
+    more: std::collections::VecDeque<String>,
     last_input: Millis,
     out: Vec<u8>,
 }
@@ -267,6 +275,7 @@ impl<B: Accounts> Session<B> {
             state: State::LoginId,
             user: None,
             last_search: None,
+            more: std::collections::VecDeque::new(),
             last_input: now,
             out: Vec::new(),
         };
@@ -294,6 +303,10 @@ impl<B: Accounts> Session<B> {
     pub fn feed(&mut self, bytes: &[u8], now: Millis) -> Vec<u8> {
         self.last_input = now;
         for &b in bytes {
+            if !self.more.is_empty() {
+                self.more_key(b);
+                continue;
+            }
             let mut echo = Vec::new();
             let event = self.editor.feed(b, &mut echo);
             self.out.extend_from_slice(&echo);
@@ -333,7 +346,51 @@ impl<B: Accounts> Session<B> {
         self.editor.start(&p, secret, &mut self.out);
     }
 
+    /// Writes `text`, a screen at a time: past [`SCREEN`] lines the rest
+    /// waits behind `--More--` (Space: a screen, Enter: a line, q: stop).
+    fn paged(&mut self, text: &str) {
+        let mut lines = text
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned);
+        for line in lines.by_ref().take(SCREEN) {
+            self.out.extend_from_slice(line.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.more.extend(lines);
+        if !self.more.is_empty() {
+            self.out.extend_from_slice(MORE);
+        }
+    }
+
+    fn more_key(&mut self, key: u8) {
+        // Erase the `--More--` prompt.
+        self.out.extend_from_slice(b"\r\x1b[K");
+        let n = match key {
+            b' ' => SCREEN,
+            b'\r' | b'\n' => 1,
+            b'q' | b'Q' | 0x03 => self.more.len(),
+            _ => 0,
+        };
+        let show = !matches!(key, b'q' | b'Q' | 0x03);
+        for line in self.more.drain(..n.min(self.more.len())) {
+            if show {
+                self.out.extend_from_slice(line.as_bytes());
+                self.out.extend_from_slice(b"\r\n");
+            }
+        }
+        if self.more.is_empty() {
+            self.ready_prompt();
+        } else {
+            self.out.extend_from_slice(MORE);
+        }
+    }
+
     fn ready_prompt(&mut self) {
+        if !self.more.is_empty() {
+            // The prompt comes when the last line is shown.
+            return;
+        }
         let p = format!("{}@{}> ", self.user_id(), self.settings.name);
         self.editor.start(&p, false, &mut self.out);
     }
@@ -354,6 +411,7 @@ impl<B: Accounts> Session<B> {
     /// First boot when no user exists, else the login.
     fn begin_again(&mut self) {
         self.last_search = None;
+        self.more.clear();
         match self.backend.users() {
             Ok(users) if users.is_empty() => {
                 self.say(&Msg::FirstBoot);
@@ -923,7 +981,7 @@ impl<B: Accounts> Session<B> {
                         if r.locked { "yes" } else { "no" }
                     ));
                 }
-                self.out.extend_from_slice(table.as_bytes());
+                self.paged(&table);
             }
             Err(detail) => self.say(&Msg::StoreFailed { detail }),
         }
