@@ -238,7 +238,22 @@ pub struct ConsoleSection {
     pub max_failures: u64,
     /// Minutes such a lock lasts.
     pub lockout_minutes: u64,
+    /// Whether deleting records needs a second person's login.
+    pub two_person_rule: bool,
+    /// Where udev links USB disks (`usb-…` entries).
+    pub usb_devices: String,
+    /// Where a stick is mounted while an export is written.
+    pub usb_mount: String,
+    /// A folder exports go to instead of a USB stick; empty: the stick.
+    pub export_folder: String,
+    /// Auditors' age recipients (`age1…`) every export is encrypted to.
+    pub export_recipients: Vec<String>,
 }
+
+/// Where udev links every disk by its bus and serial.
+pub const DEFAULT_USB_DEVICES: &str = "/dev/disk/by-id";
+/// The console's private mount point for sticks.
+pub const DEFAULT_USB_MOUNT: &str = "/run/ifrelay/usb";
 
 impl Default for ConsoleSection {
     fn default() -> Self {
@@ -248,6 +263,11 @@ impl Default for ConsoleSection {
             idle_minutes: 15,
             max_failures: 5,
             lockout_minutes: 15,
+            two_person_rule: true,
+            usb_devices: DEFAULT_USB_DEVICES.into(),
+            usb_mount: DEFAULT_USB_MOUNT.into(),
+            export_folder: String::new(),
+            export_recipients: Vec::new(),
         }
     }
 }
@@ -551,6 +571,16 @@ pub struct Console {
     pub idle: Duration,
     pub max_failures: u32,
     pub lockout: Duration,
+    /// Deleting records needs a second person's login.
+    pub two_person_rule: bool,
+    /// Where USB disks are linked by udev.
+    pub usb_devices: PathBuf,
+    /// Where a stick is mounted for an export.
+    pub usb_mount: PathBuf,
+    /// Exports go here instead of a stick.
+    pub export_folder: Option<PathBuf>,
+    /// Auditors' age recipients, each checked.
+    pub export_recipients: Vec<String>,
 }
 
 impl Default for Console {
@@ -561,6 +591,11 @@ impl Default for Console {
             idle: Duration::from_secs(15 * 60),
             max_failures: 5,
             lockout: Duration::from_secs(15 * 60),
+            two_person_rule: true,
+            usb_devices: PathBuf::from(DEFAULT_USB_DEVICES),
+            usb_mount: PathBuf::from(DEFAULT_USB_MOUNT),
+            export_folder: None,
+            export_recipients: Vec::new(),
         }
     }
 }
@@ -985,6 +1020,32 @@ impl ConfigFile {
         let minutes = |field: &str, v: u64, max: u64| {
             in_range(field, v, 1, max, "minutes").map(|m| Duration::from_secs(m * 60))
         };
+        let absolute = |field: &str, v: &str| {
+            if v.starts_with('/') {
+                Ok(PathBuf::from(v))
+            } else {
+                Err(ConfigError::invalid(
+                    field,
+                    format!("{v:?} is not an absolute path"),
+                    "give an absolute path",
+                ))
+            }
+        };
+        let usb_devices = absolute("console.usb_devices", c.usb_devices.trim())?;
+        let usb_mount = absolute("console.usb_mount", c.usb_mount.trim())?;
+        let export_folder = match c.export_folder.trim() {
+            "" => None,
+            f => Some(absolute("console.export_folder", f)?),
+        };
+        for r in &c.export_recipients {
+            if let Err(e) = crate::export::parse_recipient(r) {
+                return Err(ConfigError::invalid(
+                    "console.export_recipients",
+                    e.to_string(),
+                    "give each auditor's age public key (age1…), as age-keygen prints it",
+                ));
+            }
+        }
         Ok(Console {
             tty,
             baud,
@@ -992,6 +1053,15 @@ impl ConfigFile {
             max_failures: in_range("console.max_failures", c.max_failures, 1, 100, "attempts")?
                 as u32,
             lockout: minutes("console.lockout_minutes", c.lockout_minutes, 7 * 24 * 60)?,
+            two_person_rule: c.two_person_rule,
+            usb_devices,
+            usb_mount,
+            export_folder,
+            export_recipients: c
+                .export_recipients
+                .iter()
+                .map(|r| r.trim().to_owned())
+                .collect(),
         })
     }
 
@@ -1634,6 +1704,16 @@ impl Config {
                 idle_minutes: self.console.idle.as_secs() / 60,
                 max_failures: self.console.max_failures.into(),
                 lockout_minutes: self.console.lockout.as_secs() / 60,
+                two_person_rule: self.console.two_person_rule,
+                usb_devices: self.console.usb_devices.display().to_string(),
+                usb_mount: self.console.usb_mount.display().to_string(),
+                export_folder: self
+                    .console
+                    .export_folder
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                export_recipients: self.console.export_recipients.clone(),
             },
             timeouts: TimeoutsSection {
                 connect_ms: ms(self.timeouts.connect),
@@ -1915,6 +1995,7 @@ allow = ["10.1.0.2/32"]
                 idle: Duration::from_secs(300),
                 max_failures: 3,
                 lockout: Duration::from_secs(1800),
+                ..Console::default()
             }
         );
         let back =

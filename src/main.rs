@@ -473,16 +473,9 @@ fn export_labels(
     let verified = config
         .distribution_roots()
         .map_err(|e| e.to_string())
-        .and_then(|roots| {
-            let d: ifrelay_proto::Distribution =
-                ciborium::from_reader(&stored.1[..]).map_err(|e| e.to_string())?;
-            ifrelay_proto::distribution::verify_stored(&d, &roots).map_err(|e| e.to_string())
-        });
+        .and_then(|roots| ifrelay::export::Labels::from_stored(&stored.1, &roots));
     match verified {
-        Ok(trusted) => Some((
-            stored.0,
-            ifrelay::export::Labels::from_masters(&trusted.fields.masters),
-        )),
+        Ok(labels) => Some((stored.0, labels)),
         Err(why) => {
             eprintln!(
                 "ifrelay: the stored distribution {} does not verify ({why}): the CSV files carry \

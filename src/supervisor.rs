@@ -206,6 +206,11 @@ impl RunningBox {
         let client_tls = tls.client_config()?;
 
         let stats = Arc::new(Mutex::new(EngineStats::default()));
+        let retention_policy = RetentionPolicy::from_years(
+            config.retention.records_years,
+            config.retention.access_log_years,
+            config.retention.delete_records,
+        );
         let (deliver_tx, deliver_rx) = mpsc::unbounded_channel();
         let (engine, ids) = Engine::boot(
             store,
@@ -222,11 +227,7 @@ impl RunningBox {
                 },
                 roots,
                 expiry_warning: config.trust.expiry_warning,
-                retention: RetentionPolicy::from_years(
-                    config.retention.records_years,
-                    config.retention.access_log_years,
-                    config.retention.delete_records,
-                ),
+                retention: retention_policy,
             },
             deliver_tx,
             stats.clone(),
@@ -374,6 +375,28 @@ impl RunningBox {
                 settings.idle_ms = millis_of(config.console.idle);
                 settings.login.max_failures = config.console.max_failures;
                 settings.login.lockout_ms = millis_of(config.console.lockout);
+                settings.two_person = config.console.two_person_rule;
+                let media = match &config.console.export_folder {
+                    Some(folder) => crate::console::media::Media::Folder(folder.clone()),
+                    None => crate::console::media::Media::Usb {
+                        devices: config.console.usb_devices.clone(),
+                        mount_point: config.console.usb_mount.clone(),
+                    },
+                };
+                let export = crate::console::export::ExportSetup {
+                    media,
+                    recipients: config
+                        .console
+                        .export_recipients
+                        .iter()
+                        .filter_map(|r| crate::export::parse_recipient(r).ok())
+                        .collect(),
+                    key: box_key.clone(),
+                    roots: config.distribution_roots().unwrap_or_default(),
+                    party: config.party().to_string(),
+                    agency: config.agency.to_string(),
+                    name: config.name.clone(),
+                };
                 Some(
                     crate::console::tty::Console::spawn(
                         tty.clone(),
@@ -389,6 +412,8 @@ impl RunningBox {
                                 service: config.service.describe(),
                                 store_path: store_path.clone(),
                             },
+                            export: Arc::new(export),
+                            retention: retention_policy,
                         },
                     )
                     .map_err(StartError::Thread)?,

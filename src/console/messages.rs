@@ -4,6 +4,9 @@
 //! (seed 002 §4.7 item 2).
 
 use super::accounts::{Lang, PasswordRefusal, Refusal, Role};
+use super::export::{ExportFailure, Exported};
+use super::media::MediaError;
+use crate::relay::jst::jst_minute;
 
 /// One message, with what it mentions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +111,79 @@ pub enum Msg {
         key: String,
         keys: String,
     },
+    /// How many entries a search matched; `capped`: at least that many.
+    Matched {
+        count: u64,
+        capped: bool,
+    },
+    ExportStarted,
+    ExportDone(Exported),
+    InventoryExported {
+        name: String,
+    },
+    ExportFailed(String, ExportFailureKind),
+    NothingToDelete {
+        years: u32,
+        cutoff: i64,
+    },
+    DeletePlan {
+        count: u64,
+        oldest: i64,
+        newest: i64,
+        years: u32,
+        cutoff: i64,
+    },
+    /// The phrase to type, shown as the prompt.
+    DeletePhrasePrompt {
+        phrase: String,
+    },
+    DeleteNotConfirmed,
+    ApprovalNeeded,
+    ApproverIdPrompt,
+    ApproverRefused {
+        id: String,
+    },
+    ApproverMustChange {
+        id: String,
+    },
+    DeletionConfirmed {
+        count: u64,
+        minutes: u64,
+    },
+}
+
+/// An export failure as the user is told it: the kind decides the
+/// advice; the detail (the `String` of [`Msg::ExportFailed`]) is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFailureKind {
+    NoStick,
+    SeveralSticks,
+    ReadOnly,
+    Unusable,
+    Full,
+    /// Pulled out or broken while writing or flushing.
+    Interrupted,
+    /// The box itself failed (store, key, mount point).
+    Box,
+}
+
+impl Msg {
+    /// The message for `failure`.
+    pub fn export_failed(failure: &ExportFailure) -> Msg {
+        use ExportFailureKind as K;
+        let kind = match failure {
+            ExportFailure::Media(MediaError::NoStick) => K::NoStick,
+            ExportFailure::Media(MediaError::SeveralSticks { .. }) => K::SeveralSticks,
+            ExportFailure::Media(MediaError::ReadOnly { .. }) => K::ReadOnly,
+            ExportFailure::Media(MediaError::Unusable { .. }) => K::Unusable,
+            ExportFailure::Full { .. } => K::Full,
+            ExportFailure::Media(MediaError::Flush { .. }) | ExportFailure::Write { .. } => {
+                K::Interrupted
+            }
+            _ => K::Box,
+        };
+        Msg::ExportFailed(crate::logging::Causes(failure).to_string(), kind)
+    }
 }
 
 /// The text of `msg` in `lang`.
@@ -265,6 +341,111 @@ pub fn text(lang: Lang, msg: &Msg) -> String {
             format!("条件「{key}」はありません。使える条件: {keys}"),
             format!("There is no condition \"{key}\". Conditions: {keys}"),
         ),
+        M::Matched { count, capped: false } => {
+            pick(format!("{count} 件が該当します。"), format!("{count} match."))
+        }
+        M::Matched { count, capped: true } => pick(
+            format!("{count} 件以上が該当します。条件を足して絞り込めます。"),
+            format!("{count} or more match; add conditions to narrow the search."),
+        ),
+        M::ExportStarted => pick(
+            "USBメモリに書き出しています。終わったと表示されるまで抜かないでください…".into(),
+            "Writing to the USB stick. Do not remove it until told it is done…".into(),
+        ),
+        M::ExportDone(e) => {
+            let sealed = |ja: bool| match (e.recipients, ja) {
+                (0, true) => "暗号化なし".to_owned(),
+                (0, false) => "not encrypted".to_owned(),
+                (n, true) => format!("監査人 {n} 名あてに暗号化"),
+                (n, false) => format!("encrypted to {n} auditor(s)"),
+            };
+            pick(
+                format!(
+                    "書き出しました: {}（記録 {} 件、アクセスログ {} 件、{}）。\r\nUSBメモリを抜いてかまいません。受け取った側は ifrelay verify-export で検証できます。",
+                    e.name, e.records, e.access_entries, sealed(true)
+                ),
+                format!(
+                    "Exported {} ({} records, {} access-log entries, {}).\r\nThe USB stick may be removed now. The receiver checks it with ifrelay verify-export.",
+                    e.name, e.records, e.access_entries, sealed(false)
+                ),
+            )
+        }
+        M::InventoryExported { name } => pick(
+            format!("アカウント一覧を {name} に書き出しました。USBメモリを抜いてかまいません。"),
+            format!("The account inventory is written to {name}. The USB stick may be removed now."),
+        ),
+        M::ExportFailed(detail, kind) => export_failure(ja, detail, *kind),
+        M::NothingToDelete { years, cutoff } => pick(
+            format!(
+                "保存期間（{years} 年）を過ぎた記録はありません（{} より前の記録が対象です）。何も削除しません。",
+                jst_minute(*cutoff)
+            ),
+            format!(
+                "No record is past its retention period ({years} years: records before {}). Nothing is deleted.",
+                jst_minute(*cutoff)
+            ),
+        ),
+        M::DeletePlan { count, oldest, newest, years, cutoff } => pick(
+            format!(
+                "保存期間（{years} 年、{} より前）を過ぎた記録 {count} 件を削除します（{} から {} までの記録）。\r\n削除は取り消せません。必要なら先に export で書き出してください。",
+                jst_minute(*cutoff), jst_minute(*oldest), jst_minute(*newest)
+            ),
+            format!(
+                "{count} records past their retention period ({years} years: before {}) will be deleted (records from {} to {}).\r\nThis cannot be undone: export them first if they may be needed.",
+                jst_minute(*cutoff), jst_minute(*oldest), jst_minute(*newest)
+            ),
+        ),
+        M::DeletePhrasePrompt { phrase } => pick(
+            format!("よろしければ「{phrase}」と入力してください（やめるときは Enter）: "),
+            format!("To confirm, type \"{phrase}\" (Enter alone cancels): "),
+        ),
+        M::DeleteNotConfirmed => pick(
+            "確認の文字が一致しないため、削除しません。何も変わっていません。".into(),
+            "Not confirmed: nothing is deleted.".into(),
+        ),
+        M::ApprovalNeeded => pick(
+            "記録の削除には、もう一人（自分以外の監査人かセキュリティ管理者）の承認が必要です。承認する人がこのコンソールでログインしてください。".into(),
+            "Deleting records needs a second person's approval: another auditor or a security administrator logs in here now."
+                .into(),
+        ),
+        M::ApproverIdPrompt => pick("承認者の利用者ID: ".into(), "approver's user ID: ".into()),
+        M::ApproverRefused { id } => pick(
+            format!("{id} は承認できません（本人以外の監査人またはセキュリティ管理者だけが承認できます）。削除しません。"),
+            format!("{id} cannot approve (only another auditor or a security administrator can). Nothing is deleted."),
+        ),
+        M::ApproverMustChange { id } => pick(
+            format!("{id} は仮パスワードのままです。先に自分でログインしてパスワードを変えてから承認してください。削除しません。"),
+            format!("{id} still has a temporary password: log in once to change it, then approve. Nothing is deleted."),
+        ),
+        M::DeletionConfirmed { count, minutes } => pick(
+            format!("削除を確定しました。{count} 件を少しずつ削除します（約 {minutes} 分。中継は止まりません）。status で残りを確かめられます。"),
+            format!("Deletion confirmed: {count} records are deleted in small steps (about {minutes} minutes; relaying goes on). status shows what is left."),
+        ),
+    }
+}
+
+fn export_failure(ja: bool, detail: &str, kind: ExportFailureKind) -> String {
+    use ExportFailureKind as K;
+    let advice = match (kind, ja) {
+        (K::NoStick, true) => "USBメモリが見つかりません。差し込んでから、もう一度実行してください。",
+        (K::NoStick, false) => "No USB stick was found. Insert one and run the command again.",
+        (K::SeveralSticks, true) => "USBメモリが複数挿さっています。書き出し先の1本だけにして、もう一度実行してください。",
+        (K::SeveralSticks, false) => "More than one USB stick is inserted. Leave only the one to write to and run the command again.",
+        (K::ReadOnly, true) => "USBメモリが書き込み禁止です。書き込み禁止スイッチを戻すか別のUSBメモリで、もう一度実行してください。",
+        (K::ReadOnly, false) => "The USB stick is write-protected. Slide its lock switch back, or use another stick, and run the command again.",
+        (K::Unusable, true) => "このUSBメモリは使えません。PC で FAT32 か exFAT にフォーマットしたものを使ってください。",
+        (K::Unusable, false) => "This USB stick cannot be used. Format it as FAT32 or exFAT on a PC, or use another one.",
+        (K::Full, true) => "USBメモリの空きが足りません。書きかけのフォルダは検証に合格しません（PC で削除してかまいません）。空きのあるUSBメモリで、もう一度実行してください。",
+        (K::Full, false) => "The USB stick is full. The unfinished folder will not pass verification (delete it on a PC). Use a stick with more room and run the command again.",
+        (K::Interrupted, true) => "書き込みが完了しませんでした（途中で抜かれたか、USBメモリの故障）。書きかけのフォルダは検証に合格しません。差し直して、もう一度実行してください。",
+        (K::Interrupted, false) => "Writing did not complete (the stick was removed, or failed). The unfinished folder will not pass verification. Insert it again and run the command again.",
+        (K::Box, true) => "箱の内部で失敗しました。しばらくして、もう一度実行してください。続くときは保守業者に連絡してください。",
+        (K::Box, false) => "The box itself failed. Try again in a moment; if it persists, call the maintenance contractor.",
+    };
+    if ja {
+        format!("書き出せませんでした: {advice}\r\n（詳細: {detail}）")
+    } else {
+        format!("Nothing was exported: {advice}\r\n(detail: {detail})")
     }
 }
 

@@ -4,12 +4,14 @@
 //! ([`accounts`]), line editing ([`line`]), the message catalogue
 //! ([`messages`]), the session with first boot, login and the account
 //! commands ([`session`]), and accounts kept in the store through the
-//! engine ([`store_accounts`]), and the thread that serves a session on
-//! the serial port ([`tty`]). Still to come: the status, records, export
-//! and deletion commands.
+//! engine ([`store_accounts`]), the thread that serves a session on
+//! the serial port ([`tty`]), the status report ([`status`]), exports to
+//! a USB stick ([`export`] through the [`media`] seam).
 
 pub mod accounts;
+pub mod export;
 pub mod line;
+pub mod media;
 pub mod messages;
 pub mod session;
 pub mod status;

@@ -15,12 +15,15 @@
 //! - Idle for [`Settings::idle_ms`] while logged in: logged out.
 
 use ifrelay_proto::{BusinessCode, InfoNameCode, ItemCode, Millis};
-use ifrelay_store::{AccessFilter, ChainedAccess, ChainedRecord, PageCursor, RecordFilter};
+use ifrelay_store::{
+    AccessFilter, AgeCount, ChainedAccess, ChainedRecord, PageCursor, RecordFilter,
+};
 
 use super::accounts::{
     check_nobody, inventory, HashCost, Lang, LoginPolicy, PasswordPolicy, Permission, Refusal,
     Role, User,
 };
+use super::export::{ExportFailure, ExportOrder, Exported};
 use super::line::{Event, LineEditor};
 use super::messages::{text, Msg};
 use super::status::{status_lines, StatusReport};
@@ -75,6 +78,86 @@ pub trait Accounts {
     ) -> Result<AccessPage, String> {
         Err("not available here".into())
     }
+    /// How many records match `filter`, counted up to `cap`: `(n,
+    /// true)` when there are at least `n`.
+    ///
+    /// # Errors
+    /// As [`Accounts::search_records`].
+    fn count_records(&self, filter: &RecordFilter, cap: u64) -> Result<(u64, bool), String> {
+        count_pages(cap, |cursor, limit| {
+            self.search_records(filter, cursor, limit)
+                .map(|(page, next)| (page.len(), next))
+        })
+    }
+    /// As [`Accounts::count_records`], for the access log.
+    ///
+    /// # Errors
+    /// As [`Accounts::search_access`].
+    fn count_access(&self, filter: &AccessFilter, cap: u64) -> Result<(u64, bool), String> {
+        count_pages(cap, |cursor, limit| {
+            self.search_access(filter, cursor, limit)
+                .map(|(page, next)| (page.len(), next))
+        })
+    }
+    /// Writes `order` to the export media (a USB stick), syncs it and
+    /// unmounts it.
+    ///
+    /// # Errors
+    /// [`ExportFailure`], with the stick unmounted.
+    fn export(&mut self, _order: &ExportOrder, _now: Millis) -> Result<Exported, ExportFailure> {
+        Err(ExportFailure::Box {
+            detail: "not available here".into(),
+        })
+    }
+    /// What deleting records by the retention policy would remove at
+    /// `now`.
+    ///
+    /// # Errors
+    /// When the store cannot be read (or it is not available here).
+    fn deletion_plan(&self, _now: Millis) -> Result<DeletionPlan, String> {
+        Err("not available here".into())
+    }
+    /// Confirms the deletion of the records appended before `before`,
+    /// with its access-log entry, in one durable write.
+    ///
+    /// # Errors
+    /// As [`Accounts::save`]; nothing was confirmed.
+    fn confirm_deletion(&mut self, _before: Millis, _entry: Audit) -> Result<(), String> {
+        Err("not available here".into())
+    }
+}
+
+/// What a deletion by the retention policy would remove now (R-REC-4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeletionPlan {
+    /// Records appended before this are past their period.
+    pub cutoff: Millis,
+    /// The period, in years.
+    pub years: u32,
+    /// Those records.
+    pub records: AgeCount,
+}
+
+/// Matches are counted a page of this many at a time.
+const COUNT_PAGE: usize = 500;
+/// Most matches counted for a search; past it the console says "at least".
+pub const COUNT_CAP: u64 = 10_000;
+
+fn count_pages(
+    cap: u64,
+    mut page: impl FnMut(PageCursor, usize) -> Result<(usize, Option<PageCursor>), String>,
+) -> Result<(u64, bool), String> {
+    let mut count = 0u64;
+    let mut cursor = PageCursor::START;
+    loop {
+        let (n, next) = page(cursor, COUNT_PAGE)?;
+        count += n as u64;
+        match next {
+            Some(c) if count < cap => cursor = c,
+            Some(_) => return Ok((count, true)),
+            None => return Ok((count, false)),
+        }
+    }
 }
 
 /// A page of records and the cursor of the next (`None`: the last).
@@ -125,6 +208,9 @@ pub struct Settings {
     pub cost: HashCost,
     /// Logged out after this long without input.
     pub idle_ms: Millis,
+    /// Whether deleting records needs a second person's login
+    /// (`[console] two_person_rule`, default on).
+    pub two_person: bool,
 }
 
 impl Settings {
@@ -136,6 +222,7 @@ impl Settings {
             login: LoginPolicy::default(),
             cost: HashCost::default(),
             idle_ms: 15 * 60 * 1000,
+            two_person: true,
         }
     }
 }
@@ -179,6 +266,18 @@ const COMMANDS: &[(&str, Option<Permission>, &str, &str)] = &[
         "one record in full (show SEQ)",
     ),
     (
+        "export",
+        Some(Permission::ExportRecords),
+        "USBメモリへ書き出し (export records 条件… | export access [from …] [to …] | export all)",
+        "export to a USB stick (export records KEY VALUE… | export access [from …] [to …] | export all)",
+    ),
+    (
+        "delete",
+        Some(Permission::DeleteRecords),
+        "保存期間を過ぎた記録の削除（確認と承認つき）",
+        "delete records past their retention period (confirmed and approved)",
+    ),
+    (
         "passwd",
         None,
         "自分のパスワードを変更",
@@ -193,8 +292,8 @@ const COMMANDS: &[(&str, Option<Permission>, &str, &str)] = &[
     (
         "users",
         Some(Permission::ManageUsers),
-        "利用者一覧（アカウント棚卸し）",
-        "the account inventory",
+        "利用者一覧（アカウント棚卸し）。users export でUSBメモリへCSV",
+        "the account inventory; users export writes it to a USB stick as CSV",
     ),
     (
         "user",
@@ -247,6 +346,24 @@ enum State {
         role: Option<Role>,
         password: String,
     },
+    /// The user is asked to type `phrase` to confirm `plan`.
+    DeleteConfirm {
+        plan: DeletionPlan,
+        phrase: String,
+    },
+    /// The second person of the two-person rule logs in.
+    ApproverId {
+        plan: DeletionPlan,
+    },
+    ApproverPassword {
+        plan: DeletionPlan,
+        id: String,
+    },
+    ApproverCode {
+        plan: DeletionPlan,
+        id: String,
+        password: String,
+    },
     Ready,
 }
 
@@ -262,6 +379,9 @@ pub struct Session<B: Accounts> {
     /// Lines of a long answer not shown yet (`--More--`).
     more: std::collections::VecDeque<String>,
     last_input: Millis,
+    /// An export asked for: run at the next [`Session::tick`], after
+    /// the user has been told not to pull the stick.
+    pending_export: Option<(ExportOrder, Audit)>,
     out: Vec<u8>,
 }
 
@@ -277,6 +397,7 @@ impl<B: Accounts> Session<B> {
             last_search: None,
             more: std::collections::VecDeque::new(),
             last_input: now,
+            pending_export: None,
             out: Vec::new(),
         };
         let banner = Msg::Banner {
@@ -317,8 +438,12 @@ impl<B: Accounts> Session<B> {
         std::mem::take(&mut self.out)
     }
 
-    /// Lets time pass: logs out an idle user.
+    /// Lets time pass: runs an export asked for, logs out an idle user.
     pub fn tick(&mut self, now: Millis) -> Vec<u8> {
+        if let Some((order, audit)) = self.pending_export.take() {
+            self.run_export(&order, audit, now);
+            self.last_input = now;
+        }
         if self.user.is_some() && now - self.last_input >= self.settings.idle_ms {
             let minutes = u64::try_from(self.settings.idle_ms / 60_000).unwrap_or(0);
             self.out.extend_from_slice(b"\r\n");
@@ -510,6 +635,23 @@ impl<B: Accounts> Session<B> {
             }
             State::TemporaryAgain { id, role, password } => {
                 self.temporary_again(&id, role, password, &line, now)
+            }
+            State::DeleteConfirm { plan, phrase } => self.delete_confirmed(plan, &phrase, &line),
+            State::ApproverId { plan } => {
+                let id = line.trim().to_owned();
+                self.state = State::ApproverPassword { plan, id };
+                self.prompt(&Msg::PasswordPrompt, true);
+            }
+            State::ApproverPassword { plan, id } => {
+                self.state = State::ApproverCode {
+                    plan,
+                    id,
+                    password: line,
+                };
+                self.prompt(&Msg::CodePrompt, true);
+            }
+            State::ApproverCode { plan, id, password } => {
+                self.approve(plan, &id, &password, line.trim(), now)
             }
             State::Ready => {
                 self.state = State::Ready;
@@ -805,7 +947,24 @@ impl<B: Accounts> Session<B> {
                     Err(detail) => self.say(&Msg::StoreFailed { detail }),
                 }
             }
-            "users" => self.show_users(now),
+            "users" => match words.get(1) {
+                None => self.show_users(now),
+                Some(&"export") => {
+                    self.export_inventory(&user.id, now);
+                    return;
+                }
+                Some(_) => self.say(&Msg::Usage {
+                    usage: "users | users export".into(),
+                }),
+            },
+            "export" => {
+                self.export_command(&words[1..], &user.id);
+                return;
+            }
+            "delete" => {
+                self.delete_command(&user.id, now);
+                return;
+            }
             "search" | "next" | "show" => {
                 self.records_command(name, &words[1..], &user.id);
                 self.ready_prompt();
@@ -917,6 +1076,19 @@ impl<B: Accounts> Session<B> {
             self.backend.audit(audit);
             return;
         };
+        let fresh = match &search {
+            LastSearch::Records(f, c) => {
+                (*c == PageCursor::START).then(|| self.backend.count_records(f, COUNT_CAP))
+            }
+            LastSearch::Access(f, c) => {
+                (*c == PageCursor::START).then(|| self.backend.count_access(f, COUNT_CAP))
+            }
+        };
+        match fresh {
+            Some(Ok((count, capped))) => self.say(&Msg::Matched { count, capped }),
+            Some(Err(detail)) => self.say(&Msg::StoreFailed { detail }),
+            None => {}
+        }
         let (shown, next) = match search {
             LastSearch::Records(filter, cursor) => {
                 match self.backend.search_records(&filter, cursor, PAGE) {
@@ -1183,6 +1355,21 @@ impl<B: Accounts> Session<B> {
                 USER_SUBCOMMANDS.to_vec()
             }
             (["lang"], true) | (["lang", _], false) => vec!["en", "ja"],
+            (["export"], true) | (["export", _], false)
+                if user.role.allows(Permission::ExportRecords) =>
+            {
+                vec!["access", "all", "records"]
+            }
+            (["search"], true) | (["search", _], false)
+                if user.role.allows(Permission::SearchRecords) =>
+            {
+                vec!["access", "records"]
+            }
+            (["users"], true) | (["users", _], false)
+                if user.role.allows(Permission::ManageUsers) =>
+            {
+                vec!["export"]
+            }
             _ => Vec::new(),
         }
     }
@@ -1239,6 +1426,9 @@ impl<B: Accounts> Session<B> {
         }
     }
 }
+
+mod deletion;
+mod exporting;
 
 /// An ID: 1–32 of `a-z 0-9 - . _`, starting with a letter.
 fn valid_id(id: &str) -> bool {

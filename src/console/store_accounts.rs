@@ -11,9 +11,11 @@ use ifrelay_store::{AccessEntry, AccessFilter, Direction, PageCursor, RecordFilt
 use tokio::sync::{mpsc, oneshot};
 
 use super::accounts::User;
-use super::session::{AccessPage, Accounts, Audit, RecordPage};
+use super::export::{ExportFailure, ExportOrder, ExportSetup, Exported};
+use super::session::{AccessPage, Accounts, Audit, DeletionPlan, RecordPage};
 use super::status::StatusReport;
 use crate::relay::channel::{ConsoleWrite, Input};
+use crate::relay::engine::RetentionPolicy;
 
 /// How long a write may wait for the engine before the console says the
 /// store failed (the engine commits within milliseconds when healthy).
@@ -27,6 +29,7 @@ pub struct StoreAccounts {
     terminal: String,
     clock: fn() -> Millis,
     status: Option<StatusSource>,
+    records: Option<(std::sync::Arc<ExportSetup>, RetentionPolicy)>,
 }
 
 /// What `status` reads besides the store.
@@ -52,7 +55,18 @@ impl StoreAccounts {
             terminal: format!("console:{terminal}"),
             clock,
             status: None,
+            records: None,
         }
+    }
+
+    /// With what `export` and `delete` need.
+    pub fn with_records(
+        mut self,
+        export: std::sync::Arc<ExportSetup>,
+        retention: RetentionPolicy,
+    ) -> StoreAccounts {
+        self.records = Some((export, retention));
+        self
     }
 
     /// With what `status` needs besides the store.
@@ -66,10 +80,20 @@ impl StoreAccounts {
         users: Vec<(String, Option<Vec<u8>>)>,
         access: Option<AccessEntry>,
     ) -> Result<(), String> {
+        self.write_all(users, access, None)
+    }
+
+    fn write_all(
+        &self,
+        users: Vec<(String, Option<Vec<u8>>)>,
+        access: Option<AccessEntry>,
+        delete_records_before: Option<Millis>,
+    ) -> Result<(), String> {
         let (done, answer) = oneshot::channel();
         let input = Input::Console(Box::new(ConsoleWrite {
             users,
             access,
+            delete_records_before,
             done,
         }));
         self.inputs
@@ -166,8 +190,44 @@ impl Accounts for StoreAccounts {
             .map_err(|e| e.to_string())
     }
 
+    fn export(&mut self, order: &ExportOrder, now: Millis) -> Result<Exported, ExportFailure> {
+        let (setup, _) = self.records.as_ref().ok_or_else(|| ExportFailure::Box {
+            detail: "exports are not set up".into(),
+        })?;
+        setup.run(&self.reader, order, now)
+    }
+
+    fn deletion_plan(&self, now: Millis) -> Result<DeletionPlan, String> {
+        let (_, retention) = self.records.as_ref().ok_or("not available here")?;
+        let cutoff = retention.records_cutoff(now);
+        let records = self
+            .reader
+            .records_before(cutoff)
+            .map_err(|e| e.to_string())?;
+        let years = retention.records.as_secs() / RetentionPolicy::YEAR.as_secs();
+        Ok(DeletionPlan {
+            cutoff,
+            years: u32::try_from(years).unwrap_or(u32::MAX),
+            records,
+        })
+    }
+
+    fn confirm_deletion(&mut self, before: Millis, entry: Audit) -> Result<(), String> {
+        let access = self.access_entry(entry);
+        self.write_all(Vec::new(), Some(access), Some(before))
+    }
+
     fn audit(&mut self, entry: Audit) {
-        let access = AccessEntry {
+        let access = self.access_entry(entry);
+        if let Err(error) = self.write(Vec::new(), Some(access)) {
+            tracing::error!(%error, "console: could not write the access log");
+        }
+    }
+}
+
+impl StoreAccounts {
+    fn access_entry(&self, entry: Audit) -> AccessEntry {
+        AccessEntry {
             at: (self.clock)(),
             terminal: self.terminal.clone(),
             party: "console".to_owned(),
@@ -181,9 +241,6 @@ impl Accounts for StoreAccounts {
             info_name: entry.info_name,
             items: entry.items,
             outcome: entry.outcome,
-        };
-        if let Err(error) = self.write(Vec::new(), Some(access)) {
-            tracing::error!(%error, "console: could not write the access log");
         }
     }
 }

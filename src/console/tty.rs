@@ -28,9 +28,11 @@ use nix::sys::termios::{self, BaudRate, SetArg};
 use std::os::fd::AsFd;
 use tokio::sync::mpsc;
 
+use super::export::ExportSetup;
 use super::session::{Session, Settings};
 use super::store_accounts::{StatusSource, StoreAccounts};
 use crate::relay::channel::Input;
+use crate::relay::engine::RetentionPolicy;
 
 /// How often the port is polled (and a stop noticed).
 pub const POLL: Duration = Duration::from_millis(200);
@@ -85,6 +87,10 @@ pub struct Backend {
     pub inputs: mpsc::Sender<Input>,
     pub clock: fn() -> Millis,
     pub status: StatusSource,
+    /// Where and how exports are written.
+    pub export: std::sync::Arc<ExportSetup>,
+    /// What `delete` may remove.
+    pub retention: RetentionPolicy,
 }
 
 fn serve(tty: &Path, baud: u32, settings: &Settings, backend: &Backend, stop: &AtomicBool) {
@@ -105,7 +111,8 @@ fn serve(tty: &Path, baud: u32, settings: &Settings, backend: &Backend, stop: &A
                     &name,
                     clock,
                 )
-                .with_status(backend.status.clone());
+                .with_status(backend.status.clone())
+                .with_records(backend.export.clone(), backend.retention);
                 let session = Session::start(accounts, settings.clone(), clock());
                 if let Err(e) = run(port, session, clock, stop) {
                     tracing::warn!(tty = %tty.display(), error = %e, "console: the port failed; opening it again");

@@ -46,6 +46,20 @@ impl Labels {
         }
     }
 
+    /// The labels of a stored distribution (`version`, its CBOR), after
+    /// verifying it again against the pinned `roots` as every start does:
+    /// labels from an altered distribution are never written.
+    ///
+    /// # Errors
+    /// Why the distribution does not decode or verify.
+    pub fn from_stored(bytes: &[u8], roots: &[ifrelay_proto::RootKey]) -> Result<Self, String> {
+        let d: ifrelay_proto::Distribution =
+            ciborium::from_reader(bytes).map_err(|e| e.to_string())?;
+        let trusted =
+            ifrelay_proto::distribution::verify_stored(&d, roots).map_err(|e| e.to_string())?;
+        Ok(Labels::from_masters(&trusted.fields.masters))
+    }
+
     /// Whether any label is known.
     pub fn is_empty(&self) -> bool {
         self.agencies.is_empty()

@@ -74,6 +74,9 @@ pub struct ConsoleWrite {
     /// Accounts to store (`Some`: the encoded account) or remove (`None`).
     pub users: Vec<(String, Option<Vec<u8>>)>,
     pub access: Option<AccessEntry>,
+    /// A deletion of the records appended before this time, confirmed at
+    /// the console (R-REC-4); the engine never deletes inside the period.
+    pub delete_records_before: Option<ifrelay_proto::Millis>,
     pub done: oneshot::Sender<Body>,
 }
 

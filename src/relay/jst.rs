@@ -136,6 +136,18 @@ pub fn jst_minute(ms: Millis) -> String {
     )
 }
 
+/// `YYYY-MM-DD HH:MM:SS` in Japan Standard Time.
+pub fn jst_second(ms: Millis) -> String {
+    let t = civil(ms);
+    format!(
+        "{} {:02}:{:02}:{:02}",
+        &jst_minute(ms)[..10],
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

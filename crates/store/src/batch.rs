@@ -84,6 +84,7 @@ impl<'a> Batch<'a> {
             Op::RemoveProcess(serial) => self.remove_process(&serial).map(drop),
             Op::PutUser(id, account) => self.put_user(&id, &account),
             Op::RemoveUser(id) => self.remove_user(&id).map(drop),
+            Op::ConfirmRecordsDeletion(before) => self.confirm_records_deletion(before),
             Op::PutPrefix(version, snapshot) => self.put_prefix(version, &snapshot),
             Op::PrunePrefixesBelow(version) => self.prune_prefixes_below(version).map(drop),
             Op::AppendRecord(at, record) => self.append_record(at, *record).map(drop),
@@ -138,6 +139,36 @@ impl<'a> Batch<'a> {
             &OpRef::RemoveProcess(serial.as_str()),
         )?;
         Ok(existed)
+    }
+
+    /// Records that a deletion of the records appended before `before` was
+    /// confirmed at the console (R-REC-4); it only ever moves forward. The
+    /// caller deletes them in bounded steps ([`Batch::delete_records_before`])
+    /// and checks the retention period; this only remembers the
+    /// confirmation across restarts.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] from redb.
+    pub fn confirm_records_deletion(&mut self, before: Millis) -> Result<(), StoreError> {
+        let mut meta = self
+            .txn
+            .open_table(tables::META)
+            .map_err(db("open table meta"))?;
+        let stored = u64::try_from(before).unwrap_or(0);
+        let kept = meta
+            .get(tables::RECORDS_DELETION_CONFIRMED_KEY)
+            .map_err(db("read meta"))?
+            .map_or(0, |g| g.value());
+        if stored > kept {
+            meta.insert(tables::RECORDS_DELETION_CONFIRMED_KEY, stored)
+                .map_err(db("write meta"))?;
+        }
+        log_op(
+            &mut self.ops,
+            self.logging,
+            &OpRef::ConfirmRecordsDeletion(before),
+        )?;
+        Ok(())
     }
 
     /// Stores console account `id` (opaque bytes), replacing any before.

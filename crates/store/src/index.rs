@@ -744,6 +744,34 @@ pub(crate) fn search_records(
     })
 }
 
+/// How many entries of `chain` the time index holds from before
+/// `cutoff`, and the times of the oldest and the newest of them: what a
+/// deletion by age would remove (an entry appended after a clock step
+/// back may wait for a newer one, `docs/config.md` `[retention]`).
+///
+/// # Errors
+/// As [`search_records`].
+pub(crate) fn count_before(
+    txn: &ReadTransaction,
+    chain: ChainName,
+    cutoff: Millis,
+) -> Result<crate::model::AgeCount, StoreError> {
+    let (by_time, _) = time_tables(chain);
+    let table = txn.open_table(by_time).map_err(index_error)?;
+    let mut count = crate::model::AgeCount::default();
+    for row in table
+        .range(..(cutoff, 0))
+        .map_err(db("read a time index"))?
+    {
+        let (k, _) = row.map_err(db("read a time index"))?;
+        let (at, _) = k.value();
+        count.entries += 1;
+        count.oldest = Some(count.oldest.map_or(at, |o: Millis| o.min(at)));
+        count.newest = Some(count.newest.map_or(at, |n: Millis| n.max(at)));
+    }
+    Ok(count)
+}
+
 /// Access-log entries matching `filter` after `cursor`, as
 /// [`search_records`].
 ///

@@ -51,10 +51,11 @@
 //! - `writer` (open, prepare, migrate, reopen): chain, error, index, schema,
 //!   shared, tables;
 //! - `batch`: writer, chain, error, index, model, tables;
-//! - `reader`: shared, verify, index, chain, error, model, tables;
 //! - `readonly`: integrity, verify, index, schema, chain, error, tables;
 //! - `snapshot` (paged raw rows for exports): readonly, chain, error,
 //!   model, schema, tables;
+//! - `reader`: shared, snapshot, verify, index, chain, error, model,
+//!   tables;
 //! - `survey` (where a damaged file is damaged): readonly, verify, chain,
 //!   error, tables;
 //! - `store`: readonly, writer, batch, reader, error, model, tables (and
@@ -100,8 +101,8 @@ pub use chain::{
 };
 pub use error::StoreError;
 pub use model::{
-    AccessEntry, AccessFilter, BootState, ChainedAccess, ChainedRecord, Direction, OutboxEntry,
-    PageCursor, Record, RecordFilter, RecordKind, SeenEntry, Side,
+    AccessEntry, AccessFilter, AgeCount, BootState, ChainedAccess, ChainedRecord, Direction,
+    OutboxEntry, PageCursor, Record, RecordFilter, RecordKind, SeenEntry, Side,
 };
 pub use reader::StoreReader;
 pub use readonly::ReadOnlyStore;

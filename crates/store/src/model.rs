@@ -192,6 +192,15 @@ impl RecordFilter {
     }
 }
 
+/// Entries appended before a time: how many, the oldest and the newest
+/// time among them (`None` when there are none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgeCount {
+    pub entries: u64,
+    pub oldest: Option<i64>,
+    pub newest: Option<i64>,
+}
+
 /// Where a page of search results ends: the seq of the last entry
 /// returned. Seqs only grow, so entries appended after a page was read
 /// all come after its cursor, and the next page neither skips nor repeats

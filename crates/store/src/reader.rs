@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use crate::chain::ChainReport;
+use crate::chain::{ChainName, ChainReport};
 use crate::error::{db, StoreError};
 use crate::index;
 use crate::model::{
-    AccessFilter, ChainedAccess, ChainedRecord, OutboxEntry, PageCursor, RecordFilter,
+    AccessFilter, AgeCount, ChainedAccess, ChainedRecord, OutboxEntry, PageCursor, RecordFilter,
 };
 use crate::shared::Shared;
+use crate::snapshot::Snapshot;
 use crate::tables;
 use crate::verify;
 
@@ -142,6 +143,17 @@ impl StoreReader {
         limit: usize,
     ) -> Result<(Vec<ChainedAccess>, Option<PageCursor>), StoreError> {
         self.read(|txn| index::search_access(txn, filter, cursor, limit))
+    }
+
+    /// How many records were appended before `cutoff`, oldest and newest
+    /// time among them: what a deletion by retention would remove
+    /// (R-REC-4), shown before the user confirms it. Reads the time
+    /// index, not the records: fast over millions.
+    ///
+    /// # Errors
+    /// As [`StoreReader::search_records_page`].
+    pub fn records_before(&self, cutoff: i64) -> Result<AgeCount, StoreError> {
+        self.read(|txn| index::count_before(txn, ChainName::Records, cutoff))
     }
 
     /// Number of stored records.
@@ -322,6 +334,24 @@ impl StoreReader {
         })
     }
 
+    /// The time before which a deletion of records was confirmed at the
+    /// console ([`crate::Batch::confirm_records_deletion`]); `None`: never.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn records_deletion_confirmed(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|txn| {
+            let meta = txn
+                .open_table(tables::META)
+                .map_err(db("open table meta"))?;
+            Ok(meta
+                .get(tables::RECORDS_DELETION_CONFIRMED_KEY)
+                .map_err(db("read meta"))?
+                .and_then(|g| i64::try_from(g.value()).ok())
+                .filter(|&t| t > 0))
+        })
+    }
+
     /// The serial epoch of the current boot (0 before the first boot).
     ///
     /// # Errors
@@ -386,6 +416,20 @@ impl StoreReader {
                 .map_err(db("read prefix"))?
                 .map(|g| g.value().to_vec()))
         })
+    }
+
+    /// One committed state of the running store, read a page at a time
+    /// (an export at the console). It holds a read transaction: the
+    /// writer goes on, but pages freed meanwhile are reused only after
+    /// the snapshot is dropped, so keep it for one export only.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] when the file cannot be read.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let result = self.shared.db().and_then(|database: Arc<Database>| {
+            database.begin_read().map_err(db("begin read transaction"))
+        });
+        self.shared.track(result).map(Snapshot::new)
     }
 
     /// Walks both chains from their anchors over one snapshot and reports

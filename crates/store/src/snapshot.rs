@@ -50,13 +50,15 @@ impl ReadOnlyStore {
     /// # Errors
     /// [`StoreError::Db`] when the file cannot be read.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        Ok(Snapshot {
-            txn: self.begin_read()?,
-        })
+        Ok(Snapshot::new(self.begin_read()?))
     }
 }
 
 impl Snapshot {
+    pub(crate) fn new(txn: ReadTransaction) -> Snapshot {
+        Snapshot { txn }
+    }
+
     /// Where `chain` starts and ends in this snapshot (the genesis mark
     /// for a store that never held an entry).
     ///

@@ -87,6 +87,9 @@ pub type ChainTable = TableDefinition<'static, u64, ChainRow<'static>>;
 /// Counters and versions. Keys: [`SCHEMA_VERSION_KEY`], [`EPOCH_KEY`],
 /// [`OUTBOX_NEXT_KEY`], [`OUTBOX_INDEX_NEXT_KEY`], [`PREFIX_CURRENT_KEY`].
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Key in [`META`]: records appended before this time (ms) may be
+/// deleted: a deletion confirmed at the console (R-REC-4).
+pub const RECORDS_DELETION_CONFIRMED_KEY: &str = "records_deletion_confirmed_before";
 /// Key in [`META`]: the schema version of the file.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// Key in [`META`]: the serial epoch of the current boot (R-SER-1).

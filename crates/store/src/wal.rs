@@ -131,6 +131,8 @@ pub(crate) enum OpRef<'a> {
     PutUser(&'a str, #[serde(with = "serde_bytes")] &'a [u8]),
     #[serde(rename = "U")]
     RemoveUser(&'a str),
+    #[serde(rename = "d")]
+    ConfirmRecordsDeletion(Millis),
 }
 
 /// One operation of a batch as read back from the log (owned form of
@@ -170,6 +172,8 @@ pub(crate) enum Op {
     PutUser(String, #[serde(with = "serde_bytes")] Vec<u8>),
     #[serde(rename = "U")]
     RemoveUser(String),
+    #[serde(rename = "d")]
+    ConfirmRecordsDeletion(Millis),
 }
 
 /// Appends `op` to a batch's payload.

@@ -34,9 +34,13 @@ pub struct EngineConfig {
 /// a bounded step per tick (the engine's `timers` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionPolicy {
-    /// Records older than this are deleted; `None`: records are kept
-    /// (until an operator confirms deletions at the console, R-REC-4).
-    pub records: Option<Duration>,
+    /// Records are kept at least this long: nothing younger is deleted,
+    /// whoever confirms it.
+    pub records: Duration,
+    /// Whether the tick deletes records past `records` by itself; when
+    /// off they go only after a deletion is confirmed at the console
+    /// (R-REC-4).
+    pub delete_records: bool,
     /// Access-log entries older than this are deleted (R-REC-6).
     pub access_log: Duration,
 }
@@ -46,19 +50,35 @@ impl RetentionPolicy {
     /// early, leap years or not.
     pub const YEAR: Duration = Duration::from_secs(366 * 24 * 3600);
 
-    /// The policy of `records_years` (records deleted only when
-    /// `delete_records`) and `access_log_years`.
+    /// The policy of `records_years` (records deleted by the box itself
+    /// only when `delete_records`) and `access_log_years`.
     pub fn from_years(records_years: u32, access_log_years: u32, delete_records: bool) -> Self {
         RetentionPolicy {
-            records: delete_records.then(|| Self::YEAR * records_years),
+            records: Self::YEAR * records_years,
+            delete_records,
             access_log: Self::YEAR * access_log_years,
         }
+    }
+
+    /// The first time that is still inside the records' period at `now`:
+    /// records appended before it may be deleted.
+    pub fn records_cutoff(&self, now: Millis) -> Millis {
+        cutoff(now, self.records)
+    }
+
+    /// As [`RetentionPolicy::records_cutoff`], for the access log.
+    pub fn access_cutoff(&self, now: Millis) -> Millis {
+        cutoff(now, self.access_log)
     }
 
     /// The policy of the defaults: records kept, access log 7 years.
     pub fn keep_records() -> Self {
         Self::from_years(7, 7, false)
     }
+}
+
+fn cutoff(now: Millis, keep: Duration) -> Millis {
+    now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Longest wait for each step of a process; past it the process is closed

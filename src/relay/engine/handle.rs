@@ -27,7 +27,15 @@ use crate::relay::destination::{party_label, Destination};
 pub(super) type Failed = Box<(StoreError, Option<Input>)>;
 
 /// The console's accounts and access-log entry, into the batch.
-fn console_write(batch: &mut Batch<'_>, write: &ConsoleWrite) -> Result<(), StoreError> {
+/// A confirmed deletion is stored no later than `period_cutoff`.
+fn console_write(
+    batch: &mut Batch<'_>,
+    write: &ConsoleWrite,
+    period_cutoff: Millis,
+) -> Result<(), StoreError> {
+    if let Some(before) = write.delete_records_before {
+        batch.confirm_records_deletion(before.min(period_cutoff))?;
+    }
     for (id, account) in &write.users {
         match account {
             Some(bytes) => batch.put_user(id, bytes)?,
@@ -125,13 +133,26 @@ impl Relay {
                 }
                 Err(e) => Err(Box::new((e, Some(Input::Undeliverable(u))))),
             },
-            Input::Console(write) => match console_write(batch, &write) {
-                Ok(()) => Ok(Handled {
-                    reply: Some((write.done, accepted())),
-                    ..Handled::default()
-                }),
-                Err(e) => Err(Box::new((e, Some(Input::Console(write))))),
-            },
+            Input::Console(write) => {
+                match console_write(batch, &write, self.cfg.retention.records_cutoff(now)) {
+                    Ok(()) => {
+                        if let Some(before) = write.delete_records_before {
+                            // Never past the period, whatever the console sent.
+                            let limit = self.cfg.retention.records_cutoff(now);
+                            let confirmed = before.min(limit);
+                            self.records_deletion_confirmed = Some(
+                                self.records_deletion_confirmed
+                                    .map_or(confirmed, |c| c.max(confirmed)),
+                            );
+                        }
+                        Ok(Handled {
+                            reply: Some((write.done, accepted())),
+                            ..Handled::default()
+                        })
+                    }
+                    Err(e) => Err(Box::new((e, Some(Input::Console(write))))),
+                }
+            }
             Input::Stop => Ok(Handled::default()),
         }
     }

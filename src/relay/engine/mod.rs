@@ -147,6 +147,7 @@ impl Engine {
                 serial_counter: 0,
                 lists: Lists::default(),
                 processes: HashMap::new(),
+                records_deletion_confirmed: None,
             },
             needs_reload: false,
             deliver,
@@ -190,6 +191,16 @@ impl Engine {
             }
         }
         self.relay.lists = Lists::from_stored(trusted, now);
+        self.relay.records_deletion_confirmed = self
+            .store
+            .reader()
+            .records_deletion_confirmed()
+            .unwrap_or_else(|error| {
+                // Records are then kept until the deletion is confirmed
+                // again: the safe side.
+                tracing::error!(%error, "cannot read the confirmed records deletion");
+                None
+            });
         self.relay.processes = boot
             .processes
             .into_iter()

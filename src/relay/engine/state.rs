@@ -37,6 +37,9 @@ pub(super) struct Relay {
     /// The prefix lists held: in force and scheduled (R-DST-1..3).
     pub(super) lists: Lists,
     pub(super) processes: HashMap<Serial, Process>,
+    /// Records appended before this may be deleted: a deletion confirmed
+    /// at the console (R-REC-4), kept in the store across restarts.
+    pub(super) records_deletion_confirmed: Option<ifrelay_proto::Millis>,
 }
 
 /// What handling one input left to do after the commit.

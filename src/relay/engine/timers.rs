@@ -30,17 +30,21 @@ pub const RETENTION_DELETE_PER_TICK: usize = 25;
 
 impl Relay {
     /// Deletes a bounded step of the entries past their retention period
-    /// (R-REC-4, R-REC-6): the access log always, records only when the
-    /// policy says so. Nothing appended at or after the cutoff goes.
+    /// (R-REC-4, R-REC-6): the access log always; records when the policy
+    /// says the box deletes them itself, or up to where a deletion was
+    /// confirmed at the console. Nothing inside a period ever goes.
     fn delete_by_retention(&self, batch: &mut Batch<'_>, now: Millis) -> Result<(), StoreError> {
-        let cutoff = |keep: std::time::Duration| {
-            now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
-        };
         let policy = self.cfg.retention;
         let access =
-            batch.delete_access_before(cutoff(policy.access_log), RETENTION_DELETE_PER_TICK)?;
-        let records = match policy.records {
-            Some(keep) => batch.delete_records_before(cutoff(keep), RETENTION_DELETE_PER_TICK)?,
+            batch.delete_access_before(policy.access_cutoff(now), RETENTION_DELETE_PER_TICK)?;
+        let period = policy.records_cutoff(now);
+        let allowed = if policy.delete_records {
+            Some(period)
+        } else {
+            self.records_deletion_confirmed.map(|c| c.min(period))
+        };
+        let records = match allowed {
+            Some(cutoff) => batch.delete_records_before(cutoff, RETENTION_DELETE_PER_TICK)?,
             None => 0,
         };
         if access > 0 || records > 0 {
