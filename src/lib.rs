@@ -11,6 +11,7 @@ pub mod console;
 pub mod critical;
 pub mod exit;
 pub mod export;
+pub mod health;
 pub mod identity;
 pub mod logging;
 pub mod net;

@@ -157,6 +157,8 @@ pub struct RunningBox {
     servers: Vec<Arc<ServerContext>>,
     /// The maintenance console, when `[console] tty` names a port.
     console: Option<crate::console::tty::Console>,
+    /// The hash-chain verification at start and once a day.
+    chain_check: Option<crate::health::ChainCheck>,
 }
 
 impl RunningBox {
@@ -206,6 +208,7 @@ impl RunningBox {
         let client_tls = tls.client_config()?;
 
         let stats = Arc::new(Mutex::new(EngineStats::default()));
+        let peer_book = Arc::new(crate::health::PeerBook::default());
         let retention_policy = RetentionPolicy::from_years(
             config.retention.records_years,
             config.retention.access_log_years,
@@ -306,6 +309,7 @@ impl RunningBox {
                 own.clone(),
                 ids.clone(),
                 rates.clone(),
+                peer_book.clone(),
             ));
             servers.push(ctx.clone());
             let guard = watch.guard(task);
@@ -333,6 +337,7 @@ impl RunningBox {
                 retry_count: config.timeouts.retry_count,
                 max_frame: config.limits.max_frame_bytes,
                 budget: budget.clone(),
+                peers: peer_book.clone(),
             },
             reader.clone(),
             deliver_rx,
@@ -364,6 +369,12 @@ impl RunningBox {
                 }
             }
         });
+        let chain_check = crate::health::ChainCheck::spawn(
+            reader.clone(),
+            crate::net::now_millis,
+            crate::health::CHAIN_CHECK_EVERY,
+        )
+        .map_err(StartError::Thread)?;
         let console = match &config.console.tty {
             Some(tty) => {
                 let mut settings = crate::console::session::Settings::new(
@@ -411,6 +422,8 @@ impl RunningBox {
                                 started: std::time::Instant::now(),
                                 service: config.service.describe(),
                                 store_path: store_path.clone(),
+                                peers: peer_book.clone(),
+                                chains: chain_check.state(),
                             },
                             export: Arc::new(export),
                             retention: retention_policy,
@@ -448,6 +461,7 @@ impl RunningBox {
             workers,
             servers,
             console,
+            chain_check: Some(chain_check),
         })
     }
 
@@ -503,6 +517,9 @@ impl RunningBox {
         // The console first: it writes through the engine.
         if let Some(mut console) = self.console.take() {
             let _ = tokio::task::spawn_blocking(move || console.stop()).await;
+        }
+        if let Some(mut check) = self.chain_check.take() {
+            let _ = tokio::task::spawn_blocking(move || check.stop()).await;
         }
         self.stop_accepting.cancel();
         self.listeners.close();

@@ -972,10 +972,8 @@ impl<B: Accounts> Session<B> {
             }
             "status" => match self.backend.status() {
                 Ok(report) => {
-                    for line in status_lines(self.lang(), &report) {
-                        self.out.extend_from_slice(line.as_bytes());
-                        self.out.extend_from_slice(b"\r\n");
-                    }
+                    let lines = status_lines(self.lang(), &report);
+                    self.paged(&lines.join("\r\n"));
                 }
                 Err(detail) => self.say(&Msg::StoreFailed { detail }),
             },

@@ -2,6 +2,8 @@
 //! either language.
 
 use super::accounts::Lang;
+use crate::health::{ChainState, Outbound, PeerSeen};
+use crate::relay::jst::jst_minute;
 
 /// What `status` shows (issue 10 item 7).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +23,10 @@ pub struct StatusReport {
     /// Whether the clock is disciplined (not yet: clock discipline is a
     /// later issue).
     pub clock_synced: bool,
+    /// Each peer seen since the start, by name.
+    pub peers: Vec<(String, PeerSeen)>,
+    /// The last hash-chain verification.
+    pub chains: ChainState,
 }
 
 /// The lines of `status`, labels in `lang`, at most 80 columns.
@@ -69,6 +75,56 @@ pub fn status_lines(lang: Lang, r: &StatusReport) -> Vec<String> {
             }
         ),
     ];
+    out.push(format!(
+        "{:<14} {}",
+        label("ハッシュ連鎖", "hash chains"),
+        match &r.chains {
+            ChainState::Pending => label("検証中", "being verified").to_owned(),
+            ChainState::Intact { at, entries } => {
+                if ja {
+                    format!("正常（{entries} 件、{} 検証）", jst_minute(*at))
+                } else {
+                    format!("intact ({entries} entries, checked {})", jst_minute(*at))
+                }
+            }
+            ChainState::Broken { at, defects, first } => {
+                if ja {
+                    format!(
+                        "異常 {defects} 箇所（{first}、{}）\r\n{:<14} 記録が改ざんされたか壊れています。保守業者に連絡してください",
+                        jst_minute(*at),
+                        ""
+                    )
+                } else {
+                    format!(
+                        "BROKEN: {defects} ({first}, {})\r\n{:<14} records were altered or damaged: call maintenance",
+                        jst_minute(*at),
+                        ""
+                    )
+                }
+            }
+            ChainState::Failed { at, why } => {
+                format!(
+                    "{} ({why}, {})",
+                    label("検証失敗", "check failed"),
+                    jst_minute(*at)
+                )
+            }
+        }
+    ));
+    if r.peers.is_empty() {
+        out.push(format!(
+            "{:<14} {}",
+            label("接続先", "peers"),
+            label("まだ通信なし", "no contact yet")
+        ));
+    }
+    for (name, seen) in &r.peers {
+        out.push(format!(
+            "{:<14} {}",
+            label("接続先", "peer"),
+            peer_line(ja, name, seen)
+        ));
+    }
     if r.outbox.is_empty() {
         out.push(format!("{:<14} 0", label("送信待ち", "outbox")));
     }
@@ -79,4 +135,86 @@ pub fn status_lines(lang: Lang, r: &StatusReport) -> Vec<String> {
         ));
     }
     out
+}
+
+/// One peer: the box's connection to it and the last contact either way.
+fn peer_line(ja: bool, name: &str, s: &PeerSeen) -> String {
+    let state = match (&s.outbound, ja) {
+        (None, true) => "送信なし".to_owned(),
+        (None, false) => "not dialled".to_owned(),
+        (Some(Outbound::Connected(_)), true) => "接続中".to_owned(),
+        (Some(Outbound::Connected(_)), false) => "connected".to_owned(),
+        (Some(Outbound::Failing { failures, .. }), true) => format!("接続失敗 {failures} 回"),
+        (Some(Outbound::Failing { failures, .. }), false) => format!("failing ({failures}x)"),
+    };
+    let last = [s.last_answer, s.last_heard]
+        .into_iter()
+        .flatten()
+        .max()
+        .map_or_else(|| "-".to_owned(), jst_minute);
+    if ja {
+        format!("{name} {state} 最終 {last}")
+    } else {
+        format!("{name} {state}, last {last}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_and_the_chain_check_are_reported_within_80_columns() {
+        let report = StatusReport {
+            name: "box-131016".into(),
+            version: "0.1.0".into(),
+            peers: vec![
+                (
+                    "core".into(),
+                    PeerSeen {
+                        outbound: Some(Outbound::Connected(1_796_000_000_000)),
+                        last_answer: Some(1_796_000_060_000),
+                        last_heard: None,
+                    },
+                ),
+                (
+                    "ims/131016".into(),
+                    PeerSeen {
+                        outbound: Some(Outbound::Failing {
+                            at: 1_796_000_000_000,
+                            failures: 3,
+                            why: "connection refused".into(),
+                        }),
+                        last_answer: None,
+                        last_heard: None,
+                    },
+                ),
+            ],
+            chains: ChainState::Broken {
+                at: 1_796_000_000_000,
+                defects: 2,
+                first: "HashMismatch at 17".into(),
+            },
+            ..StatusReport::default()
+        };
+        let lines: Vec<String> = status_lines(Lang::En, &report)
+            .iter()
+            .flat_map(|l| l.split("\r\n").map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        let text = lines.join("\n");
+        assert!(text.contains("core connected, last 2026-"), "{text}");
+        assert!(text.contains("ims/131016 failing (3x), last -"), "{text}");
+        assert!(text.contains("BROKEN: 2 (HashMismatch at 17"), "{text}");
+        assert!(lines.iter().all(|l| l.chars().count() <= 80), "{text}");
+        let ja = status_lines(Lang::Ja, &report).join("\n");
+        assert!(
+            ja.contains("異常 2 箇所") && ja.contains("接続失敗 3 回"),
+            "{ja}"
+        );
+        let pending = status_lines(Lang::Ja, &StatusReport::default()).join("\n");
+        assert!(
+            pending.contains("検証中") && pending.contains("まだ通信なし"),
+            "{pending}"
+        );
+    }
 }

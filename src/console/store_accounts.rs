@@ -40,6 +40,8 @@ pub struct StatusSource {
     /// The service hours, described.
     pub service: String,
     pub store_path: std::path::PathBuf,
+    pub peers: std::sync::Arc<crate::health::PeerBook>,
+    pub chains: std::sync::Arc<std::sync::Mutex<crate::health::ChainState>>,
 }
 
 impl StoreAccounts {
@@ -165,6 +167,12 @@ impl Accounts for StoreAccounts {
             store_bytes,
             free_bytes,
             clock_synced: false,
+            peers: source.peers.snapshot(),
+            chains: source
+                .chains
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         })
     }
 

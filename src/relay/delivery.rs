@@ -32,6 +32,7 @@ use tracing::Instrument;
 use super::channel::{Delivery, Input, Notice, Undeliverable, Verdict};
 use super::destination::{Destination, OutboxItem};
 use crate::critical::Guards;
+use crate::health::PeerBook;
 use crate::logging::Causes;
 use crate::net::{Budget, Link, LinkReader, LinkWriter};
 
@@ -58,6 +59,8 @@ pub struct DeliveryConfig {
     pub max_frame: usize,
     /// The box's bytes in flight: replies are charged to it as they arrive.
     pub budget: Budget,
+    /// Where each peer's connection state goes, for `status`.
+    pub peers: Arc<PeerBook>,
 }
 
 /// Shared between the dispatcher and one worker.
@@ -254,6 +257,7 @@ async fn worker(
                     r = connect => r,
                 } {
                     Ok(link) => {
+                        cfg.peers.connected(&party, crate::net::now_millis());
                         let peer = link.peer();
                         let (reader, writer) = link.with_budget(cfg.budget.clone()).into_split();
                         conn = Some(Conn {
@@ -266,18 +270,30 @@ async fn worker(
                     }
                     Err(e) => {
                         tracing::warn!(error = %Causes(&e), failures, retry_in = ?backoff, "next hop unreachable");
+                        let why = e.to_string();
+                        cfg.peers
+                            .failed(&party, crate::net::now_millis(), failures + 1, &why);
                         Trouble::Failure
                     }
                 }
             }
             Some(c) => match exchange(c, &mut pending, &engine, &shutdown).await {
                 Ok(Exchanged::Answered) => {
+                    cfg.peers.answered(&party, crate::net::now_millis());
                     failures = 0;
                     backoff = cfg.retry_backoff;
                     continue;
                 }
                 Ok(Exchanged::Stopped) => return,
-                Err(t) => t,
+                Err(t) => {
+                    let why = match t {
+                        Trouble::Failure => "the connection failed or went silent",
+                        Trouble::NotNow => "busy: asked to send again later",
+                    };
+                    cfg.peers
+                        .failed(&party, crate::net::now_millis(), failures + 1, why);
+                    t
+                }
             },
         };
         // Drop the connection; what was on the wire is sent again (the

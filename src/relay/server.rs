@@ -42,6 +42,7 @@ use super::admission::{Admission, AdmissionLimits, Occupancy, Ticket};
 use super::channel::{FrameInput, Input, Listener, Peer};
 use super::rates::{Class, RateLimiter};
 use super::refusal_log::{self, Refusal, RefusalLog};
+use crate::health::PeerBook;
 use crate::logging::Causes;
 use crate::net::{
     flush_within, now_millis, read_frame_within, write_bytes, write_unflushed, Budget, Held, IdGen,
@@ -149,6 +150,8 @@ pub struct ServerContext {
     pub ids: Arc<IdGen>,
     /// Per-sender rates, shared by both listeners.
     pub rates: Arc<RateLimiter>,
+    /// Where each peer's last frame is noted, for `status`.
+    pub peers: Arc<PeerBook>,
     admission: Admission,
     refusals: RefusalLog,
 }
@@ -161,6 +164,7 @@ impl ServerContext {
         own: Party,
         ids: Arc<IdGen>,
         rates: Arc<RateLimiter>,
+        peers: Arc<PeerBook>,
     ) -> Self {
         Self {
             admission: Admission::new(config.admission),
@@ -171,6 +175,7 @@ impl ServerContext {
             own,
             ids,
             rates,
+            peers,
         }
     }
 
@@ -567,6 +572,7 @@ fn submit(ctx: &ServerContext, peer: &Peer, received: Received) -> Pending {
             &over.to_string(),
         )));
     }
+    ctx.peers.heard(&peer.party, crate::net::now_millis());
     let (tx, rx) = oneshot::channel();
     let input = Input::Frame(Box::new(FrameInput {
         peer: peer.clone(),

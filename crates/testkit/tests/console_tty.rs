@@ -136,6 +136,8 @@ async fn first_boot_login_and_garbage_at_a_serial_console() {
             "{status}"
         );
         assert!(status.contains("MiB"), "{status}");
+        assert!(status.contains("ハッシュ連鎖"), "{status}");
+        assert!(status.contains("接続先"), "{status}");
         screen.type_in(b"logout\r");
         screen.until("ログアウトしました");
     })
