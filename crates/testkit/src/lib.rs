@@ -3,7 +3,8 @@
 //! real protocol over real mutual TLS ([`sim`]), a loopback network of
 //! boxes and simulators ([`testbed`]), one scenario per refusal reason
 //! ([`scenarios`]), hostile peers and the flood mix ([`hostile`]),
-//! `make demo` ([`demo`]) and `make bench` ([`bench`]).
+//! `make demo` ([`demo`]) and `make bench` ([`bench`]), and a person at
+//! the box's serial console ([`terminal`]).
 //!
 //! The firmware (`ifrelay`) never links this crate: `cargo tree -p ifrelay
 //! -e normal` shows none of it, nor the development PKI or the simulators'
@@ -20,5 +21,7 @@ pub mod scenarios;
 pub mod sim;
 pub mod soak;
 pub mod stats;
+pub mod stick;
+pub mod terminal;
 pub mod testbed;
 pub mod workdir;

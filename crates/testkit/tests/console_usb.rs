@@ -11,8 +11,7 @@
 //! through the session).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 
 use ifrelay::console::export::{ExportFailure, ExportOrder, ExportSetup};
@@ -20,97 +19,7 @@ use ifrelay::console::media::{Media, MediaError};
 use ifrelay::export::{verify_export, AccessSelection, ExpectedBox};
 use ifrelay::identity::BoxKey;
 use ifrelay_store::{RecordFilter, Store};
-
-/// A file-system image attached to a loop device; detached on drop.
-struct Stick {
-    device: PathBuf,
-    image: PathBuf,
-}
-
-impl Stick {
-    /// An ext4 image of `mib` MiB (the kernels of these machines have no
-    /// FAT driver; the box tries FAT32 and exFAT first), attached
-    /// read-only when `read_only`. `None` when loop devices cannot be used.
-    fn new(dir: &Path, name: &str, mib: u64, read_only: bool) -> Option<Stick> {
-        if !nix::unistd::geteuid().is_root() {
-            return None;
-        }
-        let image = dir.join(format!("{name}.img"));
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(mib << 20)
-            .unwrap();
-        let made = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0"])
-            .arg(&image)
-            .status()
-            .ok()?;
-        if !made.success() {
-            return None;
-        }
-        let mut losetup = Command::new("losetup");
-        losetup.args(["-f", "--show"]);
-        if read_only {
-            losetup.arg("-r");
-        }
-        let out = losetup.arg(&image).output().ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "losetup failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        let device = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        Some(Stick { device, image })
-    }
-
-    /// Links the stick as udev would: `usb-<vendor>_<model>_<serial>-0:0`.
-    fn plug_into(&self, devices: &Path, serial: &str) {
-        std::fs::create_dir_all(devices).unwrap();
-        std::os::unix::fs::symlink(
-            &self.device,
-            devices.join(format!("usb-Test_Stick_{serial}-0:0")),
-        )
-        .unwrap();
-    }
-
-    /// Mounts the image read-only at `at` to look at what was written.
-    fn look(&self, at: &Path) -> Mounted {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-o", "ro,loop"])
-            .arg(&self.image)
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mount the image to look at it");
-        Mounted(at.to_owned())
-    }
-}
-
-impl Drop for Stick {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-    }
-}
-
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn mounted_at(point: &Path) -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let point = point.to_string_lossy();
-    mounts
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(&point))
-        .map(str::to_owned)
-}
+use ifrelay_testkit::stick::{mounted_at, Stick};
 
 /// A store of `n` records and its export setup writing to `media`.
 fn setup(dir: &Path, n: u32, media: Media) -> (Store, ExportSetup) {
@@ -190,7 +99,7 @@ fn an_export_lands_on_the_stick_verified_and_the_stick_is_unmounted() {
         return;
     };
     let devices = dir.path().join("by-id");
-    stick.plug_into(&devices, "0001");
+    stick.plug_into(&devices, "0001").unwrap();
     let point = dir.path().join("usb");
     let media = Media::Usb {
         devices: devices.clone(),
@@ -223,7 +132,7 @@ fn an_export_lands_on_the_stick_verified_and_the_stick_is_unmounted() {
     assert_eq!(done.device, stick.device.display().to_string());
     assert!(mounted_at(&point).is_none(), "unmounted before 'remove it'");
 
-    let look = stick.look(&dir.path().join("look"));
+    let look = stick.look(&dir.path().join("look")).unwrap();
     let folder = look.0.join(&done.name);
     let report = verify_export(&folder, &expected(dir.path())).unwrap();
     assert!(report.is_intact(), "{:?}", report.findings);
@@ -238,7 +147,7 @@ fn a_full_stick_says_so_and_leaves_nothing_that_verifies() {
         return;
     };
     let devices = dir.path().join("by-id");
-    stick.plug_into(&devices, "0002");
+    stick.plug_into(&devices, "0002").unwrap();
     let point = dir.path().join("usb");
     let media = Media::Usb {
         devices,
@@ -252,7 +161,7 @@ fn a_full_stick_says_so_and_leaves_nothing_that_verifies() {
         panic!("not told the stick is full: {failure:?}");
     };
     assert!(mounted_at(&point).is_none(), "unmounted after the failure");
-    let look = stick.look(&dir.path().join("look"));
+    let look = stick.look(&dir.path().join("look")).unwrap();
     let folder = look.0.join(name);
     assert!(folder.is_dir(), "the incomplete folder stays as it is");
     let report = verify_export(&folder, &expected(dir.path())).unwrap();
@@ -273,14 +182,14 @@ fn a_write_protected_stick_none_or_two_are_each_told_apart() {
         eprintln!("skipped: loop devices need root");
         return;
     };
-    locked.plug_into(&devices, "0003");
+    locked.plug_into(&devices, "0003").unwrap();
     assert!(
         matches!(media.open(), Err(MediaError::ReadOnly { .. })),
         "a read-only device"
     );
     assert!(mounted_at(&point).is_none());
     let second = Stick::new(dir.path(), "second", 8, false).unwrap();
-    second.plug_into(&devices, "0004");
+    second.plug_into(&devices, "0004").unwrap();
     assert!(matches!(
         media.open(),
         Err(MediaError::SeveralSticks { count: 2 })
