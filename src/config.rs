@@ -2021,6 +2021,43 @@ allow = ["10.1.0.2/32"]
         );
     }
 
+    #[test]
+    fn console_exports_are_configured_and_checked() {
+        let c = parse(MINIMAL).expect("minimal");
+        assert!(c.console.two_person_rule);
+        assert_eq!(c.console.usb_devices, Path::new("/dev/disk/by-id"));
+        assert_eq!(c.console.usb_mount, Path::new("/run/ifrelay/usb"));
+        assert_eq!(c.console.export_folder, None);
+        let key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        let text = format!(
+            "{VALID}\n[console]\ntwo_person_rule = false\nusb_devices = \"/dev/usb-links\"\n\
+             usb_mount = \"/run/x\"\nexport_folder = \"/srv/exports\"\n\
+             export_recipients = [\"{key}\"]\n"
+        );
+        let c = parse(&text).expect("valid");
+        assert!(!c.console.two_person_rule);
+        assert_eq!(c.console.usb_devices, Path::new("/dev/usb-links"));
+        assert_eq!(
+            c.console.export_folder.as_deref(),
+            Some(Path::new("/srv/exports"))
+        );
+        assert_eq!(c.console.export_recipients, [key]);
+        let back =
+            Config::parse(&c.to_toml_string().expect("toml"), Path::new("/x")).expect("back");
+        assert_eq!(back.console, c.console);
+        let err = refused(
+            &format!("{VALID}\n[console]\nexport_recipients = [\"age1nope\"]\n"),
+            "console.export_recipients",
+        );
+        assert!(err.to_string().contains("age-keygen"), "{err}");
+        for key in ["usb_devices", "usb_mount", "export_folder"] {
+            refused(
+                &format!("{VALID}\n[console]\n{key} = \"relative/path\"\n"),
+                &format!("console.{key}"),
+            );
+        }
+    }
+
     fn refused(text: &str, field: &str) -> ConfigError {
         let err = parse(text).expect_err("configuration must be refused");
         assert_eq!(err.field(), Some(field), "{err}");

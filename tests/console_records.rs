@@ -253,7 +253,7 @@ fn an_auditor_exports_a_search_result_that_verifies_and_the_export_is_logged() {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    assert!(name.starts_with("ifrelay-export-box-131016-"), "{name}");
+    assert!(name.starts_with("ifrelay-export-131016-"), "{name}");
     let key = BoxKey::load(desk.dir.path()).unwrap();
     let expected = ExpectedBox {
         public_key: Some(key.public_key()),

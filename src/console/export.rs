@@ -4,8 +4,8 @@
 //! what the user is told ([`Exported`], [`ExportFailure`]).
 //!
 //! Invariants:
-//! - Every export goes into a new folder named after the box and the
-//!   time; nothing on the stick is overwritten or deleted.
+//! - Every export goes into a new folder named after the box's agency
+//!   code and the time; nothing on the stick is overwritten or deleted.
 //! - The stick is unmounted before the user hears it may be removed; a
 //!   failed export still unmounts it, and its folder lacks the signature
 //!   (written last), so `verify-export` never accepts it.
@@ -103,11 +103,9 @@ impl ExportSetup {
         now: Millis,
     ) -> Result<Exported, ExportFailure> {
         let mounted = self.media.open()?;
-        let stem = format!(
-            "{}-{}",
-            self.name.as_deref().unwrap_or(&self.party),
-            file_stamp(now)
-        );
+        // The agency code, not the name: a name may hold spaces or
+        // Japanese, which some PCs mangle in file names on a stick.
+        let stem = format!("{}-{}", self.agency, file_stamp(now));
         let written = match order {
             ExportOrder::Chains { records, access } => {
                 let name = free_name(mounted.folder(), &format!("ifrelay-export-{stem}"), "");

@@ -25,6 +25,7 @@ use crate::scenarios::{self, NOT_PROVOKED};
 use crate::sim::ims::{FlowErrorKind, FlowTimings, ImsOptions, ImsSim};
 use crate::sim::serve::NetOptions;
 use crate::stats::summarize;
+use crate::terminal::{add_user, first_boot, log_in, Terminal};
 use crate::testbed::{agencies, prefix, Node, Testbed, TestbedOptions};
 
 /// What the demo runs.
@@ -80,11 +81,21 @@ pub async fn run(options: DemoOptions) -> Result<String, DemoError> {
     crate::workdir::prepare(&options.dir)?;
     let started = Instant::now();
     let resilience = Duration::from_secs(30);
+    // Box A's maintenance console, on a pty this process holds; exports
+    // go to a folder standing in for the USB stick.
+    let terminal = Terminal::open()?;
+    let tty = terminal.path().display().to_string();
+    let stick = std::path::absolute(options.dir.join("stick"))?;
+    let own = agencies().0;
     let mut bed = Testbed::start_opts(
         &options.dir,
         &|f| {
             f.timeouts.retry_backoff_ms = 100;
             f.timeouts.connect_ms = 1000;
+            if f.appliance.agency == own.as_str() {
+                f.console.tty = tty.clone();
+                f.console.export_folder = stick.display().to_string();
+            }
         },
         TestbedOptions {
             ims: ImsOptions {
@@ -191,6 +202,11 @@ pub async fn run(options: DemoOptions) -> Result<String, DemoError> {
         .collect();
 
     let outcomes = scenarios::run_all(&bed).await?;
+    eprintln!(
+        "demo: a scripted session at box {}'s console",
+        bed.nodes[0].agency
+    );
+    let console = tokio::task::spawn_blocking(move || console_session(terminal)).await??;
     // Let the last notices and completions drain, then stop both boxes
     // through their shutdown path (SIGTERM), which drains the rest.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -252,6 +268,24 @@ pub async fn run(options: DemoOptions) -> Result<String, DemoError> {
             ms(summary.map(|s| s.p50)),
             ms(summary.map(|s| s.p99))
         );
+    }
+
+    let verified = verify_exported(&options.binary, &stick, &console.export)?;
+    let _ = writeln!(
+        out,
+        "\nat box {}'s serial console (first boot, an auditor added, a search, an export):",
+        bed.nodes[0].agency
+    );
+    for line in console.shown.lines() {
+        let _ = writeln!(out, "  | {line}");
+    }
+    let _ = writeln!(
+        out,
+        "  `ifrelay verify-export {}`:",
+        stick.join(&console.export).display()
+    );
+    for line in verified.lines() {
+        let _ = writeln!(out, "    {line}");
     }
 
     let _ = writeln!(out, "\nrefusals, one attempt per reason:");
@@ -322,6 +356,74 @@ pub async fn run(options: DemoOptions) -> Result<String, DemoError> {
         started.elapsed().as_secs_f64()
     );
     Ok(out)
+}
+
+/// What the console session showed, and the export folder it wrote.
+struct ConsoleSession {
+    /// The auditor's part of the screen, as plain lines.
+    shown: String,
+    export: String,
+}
+
+const ADMIN_PASSWORD: &str = "Demo-Chief-2026";
+const AUDITOR_TEMPORARY: &str = "Demo-Temp-0001";
+const AUDITOR_PASSWORD: &str = "Demo-Audit-2026";
+
+/// As staff would, from docs/console.md: the first security administrator
+/// at first boot, an auditor added with a temporary password, and the
+/// auditor logging in with a code from their app, changing the password,
+/// searching and exporting.
+fn console_session(mut t: Terminal) -> Result<ConsoleSession, DemoError> {
+    let mut admin = first_boot(&mut t, "admin", ADMIN_PASSWORD)?;
+    log_in(&mut t, &mut admin)?;
+    let mut sato = add_user(&mut t, "admin@", "sato", "auditor", AUDITOR_TEMPORARY)?;
+    t.answer("admin@", "logout")?;
+    let before = t.transcript().len();
+    log_in(&mut t, &mut sato)?;
+    t.answer("新しいパスワード: ", AUDITOR_PASSWORD)?;
+    t.answer("もう一度: ", AUDITOR_PASSWORD)?;
+    t.answer("sato@", "search records business JM010 provider 271004")?;
+    t.until("件を表示しました")?;
+    t.answer("sato@", "export records business JM010")?;
+    let done = t.until("抜いてかまいません。")?;
+    t.answer("sato@", "logout")?;
+    t.until("ログアウトしました")?;
+    let export = done
+        .split("書き出しました: ")
+        .nth(1)
+        .and_then(|s| s.split('（').next())
+        .ok_or("the export's folder was not named on the screen")?
+        .to_owned();
+    let transcript = t.transcript();
+    let shown = transcript
+        .get(before..)
+        .unwrap_or_default()
+        .lines()
+        .skip_while(|l| !l.starts_with("利用者ID"))
+        // The password prompts show nothing typed; keep the screen short.
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(ConsoleSession { shown, export })
+}
+
+/// `ifrelay verify-export` on what the console wrote, as the receiver
+/// would run it; its output, or an error when it does not verify.
+fn verify_exported(
+    binary: &std::path::Path,
+    stick: &std::path::Path,
+    name: &str,
+) -> Result<String, DemoError> {
+    let out = std::process::Command::new(binary)
+        .arg("verify-export")
+        .arg(stick.join(name))
+        .args(["--box-id", "131016"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!("the console's export does not verify:\n{text}").into());
+    }
+    Ok(text)
 }
 
 /// Tells the new pid of a restarted box, so it can be killed again.

@@ -160,6 +160,39 @@ impl Terminal {
             .map_or(self.pos, |i| (i + 2).max(self.pos));
     }
 
+    /// Everything shown so far as plain lines: carriage returns, line
+    /// redraws and escape sequences taken out.
+    pub fn transcript(&self) -> String {
+        let mut out = String::new();
+        let mut chars = self.seen.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\u{1b}' => {
+                    // CSI: ESC [ parameters final-byte.
+                    if chars.peek() == Some(&'[') {
+                        chars.next();
+                        for f in chars.by_ref() {
+                            if ('@'..='~').contains(&f) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                '\r' => {
+                    // A redraw starts the line again; a newline follows
+                    // a finished one.
+                    if chars.peek() != Some(&'\n') {
+                        let start = out.rfind('\n').map_or(0, |i| i + 1);
+                        out.truncate(start);
+                    }
+                }
+                '\u{7}' => {}
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
     /// Types `keys`.
     ///
     /// # Errors
@@ -335,6 +368,13 @@ pub fn add_user(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_transcript_keeps_what_a_person_saw() {
+        let mut t = Terminal::open().expect("pty");
+        t.seen = "a> sea\r\u{1b}[Ka> search\r\nfound 2\r\n\u{7}a> ".into();
+        assert_eq!(t.transcript(), "a> search\nfound 2\na> ");
+    }
 
     #[test]
     fn codes_match_rfc_6238() {
