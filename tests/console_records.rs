@@ -270,7 +270,22 @@ fn an_auditor_exports_a_search_result_that_verifies_and_the_export_is_logged() {
     assert!(again.contains("記録 25 件"), "{again}");
     assert_eq!(std::fs::read_dir(&stick).unwrap().count(), 2);
 
+    // A search spanning two businesses names both (report table 25).
+    desk.type_in("search records requester 131016\r");
     desk.type_in("logout\r");
+    let searches = desk.console_log("search records");
+    assert_eq!(
+        searches.last().map(|e| e.outcome.as_str()),
+        Some("accepted: 10 shown; businesses JM0010,JM0020"),
+        "{searches:?}"
+    );
+    assert_eq!(
+        searches
+            .last()
+            .and_then(|e| e.info_name.as_ref())
+            .map(|i| i.as_str()),
+        Some("TK0001")
+    );
     let exports = desk.console_log("export records");
     assert_eq!(exports.len(), 1, "{exports:?}");
     assert_eq!(exports[0].staff.as_deref(), Some("sato"));
@@ -420,6 +435,23 @@ fn nothing_is_offered_for_deletion_inside_the_period() {
     for refused in ["delete\r", "export all\r"] {
         let out = desk.type_in(refused);
         assert!(out.contains("使えません"), "{refused}: {out}");
+    }
+    // The account inventory goes onto the stick as CSV.
+    let done = desk.type_in("users export\r");
+    assert!(done.contains("アカウント一覧を"), "{done}");
+    let stick = desk.dir.path().join("stick");
+    let files: Vec<_> = std::fs::read_dir(&stick)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("ifrelay-accounts-131016-") && name.ends_with(".csv"));
+    let csv = std::fs::read(&files[0]).unwrap();
+    assert!(csv.starts_with(b"\xEF\xBB\xBFuser,role,last_login,password_age_days,locked\r\n"));
+    let text = String::from_utf8(csv).unwrap();
+    for id in ["admin", "sato", "suzuki"] {
+        assert!(text.contains(&format!("\r\n{id},")), "{text}");
     }
     desk.ticks(2);
     assert_eq!(desk.reader.record_count().unwrap(), 4);

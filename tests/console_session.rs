@@ -414,3 +414,76 @@ fn a_long_answer_waits_behind_more() {
     assert!(!quit.contains(" operator "), "{quit}");
     assert!(quit.ends_with("admin@box-131016> "), "{quit}");
 }
+
+#[test]
+fn an_ageing_password_warns_then_must_change_then_locks_until_a_reset() {
+    const DAY: i64 = 24 * 3600 * 1000;
+    let mut t = Terminal::new();
+    let admin_secret = first_boot(&mut t);
+    login(&mut t, "admin", ADMIN_PW, &admin_secret);
+    for id in ["ito", "kato"] {
+        t.typed(&format!("user add {id} operator\r"));
+        t.typed("Temp-Pass-0001\rTemp-Pass-0001\r");
+    }
+    let kato = t.secret();
+    t.typed("logout\r");
+    // ito's secret was shown before kato's.
+    let ito = {
+        let screen = t.screen.clone();
+        let before_kato = &screen[..screen.find(&kato).unwrap()];
+        before_kato
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| {
+                l.len() == 32
+                    && l.chars()
+                        .all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c))
+            })
+            .unwrap()
+            .to_owned()
+    };
+    for (id, secret) in [("ito", &ito), ("kato", &kato)] {
+        login(&mut t, id, "Temp-Pass-0001", secret);
+        t.typed("Own-Pass-00001\rOwn-Pass-00001\r");
+        t.typed("logout\r");
+    }
+
+    // 80 days on (and a minute): 9 whole days left, said at the login.
+    t.wait(80 * DAY);
+    let warned = login(&mut t, "ito", "Own-Pass-00001", &ito);
+    assert!(warned.contains("有効期限まで残り 9 日"), "{warned}");
+    t.typed("logout\r");
+    // Past 90 days: the login must change it before anything else.
+    t.wait(11 * DAY);
+    let forced = login(&mut t, "ito", "Own-Pass-00001", &ito);
+    assert!(forced.contains("パスワードを変更してください"), "{forced}");
+    let refused = t.typed("status\r");
+    assert!(
+        !refused.contains("ストア"),
+        "nothing before the change: {refused}"
+    );
+    t.typed("\x03");
+    // The administrator changes theirs when asked, as staff should.
+    let asked = login(&mut t, "admin", ADMIN_PW, &admin_secret);
+    assert!(asked.contains("パスワードを変更してください"), "{asked}");
+    t.typed("Chief-Pass-2027\rChief-Pass-2027\r");
+    t.typed("logout\r");
+
+    // kato let it lapse 90 days past expiry: locked until a reset.
+    t.wait(90 * DAY);
+    let locked = login(&mut t, "kato", "Own-Pass-00001", &kato);
+    assert!(
+        locked.contains("90日が過ぎたためロックされています"),
+        "{locked}"
+    );
+    let admin = login(&mut t, "admin", "Chief-Pass-2027", &admin_secret);
+    // 90 days since the administrator's change too: a change first.
+    assert!(admin.contains("パスワードを変更してください"), "{admin}");
+    t.typed("Chief-Pass-2028\rChief-Pass-2028\r");
+    t.typed("user reset kato\r");
+    t.typed("Temp-Pass-0002\rTemp-Pass-0002\r");
+    t.typed("logout\r");
+    let back = login(&mut t, "kato", "Temp-Pass-0002", &kato);
+    assert!(back.contains("パスワードを変更してください"), "{back}");
+}

@@ -1087,6 +1087,8 @@ impl<B: Accounts> Session<B> {
             Some(Err(detail)) => self.say(&Msg::StoreFailed { detail }),
             None => {}
         }
+        // Codes beyond the entry's one business and info name.
+        let mut spanned = String::new();
         let (shown, next) = match search {
             LastSearch::Records(filter, cursor) => {
                 match self.backend.search_records(&filter, cursor, PAGE) {
@@ -1099,6 +1101,7 @@ impl<B: Accounts> Session<B> {
                             }
                             self.out.extend_from_slice(record_lines(r).as_bytes());
                         }
+                        spanned = touched_codes(&mut audit, &page);
                         (page.len(), next.map(|c| LastSearch::Records(filter, c)))
                     }
                     Err(detail) => {
@@ -1125,7 +1128,7 @@ impl<B: Accounts> Session<B> {
         let more = next.is_some();
         self.last_search = next;
         self.say(&Msg::Shown { shown, more });
-        audit.outcome = format!("accepted: {shown} shown");
+        audit.outcome = format!("accepted: {shown} shown{spanned}");
         self.backend.audit(audit);
     }
 
@@ -1427,6 +1430,46 @@ impl<B: Accounts> Session<B> {
 
 mod deletion;
 mod exporting;
+
+/// Fills the entry's business and info name from the records shown when
+/// the search did not fix them and they are one each; names them all in
+/// the outcome's tail when the records span several (report table 25:
+/// every code an access touched).
+fn touched_codes(audit: &mut Audit, shown: &[ChainedRecord]) -> String {
+    let mut businesses: Vec<&BusinessCode> = Vec::new();
+    let mut info_names: Vec<&InfoNameCode> = Vec::new();
+    for r in shown {
+        let p = &r.record.prefix;
+        if !businesses.contains(&&p.business) {
+            businesses.push(&p.business);
+        }
+        if !info_names.contains(&&p.info_name) {
+            info_names.push(&p.info_name);
+        }
+    }
+    let mut tail = String::new();
+    match businesses.as_slice() {
+        [one] => {
+            audit.business.get_or_insert_with(|| (*one).clone());
+        }
+        [] => {}
+        many => {
+            let codes: Vec<&str> = many.iter().map(|b| b.as_str()).collect();
+            tail.push_str(&format!("; businesses {}", codes.join(",")));
+        }
+    }
+    match info_names.as_slice() {
+        [one] => {
+            audit.info_name.get_or_insert_with(|| (*one).clone());
+        }
+        [] => {}
+        many => {
+            let codes: Vec<&str> = many.iter().map(|i| i.as_str()).collect();
+            tail.push_str(&format!("; info names {}", codes.join(",")));
+        }
+    }
+    tail
+}
 
 /// An ID: 1–32 of `a-z 0-9 - . _`, starting with a letter.
 fn valid_id(id: &str) -> bool {
