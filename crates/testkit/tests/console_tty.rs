@@ -1,8 +1,9 @@
 //! The maintenance console on a serial port (issue 10 items 1 and 8): a
 //! box of the testbed serves its console on a pty, and a person at the
-//! other end does the first boot, logs in with a code from the secret the
-//! screen showed, types garbage, and finds the account in the store after
-//! the box stopped.
+//! other end does the first boot, is refused a wrong password and a
+//! replayed code, logs in with a code computed from the secret the screen
+//! showed, completes with Tab and asks with `?`, types garbage, and finds
+//! the account in the store after the box stopped.
 
 use ifrelay_testkit::terminal::{code, now_s, secret_in, Terminal};
 use ifrelay_testkit::testbed::{agencies, Testbed};
@@ -37,10 +38,28 @@ async fn first_boot_login_and_garbage_at_a_serial_console() {
             .expect("type");
         let shown = screen.until("6桁のコード: ").expect("on screen");
         let secret = secret_in(&shown).expect("the secret is shown");
+        let enrolled_at = now_s();
         screen
-            .type_in(format!("{}\r", code(&secret, now_s())).as_bytes())
+            .type_in(format!("{}\r", code(&secret, enrolled_at)).as_bytes())
             .expect("type");
         screen.until("ログインしてください").expect("on screen");
+        // A wrong password, then the enrolment's code again: refused.
+        screen
+            .answer("利用者ID: ", "admin")
+            .and_then(|_| screen.answer("パスワード: ", "Wrong-Pass-0000"))
+            .and_then(|_| screen.answer("ワンタイムコード: ", &code(&secret, enrolled_at + 30)))
+            .expect("typed");
+        screen
+            .until("いずれかが違います")
+            .expect("wrong password refused");
+        screen
+            .answer("利用者ID: ", "admin")
+            .and_then(|_| screen.answer("パスワード: ", PASSWORD))
+            .and_then(|_| screen.answer("ワンタイムコード: ", &code(&secret, enrolled_at)))
+            .expect("typed");
+        screen
+            .until("使用済み")
+            .expect("a replayed code is refused");
         screen.until("利用者ID: ").expect("on screen");
         screen.type_in(b"admin\r").expect("type");
         screen.until("パスワード: ").expect("on screen");
@@ -48,12 +67,22 @@ async fn first_boot_login_and_garbage_at_a_serial_console() {
             .type_in(format!("{PASSWORD}\r").as_bytes())
             .expect("type");
         screen.until("ワンタイムコード: ").expect("on screen");
-        // The enrolment used this step's code: the next step's is
+        // The enrolment used its step's code: the next step's is
         // accepted (one step of skew) and is new.
         screen
-            .type_in(format!("{}\r", code(&secret, now_s() + 30)).as_bytes())
+            .type_in(format!("{}\r", code(&secret, enrolled_at + 30)).as_bytes())
             .expect("type");
         screen.until("admin@").expect("on screen");
+        // Tab completes, ? lists what this role may type.
+        screen.type_in(b"wh\t").expect("type");
+        screen.until("whoami ").expect("completed");
+        screen.type_in(b"\x15?").expect("type");
+        let help = screen.until("ログアウト").expect("the help list");
+        assert!(
+            help.contains("  users ") && !help.contains("  export "),
+            "{help}"
+        );
+        screen.type_in(b"\x15").expect("type");
         // Garbage: NULs (a BREAK), escape junk, bytes that are not UTF-8.
         screen
             .type_in(b"\x00\x00\x1b[99;99;99Z\xff\xfe\xfd")
