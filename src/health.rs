@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -121,6 +121,8 @@ pub const CHAIN_CHECK_EVERY: Duration = Duration::from_secs(24 * 3600);
 pub struct ChainCheck {
     state: Arc<Mutex<ChainState>>,
     stop: Arc<AtomicBool>,
+    /// Dropped to wake the thread from its wait between checks.
+    wake: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -136,25 +138,26 @@ impl ChainCheck {
     ) -> std::io::Result<ChainCheck> {
         let state = Arc::new(Mutex::new(ChainState::Pending));
         let stop = Arc::new(AtomicBool::new(false));
+        let (wake, asleep) = mpsc::channel::<()>();
         let (s, flag) = (state.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("chain-check".into())
             .spawn(move || loop {
-                let result = check(&reader, clock());
-                *s.lock().unwrap_or_else(PoisonError::into_inner) = result;
-                // Sleep in short steps so a stop is seen quickly.
-                let mut slept = Duration::ZERO;
-                while slept < every {
-                    if flag.load(Ordering::Acquire) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                    slept += Duration::from_millis(200);
+                let stopping = || flag.load(Ordering::Acquire);
+                match check(&reader, clock(), &stopping) {
+                    Some(result) => *s.lock().unwrap_or_else(PoisonError::into_inner) = result,
+                    None => return,
+                }
+                // Until the next check, or until the stop drops `wake`.
+                match asleep.recv_timeout(every) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             })?;
         Ok(ChainCheck {
             state,
             stop,
+            wake: Some(wake),
             thread: Some(thread),
         })
     }
@@ -164,9 +167,11 @@ impl ChainCheck {
         self.state.clone()
     }
 
-    /// Stops the thread (after a verification under way).
+    /// Stops the thread: a verification under way stops within a few
+    /// thousand entries.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        drop(self.wake.take());
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 tracing::error!("chain check: its thread panicked");
@@ -175,9 +180,11 @@ impl ChainCheck {
     }
 }
 
-fn check(reader: &StoreReader, now: Millis) -> ChainState {
-    match reader.verify_chains() {
-        Ok(report) if report.is_intact() => {
+/// One verification; `None` when stopped before it ended.
+fn check(reader: &StoreReader, now: Millis, stop: &dyn Fn() -> bool) -> Option<ChainState> {
+    Some(match reader.verify_chains_unless(stop) {
+        Ok(None) => return None,
+        Ok(Some(report)) if report.is_intact() => {
             tracing::info!(
                 records = report.records.checked,
                 access_log = report.access_log.checked,
@@ -188,7 +195,7 @@ fn check(reader: &StoreReader, now: Millis) -> ChainState {
                 entries: report.records.checked + report.access_log.checked,
             }
         }
-        Ok(report) => {
+        Ok(Some(report)) => {
             let defects: Vec<String> = report
                 .records
                 .defects
@@ -210,5 +217,5 @@ fn check(reader: &StoreReader, now: Millis) -> ChainState {
                 why: e.to_string(),
             }
         }
-    }
+    })
 }

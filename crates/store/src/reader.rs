@@ -441,6 +441,19 @@ impl StoreReader {
     pub fn verify_chains(&self) -> Result<ChainReport, StoreError> {
         self.read(verify::chains)
     }
+
+    /// As [`StoreReader::verify_chains`], looking at `stop` every few
+    /// thousand entries: `None` when it said to stop, so a box that shuts
+    /// down does not wait for a walk over millions of entries.
+    ///
+    /// # Errors
+    /// As [`StoreReader::verify_chains`].
+    pub fn verify_chains_unless(
+        &self,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<ChainReport>, StoreError> {
+        self.read(|txn| verify::chains_unless(txn, stop))
+    }
 }
 
 #[cfg(test)]
