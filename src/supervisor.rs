@@ -420,7 +420,7 @@ impl RunningBox {
                             status: crate::console::store_accounts::StatusSource {
                                 name: settings.name.clone(),
                                 started: std::time::Instant::now(),
-                                service: config.service.describe(),
+                                service: config.service.clone(),
                                 store_path: store_path.clone(),
                                 peers: peer_book.clone(),
                                 chains: chain_check.state(),

@@ -457,3 +457,48 @@ fn nothing_is_offered_for_deletion_inside_the_period() {
     assert_eq!(desk.reader.record_count().unwrap(), 4);
     desk.stop();
 }
+
+#[test]
+fn exports_from_the_console_are_encrypted_to_the_configured_auditors() {
+    use ifrelay::console::export::ExportOrder;
+    use ifrelay::console::session::Accounts;
+    use std::io::Read;
+
+    let desk = Desk::new(0, 4, true);
+    let auditor = age::x25519::Identity::generate();
+    let setup = ExportSetup {
+        media: Media::Folder(desk.dir.path().join("sealed")),
+        recipients: vec![auditor.to_public()],
+        key: Arc::new(BoxKey::load(desk.dir.path()).unwrap()),
+        roots: Vec::new(),
+        party: "is/131016".into(),
+        agency: "131016".into(),
+        name: None,
+    };
+    let mut accounts =
+        StoreAccounts::new(desk.reader.clone(), desk.tx.clone(), "ttyS0", now_millis)
+            .with_records(Arc::new(setup), RetentionPolicy::keep_records());
+    let order = ExportOrder::Chains {
+        records: Some(Box::default()),
+        access: None,
+    };
+    let done = accounts.export(&order, now_millis()).unwrap();
+    assert_eq!((done.records, done.recipients), (4, 1));
+    let folder = desk.dir.path().join("sealed").join(&done.name);
+    assert!(!folder.join("records.csv").exists(), "no clear copy");
+    let sealed = std::fs::read(folder.join("records.csv.age")).unwrap();
+    let decryptor = age::Decryptor::new(&sealed[..]).unwrap();
+    let mut csv = String::new();
+    decryptor
+        .decrypt(std::iter::once(&auditor as &dyn age::Identity))
+        .unwrap()
+        .read_to_string(&mut csv)
+        .unwrap();
+    assert_eq!(csv.matches("131016-20261201-1-").count(), 4, "{csv}");
+    let key = BoxKey::load(desk.dir.path()).unwrap();
+    let expected = ExpectedBox {
+        public_key: Some(key.public_key()),
+        box_id: Some("131016".into()),
+    };
+    assert!(verify_export(&folder, &expected).unwrap().is_intact());
+}

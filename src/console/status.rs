@@ -13,6 +13,8 @@ pub struct StatusReport {
     pub uptime_s: u64,
     /// The service hours, as configured.
     pub service: String,
+    /// Whether new processes are accepted now (inside the hours).
+    pub in_service: bool,
     /// Frames waiting per destination.
     pub outbox: Vec<(String, u64)>,
     pub records: u64,
@@ -50,7 +52,12 @@ pub fn status_lines(lang: Lang, r: &StatusReport) -> Vec<String> {
         format!(
             "{:<14} {}",
             label("サービス時間", "service hours"),
-            r.service
+            match (r.in_service, ja) {
+                (true, true) => format!("受付中（{}）", r.service),
+                (true, false) => format!("open now ({})", r.service),
+                (false, true) => format!("時間外で新規受付停止中（{}）", r.service),
+                (false, false) => format!("closed now ({})", r.service),
+            }
         ),
         format!(
             "{:<14} {} / {}",
@@ -203,6 +210,7 @@ mod tests {
             .collect();
         let text = lines.join("\n");
         assert!(text.contains("core connected, last 2026-"), "{text}");
+        assert!(text.contains("service hours  closed now ("), "{text}");
         assert!(text.contains("ims/131016 failing (3x), last -"), "{text}");
         assert!(text.contains("BROKEN: 2 (HashMismatch at 17"), "{text}");
         assert!(lines.iter().all(|l| l.chars().count() <= 80), "{text}");

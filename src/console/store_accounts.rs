@@ -37,8 +37,8 @@ pub struct StoreAccounts {
 pub struct StatusSource {
     pub name: String,
     pub started: std::time::Instant,
-    /// The service hours, described.
-    pub service: String,
+    /// The service hours.
+    pub service: crate::relay::hours::ServiceHours,
     pub store_path: std::path::PathBuf,
     pub peers: std::sync::Arc<crate::health::PeerBook>,
     pub chains: std::sync::Arc<std::sync::Mutex<crate::health::ChainState>>,
@@ -160,7 +160,8 @@ impl Accounts for StoreAccounts {
             name: source.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: source.started.elapsed().as_secs(),
-            service: source.service.clone(),
+            in_service: source.service.is_open((self.clock)()),
+            service: source.service.describe(),
             outbox: self.reader.outbox_destinations().map_err(text)?,
             records: self.reader.record_count().map_err(text)?,
             access_log: self.reader.access_count().map_err(text)?,
