@@ -51,6 +51,7 @@ pub mod machine;
 pub mod network;
 pub mod proc;
 pub mod records;
+pub mod restart;
 pub mod retention;
 pub mod store_candidates;
 

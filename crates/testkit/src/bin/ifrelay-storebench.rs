@@ -50,6 +50,11 @@ struct Args {
     /// Keep the stores after the run (default: removed at the end).
     #[arg(long)]
     keep: bool,
+    /// Instead of the candidates: fill stores of these many records
+    /// (comma-separated) and time their opens after a clean stop
+    /// (docs/performance.md, "Restart time and store size").
+    #[arg(long, value_delimiter = ',')]
+    restart: Vec<u64>,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +84,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), BenchError> {
+    if !args.restart.is_empty() {
+        workdir::prepare(&args.dir)?;
+        for &records in &args.restart {
+            let r = ifrelay_testkit::bench::restart::run(&args.dir, records)?;
+            println!("{}", r.line());
+        }
+        return Ok(());
+    }
     let mut candidates = Vec::new();
     for label in &args.candidates {
         candidates.push(Candidate::parse(label).ok_or(format!("unknown candidate {label}"))?);

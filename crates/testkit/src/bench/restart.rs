@@ -1,0 +1,102 @@
+//! How the time to open a store after a clean stop grows with the records
+//! it holds (`ifrelay-storebench --restart`; docs/performance.md,
+//! "Restart time and store size"): the soak's kills got slower as its
+//! store grew, and this says where an open's time goes. For each size: a
+//! store filled through the store API (as the records benchmark fills
+//! its own), closed, its page cache dropped where allowed, then timed:
+//! the read-only page check alone (`ReadOnlyStore::open`, the check every
+//! open runs first), and the box's whole open (`Store::open`: the check,
+//! the redo log, the index soundness checks) and boot.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ifrelay_store::{ReadOnlyStore, Store};
+
+use super::records::{record, FILL_PER_COMMIT};
+use super::BenchError;
+
+/// The box's page cache (`[store] cache_mib` default).
+const CACHE_BYTES: usize = 32 << 20;
+
+/// One size measured.
+#[derive(Debug, Clone)]
+pub struct RestartRun {
+    pub records: u64,
+    pub file_mib: f64,
+    /// The page check alone, cold.
+    pub check: Duration,
+    /// `Store::open` and `boot`, cold.
+    pub open: Duration,
+}
+
+impl RestartRun {
+    /// One line for the log.
+    pub fn line(&self) -> String {
+        format!(
+            "restart: records={} file_mib={:.0} check_s={:.2} open_s={:.2} check_share={:.0}%",
+            self.records,
+            self.file_mib,
+            self.check.as_secs_f64(),
+            self.open.as_secs_f64(),
+            100.0 * self.check.as_secs_f64() / self.open.as_secs_f64().max(1e-9)
+        )
+    }
+}
+
+/// Fills a store of `records` in `dir` and times its opens.
+///
+/// # Errors
+/// The store's or the file system's error.
+pub fn run(dir: &Path, records: u64) -> Result<RestartRun, BenchError> {
+    let path = dir.join(format!("restart-{records}.redb"));
+    {
+        let mut store = Store::open(&path, CACHE_BYTES)?;
+        store.boot(ifrelay::net::now_millis())?;
+        let mut next = 0u64;
+        while next < records {
+            let end = (next + 100_000).min(records);
+            let chunk = (next..end)
+                .map(|n| record(n, records))
+                .collect::<Result<Vec<_>, _>>()?;
+            store.fill_records_for_test(chunk, FILL_PER_COMMIT)?;
+            next = end;
+        }
+        store.index_records_sorted_for_test(1_000_000)?;
+        store.checkpoint()?;
+    }
+    let file_mib = std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0);
+
+    super::flush_dirty("before the restart measurement");
+    drop_caches();
+    let started = Instant::now();
+    let checked = ReadOnlyStore::open(&path)?;
+    let check = started.elapsed();
+    drop(checked);
+
+    drop_caches();
+    let started = Instant::now();
+    let mut store = Store::open(&path, CACHE_BYTES)?;
+    store.boot(ifrelay::net::now_millis())?;
+    let open = started.elapsed();
+    if store.reader().record_count()? != records {
+        return Err("the reopened store lost records".into());
+    }
+    drop(store);
+    std::fs::remove_file(&path)?;
+    let _ = std::fs::remove_file(ifrelay_store::log_path(&path));
+    Ok(RestartRun {
+        records,
+        file_mib,
+        check,
+        open,
+    })
+}
+
+/// Drops the kernel's clean page cache, as a power cycle does, when
+/// allowed (root); otherwise the figures are warm and say so in the log.
+fn drop_caches() {
+    if std::fs::write("/proc/sys/vm/drop_caches", b"1\n").is_err() {
+        super::progress("restart: cannot drop the page cache (not root): warm figures");
+    }
+}
