@@ -47,6 +47,17 @@ pub trait Accounts {
     fn remove(&mut self, id: &str) -> Result<(), String>;
     /// Appends an access-log entry (R-REC-5).
     fn audit(&mut self, entry: Audit);
+    /// Stores `user` and appends `entry` in one durable write, so a
+    /// crash never keeps a login's effect without its access-log entry,
+    /// nor the reverse.
+    ///
+    /// # Errors
+    /// As [`Accounts::save`]; then neither was stored.
+    fn save_logged(&mut self, user: &User, entry: Audit) -> Result<(), String> {
+        self.save(user)?;
+        self.audit(entry);
+        Ok(())
+    }
     /// The box's state for `status`.
     ///
     /// # Errors
@@ -525,12 +536,7 @@ impl<B: Accounts> Session<B> {
     }
 
     fn audit(&mut self, user: &str, operation: &str, outcome: &str) {
-        self.backend.audit(Audit {
-            user: user.to_owned(),
-            operation: operation.to_owned(),
-            outcome: outcome.to_owned(),
-            ..Audit::default()
-        });
+        self.backend.audit(entry(user, operation, outcome));
     }
 
     /// First boot when no user exists, else the login.
@@ -735,9 +741,9 @@ impl<B: Accounts> Session<B> {
             return;
         }
         let id = user.id.clone();
-        match self.backend.save(&user) {
+        let entry = entry(&id, "user add security-admin (first boot)", "accepted");
+        match self.backend.save_logged(&user, entry) {
             Ok(()) => {
-                self.audit(&id, "user add security-admin (first boot)", "accepted");
                 self.say(&Msg::FirstCreated { id });
                 self.begin_again();
             }
@@ -765,12 +771,14 @@ impl<B: Accounts> Session<B> {
         let result = user.login(password, code, now, &s.password, &s.login);
         match result {
             Ok(Ok(ok)) => {
-                if let Err(detail) = self.backend.save(&user) {
+                if let Err(detail) = self
+                    .backend
+                    .save_logged(&user, entry(id, "login", "accepted"))
+                {
                     self.say(&Msg::StoreFailed { detail });
                     self.begin_again();
                     return;
                 }
-                self.audit(id, "login", "accepted");
                 let role = user.role;
                 self.user = Some(user);
                 self.say(&Msg::Welcome {
@@ -791,9 +799,9 @@ impl<B: Accounts> Session<B> {
             }
             Ok(Err(refusal)) => {
                 // The failure count must survive; a store failure here
-                // only loses one count.
-                let _ = self.backend.save(&user);
-                self.audit(id, "login", &format!("refused: {refusal:?}"));
+                // only loses one count (and is logged by the backend).
+                let refused = entry(id, "login", &format!("refused: {refusal:?}"));
+                let _ = self.backend.save_logged(&user, refused);
                 self.say(&Msg::LoginRefused(refusal));
                 self.begin_again();
             }
@@ -838,10 +846,12 @@ impl<B: Accounts> Session<B> {
         };
         let id = user.id.clone();
         match user.change_password(&password, now, &s.password, s.cost) {
-            Ok(Ok(())) => match self.backend.save(&user) {
+            Ok(Ok(())) => match self
+                .backend
+                .save_logged(&user, entry(&id, "passwd", "accepted"))
+            {
                 Ok(()) => {
                     self.user = Some(user);
-                    self.audit(&id, "passwd", "accepted");
                     self.say(&Msg::PasswordChanged);
                     self.state = State::Ready;
                     self.ready_prompt();
@@ -1310,9 +1320,11 @@ impl<B: Accounts> Session<B> {
             "user reset"
         };
         match outcome {
-            Ok(Ok((user, enrolment))) => match self.backend.save(&user) {
+            Ok(Ok((user, enrolment))) => match self
+                .backend
+                .save_logged(&user, entry(&admin, operation, &format!("accepted: {id}")))
+            {
                 Ok(()) => {
-                    self.audit(&admin, operation, &format!("accepted: {id}"));
                     if let Some(e) = enrolment {
                         self.say(&Msg::Enrolment {
                             base32: e.base32,
@@ -1430,6 +1442,16 @@ impl<B: Accounts> Session<B> {
 
 mod deletion;
 mod exporting;
+
+/// An access-log entry of `user`'s `operation` and its `outcome`.
+fn entry(user: &str, operation: &str, outcome: &str) -> Audit {
+    Audit {
+        user: user.to_owned(),
+        operation: operation.to_owned(),
+        outcome: outcome.to_owned(),
+        ..Audit::default()
+    }
+}
 
 /// Fills the entry's business and info name from the records shown when
 /// the search did not fix them and they are one each; names them all in

@@ -140,6 +140,13 @@ impl Accounts for StoreAccounts {
         self.write(vec![(user.id.clone(), Some(bytes))], None)
     }
 
+    fn save_logged(&mut self, user: &User, entry: Audit) -> Result<(), String> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(user, &mut bytes).map_err(|e| e.to_string())?;
+        let access = self.access_entry(entry);
+        self.write(vec![(user.id.clone(), Some(bytes))], Some(access))
+    }
+
     fn remove(&mut self, id: &str) -> Result<(), String> {
         self.write(vec![(id.to_owned(), None)], None)
     }

@@ -13,7 +13,7 @@
 
 use ifrelay_proto::Millis;
 
-use super::{Accounts, Audit, DeletionPlan, Session, State};
+use super::{entry, Accounts, Audit, DeletionPlan, Session, State};
 use crate::console::accounts::Permission;
 use crate::console::messages::Msg;
 use crate::relay::engine::RETENTION_DELETE_PER_TICK;
@@ -110,21 +110,26 @@ impl<B: Accounts> Session<B> {
         let s = self.settings.clone();
         match approver.login(password, code, now, &s.password, &s.login) {
             Ok(Ok(ok)) => {
-                let _ = self.backend.save(&approver);
                 if ok.must_change {
-                    self.audit(id, "approve deletion", "refused: temporary password");
+                    let refused = entry(id, "approve deletion", "refused: temporary password");
+                    let _ = self.backend.save_logged(&approver, refused);
                     self.audit(&me, OPERATION, "refused: not approved");
                     self.say(&Msg::ApproverMustChange { id: id.to_owned() });
                     self.ready_prompt();
                     return;
                 }
-                self.audit(id, "approve deletion", "accepted");
+                let approved = entry(id, "approve deletion", "accepted");
+                if let Err(detail) = self.backend.save_logged(&approver, approved) {
+                    self.say(&Msg::StoreFailed { detail });
+                    self.ready_prompt();
+                    return;
+                }
                 self.confirm(plan, Some(id));
             }
             Ok(Err(refusal)) => {
                 // The failure counts against the approver's account.
-                let _ = self.backend.save(&approver);
-                self.audit(id, "approve deletion", &format!("refused: {refusal:?}"));
+                let refused = entry(id, "approve deletion", &format!("refused: {refusal:?}"));
+                let _ = self.backend.save_logged(&approver, refused);
                 self.audit(&me, OPERATION, "refused: not approved");
                 self.say(&Msg::LoginRefused(refusal));
                 self.ready_prompt();
