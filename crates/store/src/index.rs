@@ -425,10 +425,58 @@ pub(crate) fn sound(txn: &WriteTransaction, chain: ChainName) -> Result<bool, St
     Ok(entries == timed + untimed)
 }
 
+/// Entries whose index rows a rebuild sorts and writes together: bounds
+/// its memory (a few hundred bytes an entry: 100 MiB or less) whatever
+/// the chain holds, while each table still gets its rows in key order
+/// chunk by chunk, which touches each page once per chunk instead of
+/// once per row (inserting in seq order was what made the schema 1 → 2
+/// migration crawl beyond a few million records).
+const REBUILD_CHUNK: usize = 250_000;
+
 /// Empties the indexes of `chain` and builds them again from its rows, in
 /// the caller's write transaction (a power cut leaves the old state or
 /// the complete indexes). Returns how many entries were indexed.
 pub(crate) fn rebuild(txn: &WriteTransaction, chain: ChainName) -> Result<u64, StoreError> {
+    rebuild_in_chunks(txn, chain, REBUILD_CHUNK)
+}
+
+/// Index rows of up to a chunk of entries, to be sorted and written.
+struct SortedChunk {
+    /// Per key table of the chain: `(key, seq)`.
+    keys: Vec<Vec<(Box<str>, u64)>>,
+    serial: Vec<(Box<str>, u64)>,
+    entries: usize,
+}
+
+impl ChainIndexes<'_> {
+    /// Writes `chunk`'s rows, each table in key order, and empties it.
+    fn write_sorted(&mut self, chunk: &mut SortedChunk) -> Result<(), StoreError> {
+        for (table, rows) in self.keys.iter_mut().zip(&mut chunk.keys) {
+            rows.sort_unstable();
+            for (key, seq) in rows.drain(..) {
+                table
+                    .insert((&*key, seq), ())
+                    .map_err(db("write a search index"))?;
+            }
+        }
+        if let Some(serial) = self.serial.as_mut() {
+            chunk.serial.sort_unstable();
+            for (key, seq) in chunk.serial.drain(..) {
+                serial
+                    .insert(&*key, seq)
+                    .map_err(db("write record index"))?;
+            }
+        }
+        chunk.entries = 0;
+        Ok(())
+    }
+}
+
+fn rebuild_in_chunks(
+    txn: &WriteTransaction,
+    chain: ChainName,
+    chunk_entries: usize,
+) -> Result<u64, StoreError> {
     for def in key_tables(chain) {
         txn.delete_table(*def).map_err(db("drop a search index"))?;
     }
@@ -444,23 +492,41 @@ pub(crate) fn rebuild(txn: &WriteTransaction, chain: ChainName) -> Result<u64, S
         .open_table(chain.table())
         .map_err(db("open chain table"))?;
     let mut indexes = ChainIndexes::open(txn, chain)?;
+    let mut chunk = SortedChunk {
+        keys: vec![Vec::new(); key_tables(chain).len()],
+        serial: Vec::new(),
+        entries: 0,
+    };
     let mut entries = 0u64;
     for row in rows.iter().map_err(db("read chain entries"))? {
         let (k, v) = row.map_err(db("read chain entries"))?;
         let seq = k.value();
         let body = v.value().2;
+        // Time rows go in at once: in seq order they are appended.
         match chain {
             ChainName::Records => {
                 let RecordBody { at, record } = from_cbor("record", || seq.to_string(), body)?;
-                indexes.insert_record(seq, at, &record)?;
+                chunk.serial.push((record.serial.as_str().into(), seq));
+                for (i, key) in record_keys(&record) {
+                    chunk.keys[i].push((key.into(), seq));
+                }
+                indexes.insert(seq, at, &[])?;
             }
             ChainName::AccessLog => {
                 let entry: AccessEntry = from_cbor("access-log entry", || seq.to_string(), body)?;
-                indexes.insert_access(seq, &entry)?;
+                for (i, key) in access_keys(&entry) {
+                    chunk.keys[i].push((key.into(), seq));
+                }
+                indexes.insert(seq, entry.at, &[])?;
             }
         }
         entries += 1;
+        chunk.entries += 1;
+        if chunk.entries >= chunk_entries {
+            indexes.write_sorted(&mut chunk)?;
+        }
     }
+    indexes.write_sorted(&mut chunk)?;
     Ok(entries)
 }
 
@@ -940,5 +1006,136 @@ impl SortedRecordRows {
         }
         write_mark(&txn, ChainName::Records, self.last)?;
         txn.commit().map_err(db("commit search index rows"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Direction, RecordKind, Side};
+    use ifrelay_proto::{
+        AgencyCode, BusinessCode, InfoNameCode, ItemCode, PersonCode, Prefix, Serial,
+    };
+    use redb::{ReadableDatabase, ReadableMultimapTable};
+
+    #[allow(clippy::unwrap_used)]
+    fn record(n: u32) -> Record {
+        let mut items = heapless::Vec::new();
+        items
+            .push(ItemCode::new(&format!("IT{:04}", n % 5)).unwrap())
+            .unwrap();
+        Record {
+            kind: RecordKind::Query,
+            side: Side::Requester,
+            serial: Serial::new(&format!("131016-20261201-1-{}", n % 9)).unwrap(),
+            prefix: Prefix {
+                requester: AgencyCode::new("131016").unwrap(),
+                business: BusinessCode::new(&format!("JM{:04}", n % 3)).unwrap(),
+                provider: AgencyCode::new(&format!("27100{}", n % 4)).unwrap(),
+                info_name: InfoNameCode::new(&format!("TK{:04}", n % 7)).unwrap(),
+                items,
+            },
+            code: Some(PersonCode::new(&format!("CODE{:04}", n % 11)).unwrap()),
+            permit_id: None,
+            counterpart: None,
+            query_requested_at: 0,
+            provision_at: None,
+            clock_synced: false,
+        }
+    }
+
+    type Rows = Vec<(String, Vec<(String, u64)>)>;
+
+    #[allow(clippy::unwrap_used)]
+    fn index_rows(txn: &WriteTransaction) -> Rows {
+        let mut out = Vec::new();
+        for def in RECORD_KEY_INDEXES.iter().chain(&ACCESS_KEY_INDEXES) {
+            let table = txn.open_table(*def).unwrap();
+            let rows = table
+                .iter()
+                .unwrap()
+                .map(|r| {
+                    let (k, _) = r.unwrap();
+                    let (key, seq) = k.value();
+                    (key.to_owned(), seq)
+                })
+                .collect();
+            out.push((def.to_string(), rows));
+        }
+        let serial = txn.open_multimap_table(tables::RECORDS_BY_SERIAL).unwrap();
+        let mut rows = Vec::new();
+        for r in serial.iter().unwrap() {
+            let (k, seqs) = r.unwrap();
+            for seq in seqs {
+                rows.push((k.value().to_owned(), seq.unwrap().value()));
+            }
+        }
+        out.push(("serial".into(), rows));
+        for (time, _) in [
+            time_tables(ChainName::Records),
+            time_tables(ChainName::AccessLog),
+        ] {
+            let table = txn.open_table(time).unwrap();
+            let rows = table
+                .iter()
+                .unwrap()
+                .map(|r| {
+                    let (k, _) = r.unwrap();
+                    let (at, seq) = k.value();
+                    (at.to_string(), seq)
+                })
+                .collect();
+            out.push((time.to_string(), rows));
+        }
+        out
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_rebuild_in_chunks_writes_the_rows_the_appends_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let mut store = crate::Store::open(&path, 1 << 20).unwrap();
+            store.boot(1_000).unwrap();
+            let mut b = store.begin().unwrap();
+            for n in 0..40u32 {
+                b.append_record(2_000 + i64::from(n), record(n)).unwrap();
+                b.append_access(AccessEntry {
+                    at: 2_000 + i64::from(n),
+                    terminal: "t".into(),
+                    party: format!("party-{}", n % 3),
+                    agency: Some(AgencyCode::new(&format!("27100{}", n % 4)).unwrap()),
+                    staff: (n % 2 == 0).then(|| format!("staff{}", n % 4)),
+                    direction: Direction::In,
+                    operation: "op".into(),
+                    message_id: None,
+                    serial: Some(Serial::new(&format!("131016-20261201-1-{}", n % 9)).unwrap()),
+                    business: None,
+                    info_name: None,
+                    items: Vec::new(),
+                    outcome: "ok".into(),
+                })
+                .unwrap();
+            }
+            b.commit().unwrap();
+            // Index rows are written a step after their entries.
+            store.index_pending(usize::MAX).unwrap();
+            assert_eq!(store.unindexed(), 0);
+            store.checkpoint().unwrap();
+        }
+        let database = redb::Database::open(&path).unwrap();
+        let txn = database.begin_write().unwrap();
+        let appended = index_rows(&txn);
+        assert!(appended.iter().all(|(_, rows)| !rows.is_empty()));
+        // 7 entries a chunk: six chunks and a remainder.
+        assert_eq!(rebuild_in_chunks(&txn, ChainName::Records, 7).unwrap(), 40);
+        assert_eq!(
+            rebuild_in_chunks(&txn, ChainName::AccessLog, 7).unwrap(),
+            40
+        );
+        assert_eq!(index_rows(&txn), appended);
+        txn.abort().unwrap();
+        let _ = database.begin_read().unwrap();
     }
 }

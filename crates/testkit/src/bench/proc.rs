@@ -33,6 +33,11 @@ pub fn peak_rss_kib(b: &BoxProcess) -> Option<u64> {
     memory_kib(b.pid()).map(|(hwm, _)| hwm)
 }
 
+/// Peak resident set (`VmHWM`) of this process in KiB.
+pub fn own_peak_rss_kib() -> Option<u64> {
+    memory_kib(std::process::id()).map(|(hwm, _)| hwm)
+}
+
 /// CPU time box `b` used so far, while it runs.
 pub fn cpu(b: &BoxProcess) -> Option<Duration> {
     if b.status().is_some() {

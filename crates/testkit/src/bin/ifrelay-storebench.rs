@@ -55,6 +55,11 @@ struct Args {
     /// (docs/performance.md, "Restart time and store size").
     #[arg(long, value_delimiter = ',')]
     restart: Vec<u64>,
+    /// Instead of the candidates: fill stores of these many records, make
+    /// them schema version 1 (no search indexes), and time the open that
+    /// migrates each.
+    #[arg(long, value_delimiter = ',')]
+    migrate: Vec<u64>,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +89,16 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), BenchError> {
+    if !args.migrate.is_empty() {
+        workdir::prepare(&args.dir)?;
+        for &records in &args.migrate {
+            println!(
+                "{}",
+                ifrelay_testkit::bench::restart::migrate(&args.dir, records)?
+            );
+        }
+        return Ok(());
+    }
     if !args.restart.is_empty() {
         workdir::prepare(&args.dir)?;
         for &records in &args.restart {
