@@ -218,6 +218,14 @@ fn main() -> ExitCode {
                     cfg.agency,
                     config.display()
                 );
+                // Not an error: a USB-serial adapter may be plugged in
+                // later, and the console opens the port every second.
+                if let Some(tty) = cfg.console.tty.as_ref().filter(|t| !t.exists()) {
+                    eprintln!(
+                        "ifrelay: warning: console.tty {} does not exist now; the console serves it once it appears",
+                        tty.display()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),

@@ -139,3 +139,48 @@ async fn first_boot_login_and_garbage_at_a_serial_console() {
         "{console:?}"
     );
 }
+
+#[test]
+fn check_config_warns_of_a_console_port_that_is_not_there() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = ifrelay_testkit::testbed::Pki::new(dir.path()).expect("pki");
+    let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let path = ifrelay_testkit::testbed::write_box_config(
+        dir.path(),
+        &pki,
+        &agencies().0,
+        (addr(7443), addr(7444)),
+        addr(7000),
+        addr(7100),
+    )
+    .expect("config");
+    let firmware = ifrelay_testkit::firmware::binary().expect("the ifrelay binary");
+    let check = || {
+        std::process::Command::new(&firmware)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .expect("run check-config")
+    };
+    let quiet = check();
+    assert_eq!(
+        quiet.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("console.tty"));
+
+    let text = std::fs::read_to_string(&path).expect("read");
+    let absent = dir.path().join("ttyUSB9");
+    assert!(text.contains("tty = \"\""), "{text}");
+    let with_tty = text.replacen("tty = \"\"", &format!("tty = \"{}\"", absent.display()), 1);
+    std::fs::write(&path, with_tty).expect("write");
+    let warned = check();
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert_eq!(warned.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("console.tty") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+}
